@@ -1,0 +1,49 @@
+# AutoBio Illustrations — the two commands that matter: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+# On this kind of machine the CPU wheel of torch 2.13.0 lies on disk; a wider range would pull a CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo up down status test lint typecheck pytest clean
+
+# (Re)create the virtualenv when it is missing or pyproject.toml changed.
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e '.[worker,embedded,dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+## The embedded demo: start API, workers, beat, Flower and Redis; submit a job with a reference photo; show it.
+demo: venv
+	HF_HUB_OFFLINE=1 $(BIN)/illustrations demo
+
+## Keep the embedded stack running (make down stops it).
+up: venv
+	HF_HUB_OFFLINE=1 $(BIN)/illustrations up
+
+down:
+	@if [ -x $(BIN)/illustrations ]; then $(BIN)/illustrations down; else echo "nothing to stop"; fi
+
+status: venv
+	$(BIN)/illustrations status
+
+lint: venv
+	$(BIN)/ruff check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+pytest: venv
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## Lint, type-check, then the whole suite against PostgreSQL and Redis on their standard loopback ports.
+test: lint typecheck pytest
+
+clean: down
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

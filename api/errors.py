@@ -1,0 +1,103 @@
+"""problem+json (RFC 9457) for every error the API answers, and never a 500 for what a client sent."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from flask import Flask, Response, json
+from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError, OperationalError
+from werkzeug.exceptions import HTTPException
+
+from shared.schemas import Problem, ProblemField
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+RETRY_AFTER_DEPENDENCY_S = 5
+
+
+class ApiError(Exception):
+    """An error answer: status, a short title, a detail, and the fields at fault."""
+
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str | None = None,
+        errors: Iterable[tuple[str, str]] = (),
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail or title)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.errors = [ProblemField(field=field, message=message) for field, message in errors]
+        self.headers = headers or {}
+
+
+def not_found(what: str = "resource") -> ApiError:
+    return ApiError(404, "Not Found", f"no such {what}")
+
+
+def validation_error(errors: Iterable[tuple[str, str]], detail: str = "the request is not valid") -> ApiError:
+    return ApiError(422, "Unprocessable Content", detail, errors)
+
+
+def fields_of(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
+    """Field paths and messages of a pydantic error, without the input values (they may be personal)."""
+    out = []
+    for item in exc.errors(include_input=False, include_url=False):
+        loc = ".".join(str(part) for part in item["loc"] if not str(part).startswith("function-"))
+        out.append((prefix + loc if loc else prefix.rstrip(".") or "body", item["msg"]))
+    return out
+
+
+def problem_response(problem: Problem, headers: dict[str, str] | None = None) -> Response:
+    body = problem.model_dump(mode="json", exclude_none=True)
+    response = Response(json.dumps(body), status=problem.status, mimetype=PROBLEM_JSON)
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def _from_api_error(exc: ApiError) -> Response:
+    problem = Problem(title=exc.title, status=exc.status, detail=exc.detail, errors=exc.errors)
+    return problem_response(problem, exc.headers)
+
+
+def _from_http_exception(exc: HTTPException) -> Response:
+    status = exc.code or 500
+    headers: dict[str, Any] = {}
+    if status == 405 and exc.get_response().headers.get("Allow"):
+        headers["Allow"] = exc.get_response().headers["Allow"]
+    problem = Problem(title=exc.name, status=status, detail=exc.description)
+    return problem_response(problem, headers)
+
+
+def _from_database_down(exc: Exception) -> Response:
+    log.warning("database unavailable: %s", type(exc).__name__)
+    problem = Problem(title="Service Unavailable", status=503, detail="the database is unavailable; retry later")
+    return problem_response(problem, {"Retry-After": str(RETRY_AFTER_DEPENDENCY_S)})
+
+
+def _from_unexpected(exc: Exception) -> Response:
+    log.exception("unhandled error")
+    problem = Problem(title="Internal Server Error", status=500, detail="an unexpected error occurred")
+    return problem_response(problem)
+
+
+def init_app(app: Flask) -> None:
+    app.register_error_handler(ApiError, _from_api_error)
+    app.register_error_handler(HTTPException, _from_http_exception)
+    app.register_error_handler(OperationalError, _from_database_down)
+    app.register_error_handler(DBAPIError, _from_database_down_if_disconnect)
+    app.register_error_handler(Exception, _from_unexpected)
+
+
+def _from_database_down_if_disconnect(exc: DBAPIError) -> Response:
+    if exc.connection_invalidated:
+        return _from_database_down(exc)
+    return _from_unexpected(exc)

@@ -1,0 +1,1 @@
+"""Alembic migrations (``illustrations db upgrade``). Packaged so an installed image can migrate."""

@@ -1,0 +1,93 @@
+"""API keys: random, high-entropy, shown once, stored only as SHA-256, listable by prefix, revocable.
+
+A fast hash is right for random 256-bit keys (a slow password hash would add tens of ms to every request and buys
+nothing against keys nobody can guess).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from shared.db import utcnow
+from shared.models import ApiKey, Client
+
+SCOPES: Final = ("generate", "styles", "admin", "ops")
+DEFAULT_SCOPES: Final = ("generate",)
+KEY_PREFIX: Final = "ik_"
+PREFIX_CHARS: Final = 11  # "ik_" + 8 characters: enough to tell keys apart in a listing, useless to an attacker
+LAST_USED_RESOLUTION_S: Final = 60.0
+
+
+def hash_key(plaintext: str) -> str:
+    return hashlib.sha256(plaintext.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the client (tenant) and the scopes of the key used."""
+
+    client_id: str
+    client_name: str
+    key_id: str
+    scopes: frozenset[str]
+
+
+def create_key(
+    session: Session, client_name: str, scopes: tuple[str, ...] = DEFAULT_SCOPES, expires_at: datetime | None = None
+) -> tuple[ApiKey, str]:
+    """Create a key for ``client_name`` (creating the client if absent); returns the row and the plaintext."""
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if unknown:
+        raise ValueError(f"unknown scope(s) {', '.join(unknown)}; known: {', '.join(SCOPES)}")
+    client = session.execute(select(Client).where(Client.name == client_name)).scalar_one_or_none()
+    if client is None:
+        client = Client(name=client_name)
+        session.add(client)
+        session.flush()
+    plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
+    key = ApiKey(
+        client_id=client.id,
+        prefix=plaintext[:PREFIX_CHARS],
+        key_hash=hash_key(plaintext),
+        scopes=sorted(set(scopes)),
+        expires_at=expires_at,
+    )
+    session.add(key)
+    session.flush()
+    return key, plaintext
+
+
+def authenticate(session: Session, plaintext: str) -> Principal | None:
+    """The principal of a valid (known, not revoked, not expired) key, else None."""
+    row = session.execute(
+        select(ApiKey.id, ApiKey.scopes, Client.id.label("client_id"), Client.name)
+        .join(Client, Client.id == ApiKey.client_id)
+        .where(
+            ApiKey.key_hash == hash_key(plaintext),
+            ApiKey.revoked_at.is_(None),
+            or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > utcnow()),
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    return Principal(client_id=row.client_id, client_name=row.name, key_id=row.id, scopes=frozenset(row.scopes))
+
+
+def touch(session: Session, key_id: str) -> None:
+    """Record use, at most once a minute per key (a write per request would cost more than it tells)."""
+    session.execute(
+        update(ApiKey)
+        .where(
+            ApiKey.id == key_id,
+            or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at < utcnow(-LAST_USED_RESOLUTION_S)),
+        )
+        .values(last_used_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )

@@ -1,0 +1,49 @@
+"""Every limit a client's input is held to, in one place (published in the OpenAPI document by the schemas)."""
+
+from __future__ import annotations
+
+from typing import Final
+
+WIDTH_MIN: Final = 64
+WIDTH_MAX: Final = 2048
+HEIGHT_MIN: Final = 64
+HEIGHT_MAX: Final = 2048
+SIZE_MULTIPLE: Final = 8
+STEPS_MIN: Final = 1
+STEPS_MAX: Final = 100
+GUIDANCE_MIN: Final = 0.0
+GUIDANCE_MAX: Final = 30.0
+NUM_IMAGES_MIN: Final = 1
+NUM_IMAGES_MAX: Final = 4
+SEED_MAX: Final = 2**32 - 1
+ADAPTER_SCALE_MAX: Final = 2.0
+LORA_SCALE_MAX: Final = 2.0
+SUBJECTS_MAX: Final = 4
+BATCH_MAX: Final = 100
+PROMPT_MAX_CHARS: Final = 2_000
+NEGATIVE_PROMPT_MAX_CHARS: Final = 1_000
+METADATA_MAX_BYTES: Final = 4 * 1024
+USER_ID_MAX_CHARS: Final = 255
+NAME_MAX_CHARS: Final = 100
+URL_MAX_CHARS: Final = 2_048
+MEMORY_CONTENT_MAX_CHARS: Final = 20_000
+SHORT_TEXT_MAX_CHARS: Final = 200
+IDEMPOTENCY_KEY_MAX_CHARS: Final = 255
+UPLOAD_MAX_BYTES: Final = 10 * 1024 * 1024
+UPLOAD_MAX_PIXELS: Final = 25_000_000
+REQUEST_BODY_MAX_BYTES: Final = 12 * 1024 * 1024
+TRAINING_IMAGES_MIN: Final = 4
+TRAINING_IMAGES_MAX: Final = 200
+PREFER_WAIT_MAX_S: Final = 60
+LIST_LIMIT_MAX: Final = 100
+LIST_LIMIT_DEFAULT: Final = 20
+
+# Defaults of the generation parameters (documented in the OpenAPI document through the schemas).
+DEFAULT_WIDTH: Final = 1024
+DEFAULT_HEIGHT: Final = 1024
+DEFAULT_STEPS: Final = 30
+DEFAULT_GUIDANCE: Final = 7.5
+DEFAULT_IDENTITY_SCALE: Final = 0.6
+DEFAULT_STYLE_SCALE: Final = 0.8
+DEFAULT_CONTENT_SCALE: Final = 1.0
+DEFAULT_LORA_SCALE: Final = 0.8

@@ -1,0 +1,180 @@
+"""SQLAlchemy 2 typed models: clients, API keys, subjects and jobs (with their images).
+
+The job state machine that moves ``Job.status`` lives in ``shared.jobs``; nothing else updates it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from shared.db import UTCDateTime, utcnow
+from shared.states import JobStatus
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+JsonType = JSON().with_variant(JSONB(), "postgresql")
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Client(Base):
+    """A tenant: AutoBio itself, or another application. Nothing of one client is visible to another."""
+
+    __tablename__ = "clients"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=utcnow())
+
+    keys: Mapped[list[ApiKey]] = relationship(back_populates="client")
+
+
+class ApiKey(Base):
+    """An API key, stored only as its SHA-256 (keys are high-entropy: a slow hash would cost tens of ms a request)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    client_id: Mapped[str] = mapped_column(ForeignKey("clients.id", ondelete="CASCADE"), index=True)
+    prefix: Mapped[str] = mapped_column(String(16), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[list[str]] = mapped_column(JsonType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=utcnow())
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    client: Mapped[Client] = relationship(back_populates="keys")
+
+
+class Subject(Base):
+    """A person whose reference photos keep them recognisable; versions hold the photos."""
+
+    __tablename__ = "subjects"
+    __table_args__ = (UniqueConstraint("client_id", "user_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    client_id: Mapped[str] = mapped_column(ForeignKey("clients.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[str] = mapped_column(String(255))
+    name: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=utcnow())
+
+    versions: Mapped[list[SubjectVersion]] = relationship(
+        back_populates="subject", order_by="SubjectVersion.version", cascade="all, delete-orphan"
+    )
+
+
+class SubjectVersion(Base):
+    __tablename__ = "subject_versions"
+
+    subject_id: Mapped[str] = mapped_column(ForeignKey("subjects.id", ondelete="CASCADE"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    storage_key: Mapped[str] = mapped_column(String(512))
+    sha256: Mapped[str] = mapped_column(String(64))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=utcnow())
+
+    subject: Mapped[Subject] = relationship(back_populates="versions")
+
+
+class Job(Base):
+    """One illustration request and its whole life. ``status`` and ``attempt`` change only through ``shared.jobs``."""
+
+    __tablename__ = "jobs"
+    __mapper_args__ = {"eager_defaults": True}  # created_at comes back in the INSERT's RETURNING
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ({})".format(", ".join(f"'{s.value}'" for s in JobStatus)),
+            name="status_known",
+        ),
+        CheckConstraint("attempt >= 0", name="attempt_not_negative"),
+        Index("ix_jobs_client_created", "client_id", "created_at"),
+        Index("ix_jobs_status_queue_created", "status", "queue", "created_at"),
+        Index("ix_jobs_status_lease", "status", "lease_until"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    client_id: Mapped[str] = mapped_column(ForeignKey("clients.id", ondelete="CASCADE"))
+    user_id: Mapped[str] = mapped_column(String(255), index=True)
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)
+    attempt: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    priority: Mapped[str] = mapped_column(String(16))
+    queue: Mapped[str] = mapped_column(String(64))
+    # The validated request (prompt, params, style, memory context) with subjects resolved to stored versions.
+    request: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    seed: Mapped[int] = mapped_column(BigInteger)
+    prompt_used: Mapped[str | None] = mapped_column(Text)
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JsonType)
+    warnings: Mapped[list[str]] = mapped_column(JsonType, default=list)
+    cached: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    cancel_after: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=utcnow())
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    worker: Mapped[str | None] = mapped_column(String(255))
+
+    progress_step: Mapped[int | None] = mapped_column(Integer)
+    progress_total: Mapped[int | None] = mapped_column(Integer)
+    error_code: Mapped[str | None] = mapped_column(String(32))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    timings: Mapped[dict[str, float] | None] = mapped_column(JsonType)
+    model: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+
+    images: Mapped[list[JobImage]] = relationship(
+        back_populates="job", order_by="JobImage.index", cascade="all, delete-orphan", lazy="selectin"
+    )
+
+
+class JobImage(Base):
+    """One stored image of a finished job. Several jobs may share an object (``storage_key``): reference-counted."""
+
+    __tablename__ = "job_images"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    storage_key: Mapped[str] = mapped_column(String(512), index=True)
+    content_type: Mapped[str] = mapped_column(String(32))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+
+    job: Mapped[Job] = relationship(back_populates="images")

@@ -1,0 +1,109 @@
+"""The Celery app's settings, in one module, and the publish used by the API and the relay.
+
+Both sides build their Celery app here, so a producer and a consumer can never disagree on serializer, queues or
+transport options. The API enqueues by task name (it never imports worker code, nor torch).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+
+from shared import tasks
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "broker_url": settings.effective_broker_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {
+            # Redis re-delivers a message not acked within this time; it must exceed the longest job, else a long
+            # generation runs twice (the default is 1 hour).
+            "visibility_timeout": settings.visibility_timeout_s,
+            # Short socket timeouts: a publish to a dead Redis must fail fast, not hang a request (celery #4296).
+            "socket_timeout": settings.broker_socket_timeout_s,
+            "socket_connect_timeout": settings.publish_timeout_s,
+            # With several queues, Redis workers poll them in the order given (-Q interactive,batch): interactive
+            # work first.
+            "queue_order_strategy": "priority",
+        },
+        # Only JSON: a message is {"args": [job_id]}. No pickle anywhere.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        # PostgreSQL is the source of truth; Celery results are never read.
+        "task_ignore_result": True,
+        "result_backend": None,
+        # Ack after the task ran, so a worker that dies mid-job gets its message re-delivered ...
+        "task_acks_late": True,
+        # ... and also when the pool child is killed (acks_late alone still acks then).
+        "task_reject_on_worker_lost": True,
+        # A GPU worker holds one message at a time; a second one would wait behind a long job.
+        "worker_prefetch_multiplier": settings.worker_prefetch_multiplier,
+        # A running job keeps going when the broker connection drops: its lease decides what happens to a
+        # re-delivery, so cancelling it would only waste the GPU time already spent.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "task_default_queue": tasks.QUEUE_INTERACTIVE,
+        "task_create_missing_queues": True,
+        "task_soft_time_limit": settings.task_soft_time_limit_s,
+        "task_time_limit": settings.task_time_limit_s,
+        # Loading a pipeline in the pool child takes seconds; Celery's default (4 s) would kill the child.
+        "worker_proc_alive_timeout": settings.worker_proc_alive_timeout_s,
+        # Events feed Flower's task list; payloads are job ids only, so nothing personal shows there.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_hijack_root_logger": False,
+        "beat_schedule": {
+            "relay": {"task": tasks.RELAY, "schedule": settings.relay_interval_s,
+                      "options": {"queue": tasks.QUEUE_MAINTENANCE, "expires": settings.relay_interval_s}},
+            "sweep-leases": {"task": tasks.SWEEP_LEASES, "schedule": settings.relay_interval_s,
+                             "options": {"queue": tasks.QUEUE_MAINTENANCE, "expires": settings.relay_interval_s}},
+        },
+        "beat_schedule_filename": str(settings.var_path / "celerybeat-schedule"),
+    }
+
+
+def make_celery(settings: Settings, name: str = "illustrations", *, producer: bool = False) -> Celery:
+    """The Celery app; ``producer=True`` for processes that only publish (the API, the relay's callers)."""
+    app = Celery(name)
+    config = celery_config(settings)
+    if producer:
+        # kombu retries a failed connect for broker_connection_timeout before a publish with retry=False gives up:
+        # a submit must not wait that long for a dead broker; the outbox relay publishes later.
+        config["broker_transport_options"] = {
+            **config["broker_transport_options"],
+            "max_retries": 0,
+            "connect_retries_timeout": settings.publish_timeout_s,
+        }
+    app.conf.update(config)
+    return app
+
+
+class Publisher:
+    """Publishes job ids; a failure is logged and left to the outbox relay (the row is already committed)."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    def publish(self, job_id: str, queue: str) -> bool:
+        try:
+            self.app.send_task(tasks.GENERATE, args=[job_id], queue=queue, retry=False)
+        except Exception as exc:  # any broker fault: the relay publishes it later
+            log.warning("publish of job %s to %s failed (%s); the relay will retry", job_id, queue,
+                        type(exc).__name__)
+            return False
+        return True
+
+    def broker_ok(self) -> bool:
+        """Whether the broker answers now (one connection attempt, short timeouts)."""
+        try:
+            with self.app.connection_for_write() as connection:
+                connection.ensure_connection(max_retries=0)
+                return True
+        except Exception:
+            return False

@@ -1,0 +1,215 @@
+"""Pydantic models: the one source for request validation, response shapes and the OpenAPI document.
+
+Requests are strict (no silent coercion of ``"1024"`` to ``1024``) and refuse unknown fields; every limit comes
+from ``shared.limits``. Error messages name the field; none repeats what the user wrote.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from shared import limits
+
+Text200 = Annotated[str, StringConstraints(max_length=limits.SHORT_TEXT_MAX_CHARS)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=limits.NAME_MAX_CHARS, strip_whitespace=True)]
+UserId = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=limits.USER_ID_MAX_CHARS, pattern=r"^[A-Za-z0-9._:@-]+$"),
+]
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
+
+
+def _http_url(value: str) -> str:
+    if not value.lower().startswith(("http://", "https://")):
+        raise ValueError("must be an http(s) URL")
+    return value
+
+
+HttpUrl = Annotated[str, StringConstraints(max_length=limits.URL_MAX_CHARS), AfterValidator(_http_url)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class SubjectRef(Strict):
+    """A person in the picture: a stored subject by id, by name, or by name with a photo URL."""
+
+    subject_id: Identifier | None = None
+    name: Name | None = None
+    image_url: HttpUrl | None = None
+
+    @model_validator(mode="after")
+    def _one_way(self) -> SubjectRef:
+        if (self.subject_id is None) == (self.name is None):
+            raise ValueError("give either subject_id or name")
+        if self.image_url is not None and self.name is None:
+            raise ValueError("image_url needs a name")
+        return self
+
+
+class ImageRef(Strict):
+    subject_id: Identifier | None = None
+    image_url: HttpUrl | None = None
+
+    @model_validator(mode="after")
+    def _one_way(self) -> ImageRef:
+        if (self.subject_id is None) == (self.image_url is None):
+            raise ValueError("give either subject_id or image_url")
+        return self
+
+
+class Style(Strict):
+    artistic_style: Text200 | None = None
+    color_palette: Text200 | None = None
+    mood: Text200 | None = None
+    reference: ImageRef | None = None
+
+
+class MemoryContext(Strict):
+    title: Text200 | None = None
+    content: Annotated[str, StringConstraints(max_length=limits.MEMORY_CONTENT_MAX_CHARS)] | None = None
+    date: dt.date | None = None
+
+
+class Params(Strict):
+    width: int = Field(limits.DEFAULT_WIDTH, ge=limits.WIDTH_MIN, le=limits.WIDTH_MAX, multiple_of=limits.SIZE_MULTIPLE)
+    height: int = Field(
+        limits.DEFAULT_HEIGHT, ge=limits.HEIGHT_MIN, le=limits.HEIGHT_MAX, multiple_of=limits.SIZE_MULTIPLE
+    )
+    steps: int = Field(limits.DEFAULT_STEPS, ge=limits.STEPS_MIN, le=limits.STEPS_MAX)
+    guidance_scale: float = Field(limits.DEFAULT_GUIDANCE, ge=limits.GUIDANCE_MIN, le=limits.GUIDANCE_MAX)
+    seed: int | None = Field(None, ge=0, le=limits.SEED_MAX, description="Image i uses seed + i; drawn if absent.")
+    num_images: int = Field(1, ge=limits.NUM_IMAGES_MIN, le=limits.NUM_IMAGES_MAX)
+    identity_scale: float = Field(limits.DEFAULT_IDENTITY_SCALE, ge=0, le=limits.ADAPTER_SCALE_MAX)
+    style_scale: float = Field(limits.DEFAULT_STYLE_SCALE, ge=0, le=limits.ADAPTER_SCALE_MAX)
+    content_scale: float = Field(limits.DEFAULT_CONTENT_SCALE, ge=0, le=limits.ADAPTER_SCALE_MAX)
+    style_lora: Annotated[str, StringConstraints(max_length=limits.NAME_MAX_CHARS + 12)] | None = None
+    lora_scale: float = Field(limits.DEFAULT_LORA_SCALE, ge=0, le=limits.LORA_SCALE_MAX)
+    output_format: Literal["png", "jpeg", "webp"] = "png"
+
+
+class IllustrationRequest(Strict):
+    """``POST /v1/illustrations``. Only ``user_id`` and ``prompt`` are required."""
+
+    user_id: UserId
+    prompt: Annotated[str, StringConstraints(min_length=1, max_length=limits.PROMPT_MAX_CHARS)]
+    negative_prompt: Annotated[str, StringConstraints(max_length=limits.NEGATIVE_PROMPT_MAX_CHARS)] | None = None
+    subjects: list[SubjectRef] = Field(default_factory=list, max_length=limits.SUBJECTS_MAX)
+    style: Style | None = None
+    memory_context: MemoryContext | None = None
+    params: Params = Field(default_factory=Params)
+    webhook_url: HttpUrl | None = None
+    priority: Literal["interactive", "batch"] = "interactive"
+    cancel_after: dt.datetime | None = None
+    metadata: dict[str, Any] | None = None
+    on_subject_error: Literal["fail", "text_only"] = "fail"
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+    @field_validator("cancel_after")
+    @classmethod
+    def _aware(cls, value: dt.datetime | None) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("must carry a time zone (RFC 3339, e.g. 2026-11-26T12:00:00Z)")
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _small(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and len(json.dumps(value, separators=(",", ":"))) > limits.METADATA_MAX_BYTES:
+            raise ValueError(f"must be at most {limits.METADATA_MAX_BYTES} bytes as JSON")
+        return value
+
+
+# --- Responses ------------------------------------------------------------------------------------------------------
+class Out(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class Progress(Out):
+    step: int
+    total: int
+
+
+class ImageOut(Out):
+    url: str
+    width: int
+    height: int
+    content_type: str
+    sha256: str
+
+
+class JobErrorOut(Out):
+    code: str
+    message: str
+
+
+class Timings(Out):
+    queued_s: float | None = None
+    inference_s: float | None = None
+    total_s: float | None = None
+
+
+class JobOut(Out):
+    id: str
+    status: Literal["queued", "running", "succeeded", "failed", "canceled"]
+    user_id: str
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    progress: Progress | None
+    queue_position: int | None
+    attempts: int
+    images: list[ImageOut]
+    seed: int
+    prompt_used: str | None
+    warnings: list[str]
+    error: JobErrorOut | None
+    timings: Timings | None
+    model: dict[str, Any] | None
+    cached: bool
+    metadata: dict[str, Any] | None
+    priority: str
+    links: dict[str, str]
+
+
+class SubjectOut(Out):
+    id: str
+    user_id: str
+    name: str
+    version: int
+    width: int
+    height: int
+    sha256: str
+    created_at: dt.datetime
+
+
+class ProblemField(Out):
+    field: str
+    message: str
+
+
+class Problem(Out):
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str | None = None
+    errors: list[ProblemField] = Field(default_factory=list)

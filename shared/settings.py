@@ -1,0 +1,174 @@
+"""Settings: one typed object built from ``ILLUSTRATIONS_*`` environment variables, read once.
+
+With no variable set, the defaults give the embedded mode: SQLite (WAL, busy timeout) and local storage under
+``./var/``, an embedded Redis under ``./var/`` and the ``tiny`` model. URLs switch each part to PostgreSQL, Redis,
+S3 and ``sdxl``. Every timer is a setting, so tests run them in seconds.
+
+A malformed value stops the process at start with a message naming the variable (``SettingsError``).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "ILLUSTRATIONS_"
+
+
+class SettingsError(RuntimeError):
+    """A malformed ``ILLUSTRATIONS_*`` variable; the message names each bad variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, validate_default=True)
+
+    # --- Places -------------------------------------------------------------------------------------------------
+    var_dir: Path = Field(Path("var"), description="Working folder of the embedded mode (database, storage, Redis).")
+    database_url: str = Field("", description="SQLAlchemy URL; empty = SQLite file under var_dir.")
+    broker_url: str = Field("", description="Celery broker URL (redis:// or amqp://); empty = embedded Redis.")
+    storage_url: str = Field("", description="s3://bucket/prefix or a local folder; empty = var_dir/storage.")
+    s3_endpoint_url: str | None = Field(None, description="S3 endpoint for the services (None = AWS).")
+    s3_public_endpoint_url: str | None = Field(None, description="Endpoint written into presigned URLs for clients.")
+    s3_region: str = "us-east-1"
+    presign_expires_s: int = Field(3600, ge=1, le=7 * 24 * 3600, description="Lifetime of presigned image URLs.")
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "path"
+    # boto3 >= 1.36 sends CRC checksums by default; several S3-compatible stores reject them.
+    s3_checksum_mode: Literal["when_supported", "when_required"] = "when_required"
+
+    # --- Database -----------------------------------------------------------------------------------------------
+    sqlite_busy_timeout_ms: int = Field(10_000, ge=0, description="How long a SQLite writer waits for the lock.")
+    db_pool_size: int = Field(5, ge=1)
+    db_connect_timeout_s: float = Field(3.0, gt=0, description="Connect timeout for PostgreSQL.")
+    db_statement_timeout_ms: int = Field(15_000, ge=0, description="PostgreSQL statement_timeout (0 = none).")
+
+    # --- Model --------------------------------------------------------------------------------------------------
+    model_profile: Literal["tiny", "sdxl"] = "tiny"
+    model_dir: Path | None = Field(None, description="Folder of the weights; default var_dir/models/<profile>.")
+    torch_threads: int = Field(0, ge=0, description="torch intra-op threads on CPU (0 = torch's default).")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    png_metadata: bool = Field(False, description="Write prompt/params into PNG text chunks (off: privacy).")
+    png_compress_level: int = Field(1, ge=0, le=9, description="zlib level for generated PNGs (1: fast, ~same size).")
+
+    # --- API ----------------------------------------------------------------------------------------------------
+    api_bind: str = "127.0.0.1:8000"
+    api_workers: int = Field(2, ge=1, description="gunicorn worker processes.")
+    api_threads: int = Field(8, ge=1, description="gunicorn gthread threads per worker.")
+    api_timeout_s: int = Field(70, ge=1, description="gunicorn worker timeout (above the longest Prefer: wait).")
+    api_graceful_timeout_s: int = Field(30, ge=1)
+    public_base_url: str | None = Field(None, description="Base of absolute URLs in responses (default: request host).")
+
+    # --- Queue and timers ---------------------------------------------------------------------------------------
+    publish_timeout_s: float = Field(2.0, gt=0, description="Socket timeout of a publish from the API.")
+    broker_socket_timeout_s: float = Field(5.0, gt=0)
+    visibility_timeout_s: int = Field(
+        7_200, ge=1, description="Redis redelivers unacked tasks after this: keep it above the longest job."
+    )
+    lease_s: float = Field(60.0, gt=0, description="How long a claim is valid without a heartbeat.")
+    heartbeat_s: float = Field(15.0, gt=0, description="How often a running job renews its lease.")
+    relay_interval_s: float = Field(5.0, gt=0, description="How often beat runs the outbox relay and lease sweep.")
+    relay_delay_s: float = Field(10.0, ge=0, description="Age after which an unpublished job is re-published.")
+    max_attempts: int = Field(3, ge=1, description="Attempts before a job fails with worker_lost.")
+    task_soft_time_limit_s: int = Field(600, ge=1, description="Soft time limit of one generation.")
+    task_time_limit_s: int = Field(660, ge=1, description="Hard time limit of one generation (kills the child).")
+    worker_proc_alive_timeout_s: float = Field(300.0, gt=0, description="Time a pool child may take to load its model.")
+    progress_interval_s: float = Field(0.5, ge=0, description="Minimum time between progress writes.")
+    worker_prefetch_multiplier: int = Field(1, ge=1)
+
+    # --- Embedded Redis -----------------------------------------------------------------------------------------
+    embedded_redis_start_timeout_s: float = Field(10.0, gt=0)
+
+    # --- Flower -------------------------------------------------------------------------------------------------
+    flower_address: str = "127.0.0.1"
+    flower_port: int = Field(5555, ge=1, le=65535)
+    flower_basic_auth: str | None = Field(None, description="user:password for Flower's UI and API.")
+
+    # --- Logging ------------------------------------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("database_url", "broker_url", "storage_url")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _check_timers(self) -> Settings:
+        if self.heartbeat_s >= self.lease_s:
+            raise ValueError(
+                f"ILLUSTRATIONS_HEARTBEAT_S ({self.heartbeat_s}) must be below ILLUSTRATIONS_LEASE_S ({self.lease_s})"
+            )
+        if self.task_time_limit_s <= self.task_soft_time_limit_s:
+            raise ValueError("ILLUSTRATIONS_TASK_TIME_LIMIT_S must be above ILLUSTRATIONS_TASK_SOFT_TIME_LIMIT_S")
+        if self.visibility_timeout_s <= self.task_time_limit_s:
+            raise ValueError(
+                "ILLUSTRATIONS_VISIBILITY_TIMEOUT_S must be above ILLUSTRATIONS_TASK_TIME_LIMIT_S, "
+                "or Redis delivers a long job twice"
+            )
+        return self
+
+    # --- Derived values -----------------------------------------------------------------------------------------
+    @property
+    def var_path(self) -> Path:
+        return self.var_dir.resolve()
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.var_path / 'illustrations.db'}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.effective_database_url.startswith("sqlite")
+
+    @property
+    def embedded_broker(self) -> bool:
+        return not self.broker_url
+
+    @property
+    def embedded_redis_socket(self) -> Path:
+        path = self.var_path / "redis" / "redis.sock"
+        if len(str(path)) < 100:  # unix socket paths are limited to ~107 bytes
+            return path
+        digest = hashlib.sha256(str(self.var_path).encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"illustrations-redis-{digest}.sock"
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or f"redis+socket://{self.embedded_redis_socket}"
+
+    @property
+    def effective_storage_url(self) -> str:
+        return self.storage_url or str(self.var_path / "storage")
+
+    @property
+    def effective_model_dir(self) -> Path:
+        return (self.model_dir or self.var_dir / "models" / self.model_profile).resolve()
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"])
+        name = f"{ENV_PREFIX}{field.upper()}" if field else "settings"
+        lines.append(f"{name}: {item['msg']}")
+    return "invalid configuration: " + "; ".join(lines)
+
+
+def load_settings() -> Settings:
+    """Build settings from the environment now; raise ``SettingsError`` naming each malformed variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once (tests call ``get_settings.cache_clear()`` after changing the env)."""
+    return load_settings()

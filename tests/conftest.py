@@ -1,0 +1,162 @@
+"""Shared fixtures: real PostgreSQL, Redis and S3 (rclone) servers; the tiny model; the API app and keys.
+
+PostgreSQL and Redis are the machine's own, on their standard loopback ports (``TEST_DATABASE_ADMIN_URL``,
+``TEST_REDIS_URL`` override them): each session works in a fresh database of its own and a Redis db index it
+empties first. Tests that stop or kill a server start their own instance on another port.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import sqlalchemy as sa
+from flask import Flask
+from flask.testing import FlaskClient
+
+from shared.db import Database
+from shared.keys import create_key
+from shared.migrate import upgrade
+from shared.settings import Settings, get_settings
+from tests.s3server import S3Server
+
+ADMIN_URL = os.environ.get("TEST_DATABASE_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Tests build settings explicitly; nothing from the developer's shell may leak into them.
+for _name in [name for name in os.environ if name.startswith("ILLUSTRATIONS_")]:
+    del os.environ[_name]
+get_settings.cache_clear()
+
+
+def _drop(connection: sa.Connection, name: str) -> None:
+    connection.execute(
+        sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = :n AND pid <> pg_backend_pid()"),
+        {"n": name},
+    )
+    connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+
+
+def _admin_engine() -> sa.Engine:
+    return sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this session, migrated to head; dropped at the end."""
+    name = f"illustrations_test_{uuid.uuid4().hex[:10]}"
+    admin = _admin_engine()
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    upgrade(Settings(database_url=url))
+    yield url
+    with admin.connect() as connection:
+        _drop(connection, name)
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def empty_pg_url() -> Iterator[str]:
+    """An empty PostgreSQL database (no migrations run)."""
+    name = f"illustrations_empty_{uuid.uuid4().hex[:10]}"
+    admin = _admin_engine()
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    with admin.connect() as connection:
+        _drop(connection, name)
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    client.close()
+    return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3 server (rclone serve s3: checks signatures and presign expiry) with the bucket `test-bucket`."""
+    with S3Server(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random-weight model, generated once per session by the same code as `models make-tiny`."""
+    from worker.pipeline.tiny import make_tiny
+
+    return make_tiny(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture
+def settings(pg_url: str, redis_url: str, tmp_path: Path) -> Settings:
+    """PostgreSQL + Redis + a local store in a temporary folder."""
+    return Settings(var_dir=tmp_path / "var", database_url=pg_url, broker_url=redis_url,
+                    storage_url=str(tmp_path / "storage"))
+
+
+@pytest.fixture
+def sqlite_settings(tmp_path: Path) -> Settings:
+    settings = Settings(var_dir=tmp_path / "var", broker_url=REDIS_URL)
+    upgrade(settings)
+    return settings
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def any_db(request: pytest.FixtureRequest) -> Iterator[Database]:
+    """The same test on both databases (each difference between them has one helper, tested on both)."""
+    if request.param == "postgresql":
+        database = Database(request.getfixturevalue("settings"))
+    else:
+        database = Database(request.getfixturevalue("sqlite_settings"))
+    yield database
+    database.engine.dispose()
+
+
+@pytest.fixture
+def db(settings: Settings) -> Iterator[Database]:
+    database = Database(settings)
+    yield database
+    database.engine.dispose()
+
+
+@pytest.fixture
+def app(settings: Settings) -> Iterator[Flask]:
+    from api import create_app
+
+    application = create_app(settings)
+    yield application
+    application.extensions["illustrations"].db.engine.dispose()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def make_key(database: Database, client_name: str | None = None, scopes: tuple[str, ...] = ("generate",)) -> str:
+    with database.begin() as session:
+        _, plaintext = create_key(session, client_name or f"client-{uuid.uuid4().hex[:8]}", scopes)
+    return plaintext
+
+
+@pytest.fixture
+def api_key(db: Database) -> str:
+    """A `generate` key of a fresh client."""
+    return make_key(db)
+
+
+@pytest.fixture
+def auth(api_key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"}

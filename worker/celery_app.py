@@ -1,0 +1,18 @@
+"""The workers' Celery app. Its settings are ``shared.queue.celery_config`` (one module, shared with the API).
+
+The configuration is added lazily, so importing this module reads no settings; ``illustrations worker`` sets the
+environment first, then Celery reads the settings once when the worker starts.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from shared.queue import celery_config
+from shared.settings import get_settings
+
+app = Celery("illustrations", include=["worker.tasks.generate", "worker.tasks.maintenance"])
+app.add_defaults(lambda: celery_config(get_settings()))
+
+# Signals that set up the process (pipeline loaded in the pool child).
+import worker.lifecycle  # noqa: E402,F401

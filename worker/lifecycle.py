@@ -1,0 +1,32 @@
+"""Process lifecycle: load the pipeline in the pool child, before it consumes (never in the parent: CUDA does not
+survive fork, and a parent holding a pipeline would copy gigabytes into every child)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import signals
+
+from shared.tasks import GPU_QUEUES
+from worker.runtime import SetupFailed, get_runtime
+
+log = logging.getLogger(__name__)
+
+
+def _consumes_gpu_queue() -> bool:
+    from worker.celery_app import app
+
+    consumed = set(app.amqp.queues.consume_from or app.amqp.queues)
+    return bool(consumed & set(GPU_QUEUES))
+
+
+@signals.worker_process_init.connect
+def _load_in_child(**_: Any) -> None:
+    runtime = get_runtime()
+    if not _consumes_gpu_queue():
+        return
+    try:
+        runtime.engine()
+    except SetupFailed:
+        pass  # recorded as runtime.setup_error; jobs fail with setup_failed instead of the child crash-looping

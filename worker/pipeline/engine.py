@@ -1,0 +1,301 @@
+"""The generation engine: SDXL with two IP-Adapters kept warm, one call per job.
+
+Loaded once per worker process (setup once, run many). Identity and style are two adapters loaded together: the
+face-focused "plus" adapter takes every subject's reference photos as one list, and the general adapter takes the
+style reference with InstantStyle per-block scales. Both stay loaded for every job; a job without references gives
+that adapter scale 0 and a neutral embedding, because diffusers refuses a call without an image once an adapter is
+loaded, and unloading would throw away the warm image encoder.
+
+References are encoded by ``embed_identity`` / ``embed_style`` and passed as ``ip_adapter_image_embeds``, so a caller
+can cache embeddings by image hash later without touching the call.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import PIL.Image
+import torch
+from diffusers import StableDiffusionXLPipeline
+from diffusers.models.embeddings import ImageProjection
+from transformers import CLIPVisionModelWithProjection
+
+from worker.pipeline.profiles import ModelProfile, ModelsMissing, missing_files, read_revision
+
+logger = logging.getLogger(__name__)
+
+IDENTITY, STYLE = 0, 1  # adapter order, as loaded
+MAX_IDENTITY_IMAGES = 4
+MAX_IMAGES = 8
+MIN_SIDE, MAX_SIDE = 64, 2048
+MAX_STEPS = 150
+MAX_GUIDANCE = 30.0
+MAX_ADAPTER_SCALE = 2.0
+MAX_SEED = 2**63 - 1
+
+ScaleConfig = float | dict[str, Any]
+StepCallback = Callable[[int, int], bool]
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One job's parameters; references are already validated RGB images."""
+
+    prompt: str
+    negative_prompt: str | None
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    seed: int
+    num_images: int
+    identity_images: tuple[PIL.Image.Image, ...] = ()
+    identity_scale: float = 0.6
+    style_image: PIL.Image.Image | None = None
+    style_scale: float = 0.8
+    content_scale: float = 1.0
+
+
+class Interrupted(Exception):
+    """``on_step`` asked to stop; the partial images are discarded."""
+
+
+def style_scale_dict(style_scale: float, content_scale: float) -> dict[str, Any]:
+    """InstantStyle: style through ``up.block_0``'s middle layer, layout through ``down.block_2``'s second one."""
+    return {"down": {"block_2": [0.0, content_scale]}, "up": {"block_0": [0.0, style_scale, 0.0]}}
+
+
+def validate_scale_dict(unet: Any, scale: ScaleConfig) -> None:
+    """Refuse a per-block scale that names a block the UNet lacks or gives a list of the wrong length.
+
+    diffusers drops unknown blocks without a word, which leaves every layer at scale 0: the job would run and
+    quietly ignore its reference.
+    """
+    if not isinstance(scale, dict):
+        return
+    blocks = {
+        "down": {f"block_{i}" for i, block in enumerate(unet.down_blocks) if hasattr(block, "attentions")},
+        "up": {f"block_{i}" for i, block in enumerate(unet.up_blocks) if hasattr(block, "attentions")},
+    }
+    layers = {"down": unet.config.layers_per_block, "up": unet.config.layers_per_block + 1}
+    for part, value in scale.items():
+        if part == "mid":
+            if not isinstance(value, int | float):
+                raise ValueError(f"scale for `mid` must be a number, got {value!r}")
+            continue
+        if part not in blocks:
+            raise ValueError(f"scale names `{part}`; expected `down`, `mid` or `up`")
+        if isinstance(value, int | float):
+            continue
+        if not isinstance(value, dict):
+            raise ValueError(f"scale for `{part}` must be a number or a dict of blocks, got {value!r}")
+        for block, layer_scales in value.items():
+            if block not in blocks[part]:
+                known = ", ".join(sorted(blocks[part])) or "none"
+                raise ValueError(f"scale names `{part}.{block}`, which has no attention here (blocks: {known})")
+            if isinstance(layer_scales, list) and not all(isinstance(v, int | float) for v in layer_scales):
+                raise ValueError(f"scale for `{part}.{block}` must hold numbers, got {layer_scales!r}")
+            if isinstance(layer_scales, list) and len(layer_scales) != layers[part]:
+                raise ValueError(f"scale for `{part}.{block}` must list {layers[part]} values, got {len(layer_scales)}")
+
+
+def _check_request(req: GenerationRequest) -> None:
+    """Raise ValueError naming the first bad parameter."""
+    if not isinstance(req.prompt, str) or not req.prompt.strip():
+        raise ValueError("`prompt` must be a non-empty string")
+    for name, side in (("width", req.width), ("height", req.height)):
+        if not MIN_SIDE <= side <= MAX_SIDE:
+            raise ValueError(f"`{name}` must be between {MIN_SIDE} and {MAX_SIDE}, got {side}")
+        if side % 8:
+            raise ValueError(f"`{name}` must be a multiple of 8, got {side}")
+    if not 1 <= req.steps <= MAX_STEPS:
+        raise ValueError(f"`steps` must be between 1 and {MAX_STEPS}, got {req.steps}")
+    if not 1 <= req.num_images <= MAX_IMAGES:
+        raise ValueError(f"`num_images` must be between 1 and {MAX_IMAGES}, got {req.num_images}")
+    if not 0 <= req.seed <= MAX_SEED - req.num_images + 1:
+        raise ValueError(f"`seed` must be between 0 and {MAX_SEED - req.num_images + 1}, got {req.seed}")
+    if not (math.isfinite(req.guidance_scale) and 0 <= req.guidance_scale <= MAX_GUIDANCE):
+        raise ValueError(f"`guidance_scale` must be between 0 and {MAX_GUIDANCE}, got {req.guidance_scale}")
+    for name in ("identity_scale", "style_scale", "content_scale"):
+        value = getattr(req, name)
+        if not (math.isfinite(value) and 0 <= value <= MAX_ADAPTER_SCALE):
+            raise ValueError(f"`{name}` must be between 0 and {MAX_ADAPTER_SCALE}, got {value}")
+    if len(req.identity_images) > MAX_IDENTITY_IMAGES:
+        raise ValueError(f"`identity_images` must hold at most {MAX_IDENTITY_IMAGES}, got {len(req.identity_images)}")
+    references = [(f"identity_images[{i}]", image) for i, image in enumerate(req.identity_images)]
+    if req.style_image is not None:
+        references.append(("style_image", req.style_image))
+    for name, image in references:
+        if not isinstance(image, PIL.Image.Image) or image.mode != "RGB":
+            raise ValueError(f"`{name}` must be an RGB PIL image, got {getattr(image, 'mode', type(image).__name__)}")
+
+
+def _resolve_device(device: str) -> tuple[str, torch.dtype]:
+    """cuda + bfloat16 (SDPA attention is torch 2's default) where there is a GPU, else cpu + float32."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"`device` is {device!r} but torch sees no CUDA device")
+        return device, torch.bfloat16
+    if device != "cpu":
+        raise ValueError(f"`device` must be auto, cpu or cuda, got {device!r}")
+    return device, torch.float32
+
+
+class Engine:
+    """A loaded pipeline; build it with ``Engine.load`` and call ``generate`` per job."""
+
+    def __init__(
+        self,
+        pipe: Any,
+        profile: ModelProfile,
+        device: str,
+        dtype: torch.dtype,
+        revision: str,
+        load_seconds: float,
+    ) -> None:
+        self.pipe = pipe  # diffusers registers components dynamically: typed as Any
+        self.profile = profile
+        self.device = device
+        self.dtype = dtype
+        self.revision = revision
+        self.load_seconds = load_seconds
+        layers = pipe.unet.encoder_hid_proj.image_projection_layers
+        # diffusers feeds hidden states to every projection but the basic one, which takes the pooled embedding.
+        self._hidden_states = [not isinstance(layer, ImageProjection) for layer in layers]
+        self._negatives = [self._negative(hidden) for hidden in self._hidden_states]
+
+    @classmethod
+    def load(cls, profile: ModelProfile, device: str = "auto", num_threads: int = 0) -> Engine:
+        """Load the base pipeline, the image encoder and both adapters once; raise ModelsMissing first."""
+        missing = missing_files(profile)
+        if missing:
+            raise ModelsMissing(profile, missing)
+        if num_threads > 0:
+            torch.set_num_threads(num_threads)
+        device, dtype = _resolve_device(device)
+        started = time.perf_counter()
+        image_encoder = CLIPVisionModelWithProjection.from_pretrained(
+            profile.image_encoder_dir, dtype=dtype, local_files_only=True
+        )
+        pipe = StableDiffusionXLPipeline.from_pretrained(
+            profile.base_dir, image_encoder=image_encoder, dtype=dtype, local_files_only=True
+        )
+        pipe.load_ip_adapter(
+            str(profile.ip_adapter_dir),
+            subfolder=profile.adapter_subfolder,
+            weight_name=[profile.identity_weight, profile.style_weight],  # order: IDENTITY, STYLE
+            image_encoder_folder=None,
+            local_files_only=True,
+        )
+        pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)  # progress goes through on_step, not tqdm on stderr
+        validate_scale_dict(pipe.unet, style_scale_dict(1.0, 1.0))  # a UNet without SDXL's blocks fails at setup
+        engine = cls(pipe, profile, device, dtype, read_revision(profile), 0.0)
+        engine.load_seconds = time.perf_counter() - started
+        logger.info(
+            "loaded %s (%s) on %s/%s in %.1f s", profile.name, engine.revision, device, dtype, engine.load_seconds
+        )
+        return engine
+
+    # --- Reference embeddings -----------------------------------------------------------------------------------
+
+    def embed_identity(self, images: Sequence[PIL.Image.Image]) -> torch.Tensor:
+        """The identity adapter's embedding of one or more photos: (n, tokens, dim) or (n, dim)."""
+        return self._embed(list(images), self._hidden_states[IDENTITY])
+
+    def embed_style(self, image: PIL.Image.Image) -> torch.Tensor:
+        """The style adapter's embedding of one reference: (1, dim) or (1, tokens, dim)."""
+        return self._embed([image], self._hidden_states[STYLE])
+
+    @torch.inference_mode()
+    def _embed(self, images: list[PIL.Image.Image], hidden_states: bool) -> torch.Tensor:
+        """What diffusers' ``encode_image`` computes for the conditional half, without its unconditional pass."""
+        if not images:
+            raise ValueError("at least one reference image is needed")
+        pixels = self.pipe.feature_extractor(images, return_tensors="pt").pixel_values
+        pixels = pixels.to(device=self.device, dtype=self.pipe.image_encoder.dtype)
+        if hidden_states:
+            return self.pipe.image_encoder(pixels, output_hidden_states=True).hidden_states[-2]
+        return self.pipe.image_encoder(pixels).image_embeds
+
+    @torch.inference_mode()
+    def _negative(self, hidden_states: bool) -> torch.Tensor:
+        """The unconditional embedding of one reference, as diffusers makes it: a zero image, or zeros."""
+        size = self.pipe.image_encoder.config.image_size
+        zeros = torch.zeros(1, 3, size, size, device=self.device, dtype=self.pipe.image_encoder.dtype)
+        if hidden_states:
+            return self.pipe.image_encoder(zeros, output_hidden_states=True).hidden_states[-2]
+        return torch.zeros_like(self.pipe.image_encoder(zeros).image_embeds)
+
+    def _adapter_input(self, adapter: int, positive: torch.Tensor | None, guided: bool) -> torch.Tensor:
+        """One adapter's ``ip_adapter_image_embeds`` entry: (1, n, ...), or (2, n, ...) = [negative, positive]
+        under classifier-free guidance, which diffusers splits with ``chunk(2)``. No references: zeros."""
+        negative = self._negatives[adapter]
+        if positive is None:
+            positive = negative = torch.zeros_like(negative)
+        positive = positive.to(device=self.device, dtype=self.dtype).unsqueeze(0)
+        if not guided:
+            return positive
+        return torch.cat([negative.expand_as(positive[0]).unsqueeze(0), positive])
+
+    # --- The call -----------------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def generate(self, req: GenerationRequest, on_step: StepCallback | None = None) -> list[PIL.Image.Image]:
+        """Run one job; image i uses seed + i. Raise Interrupted when ``on_step`` returns False."""
+        # 1. Check inputs
+        _check_request(req)
+        has_identity, has_style = bool(req.identity_images), req.style_image is not None
+        style: ScaleConfig = style_scale_dict(req.style_scale, req.content_scale) if has_style else 0.0
+        validate_scale_dict(self.pipe.unet, style)
+
+        # 2. Encode reference images (the negative half is present only when guidance doubles the batch)
+        guided = req.guidance_scale > 1 and self.pipe.unet.config.time_cond_proj_dim is None
+        identity_embeds = self.embed_identity(req.identity_images) if has_identity else None
+        style_embeds = self.embed_style(req.style_image) if req.style_image is not None else None
+        image_embeds = [
+            self._adapter_input(IDENTITY, identity_embeds, guided),
+            self._adapter_input(STYLE, style_embeds, guided),
+        ]
+
+        # 3. Set adapter scales (an adapter at 0 is skipped inside attention)
+        self.pipe.set_ip_adapter_scale([req.identity_scale if has_identity else 0.0, style])
+
+        # 4. One generator per image, on the device, so image i is the first image of seed + i
+        generators = [torch.Generator(device=self.device).manual_seed(req.seed + i) for i in range(req.num_images)]
+
+        # 5. Denoise, reporting each step
+        stopped_at = 0
+
+        def step_end(pipe: Any, step_index: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+            nonlocal stopped_at
+            if on_step is not None and not on_step(step_index + 1, pipe.num_timesteps):
+                stopped_at = step_index + 1
+                pipe._interrupt = True  # diffusers skips the remaining steps (it still decodes)
+            return callback_kwargs
+
+        result = self.pipe(
+            prompt=req.prompt,
+            negative_prompt=req.negative_prompt,
+            width=req.width,
+            height=req.height,
+            num_inference_steps=req.steps,
+            guidance_scale=req.guidance_scale,
+            num_images_per_prompt=req.num_images,
+            generator=generators,
+            ip_adapter_image_embeds=image_embeds,
+            callback_on_step_end=step_end,
+            output_type="pil",
+        )
+        if stopped_at:
+            raise Interrupted(f"stopped at step {stopped_at} of {req.steps}")
+
+        # 6. Return RGB images (the pipeline's PIL output already has the requested size)
+        return [image.convert("RGB") for image in result.images]

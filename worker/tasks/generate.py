@@ -1,0 +1,14 @@
+"""The generation task: one job id in, the logic in ``worker.generation``."""
+
+from __future__ import annotations
+
+from shared import tasks
+from worker.celery_app import app
+from worker.runtime import get_runtime
+
+
+@app.task(name=tasks.GENERATE, ignore_result=True)
+def generate(job_id: str) -> str:
+    from worker.generation import run_generation  # torch is imported here, not in CPU-only workers
+
+    return run_generation(job_id, get_runtime())
