@@ -1,0 +1,150 @@
+"""The whole system with real processes: the API under gunicorn and Celery workers, over HTTP with a real key.
+
+1. PostgreSQL + Redis + an S3 server: submit with a subject photo, poll to succeeded, download the images through
+   the presigned redirect, check they are PNGs of the requested size.
+2. The embedded mode with no configuration: each process started separately (worker first, API last), the job
+   submitted with `illustrations submit --wait`, Flower listing the worker, `illustrations down` stopping Redis.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import requests
+from PIL import Image
+
+from tests.s3server import S3Server
+from tests.system.procs import clean_env, free_port, http_ok, processes, run_cli, wait_for
+
+pytestmark = pytest.mark.system
+SYSTEM_REDIS_URL = "redis://127.0.0.1:6379/12"
+
+
+def png_bytes(color: tuple[int, int, int] = (210, 170, 140)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (80, 80), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def wait_terminal(base: str, headers: dict[str, str], job_id: str, timeout_s: float = 180) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = requests.get(f"{base}/v1/illustrations/{job_id}", headers=headers, timeout=10).json()
+        if job["status"] in ("succeeded", "failed", "canceled"):
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not finish in {timeout_s} s")
+
+
+def test_http_to_worker_to_s3_on_postgresql_and_redis(pg_url: str, s3_server: S3Server, tiny_model_dir: Path,
+                                                      tmp_path: Path) -> None:
+    redis.Redis.from_url(SYSTEM_REDIS_URL).flushdb()
+    env = clean_env(
+        VAR_DIR=str(tmp_path / "var"),
+        DATABASE_URL=pg_url,
+        BROKER_URL=SYSTEM_REDIS_URL,
+        STORAGE_URL=f"s3://{s3_server.bucket}/system-{uuid.uuid4().hex[:8]}",
+        S3_ENDPOINT_URL=s3_server.endpoint,
+        S3_ACCESS_KEY_ID=s3_server.access_key,
+        S3_SECRET_ACCESS_KEY=s3_server.secret_key,
+        MODEL_DIR=str(tiny_model_dir),
+        TORCH_THREADS="1",
+        API_WORKERS="2",
+    )
+    key = run_cli(["keys", "create", "--name", f"system-{uuid.uuid4().hex[:6]}"], env, tmp_path).stdout
+    key = key.strip().splitlines()[-1]
+    headers = {"Authorization": f"Bearer {key}"}
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with processes(env, tmp_path, tmp_path / "logs") as procs:
+        procs.start("worker", "worker", "--hostname", "gpu0@system-test")
+        procs.start("api", "api", "--bind", f"127.0.0.1:{port}")
+        wait_for(http_ok(f"{base}/readyz"), 60, "the API")
+
+        subject = requests.post(f"{base}/v1/subjects", headers=headers, timeout=10,
+                                data={"user_id": "u-42", "name": "grandma"},
+                                files={"image": ("grandma.png", png_bytes())})
+        assert subject.status_code == 201, subject.text
+        response = requests.post(f"{base}/v1/illustrations", headers=headers, timeout=10, json={
+            "user_id": "u-42",
+            "prompt": "grandma teaching me to ride a bike",
+            "subjects": [{"subject_id": subject.json()["id"]}],
+            "params": {"width": 64, "height": 96, "steps": 2, "num_images": 2, "seed": 11},
+        })
+        assert response.status_code == 202, response.text
+        assert response.headers["Location"] == f"/v1/illustrations/{response.json()['id']}"
+        job = wait_terminal(base, headers, response.json()["id"])
+
+        assert job["status"] == "succeeded", job
+        assert job["attempts"] == 1 and job["progress"] == {"step": 2, "total": 2}
+        assert job["model"]["profile"] == "tiny" and job["timings"]["inference_s"] > 0
+        assert len(job["images"]) == 2
+        for image in job["images"]:
+            redirect = requests.get(image["url"], headers=headers, allow_redirects=False, timeout=10)
+            assert redirect.status_code == 302
+            location = redirect.headers["Location"]
+            assert location.startswith(s3_server.endpoint) and "Signature" in location
+            data = requests.get(location, timeout=10)
+            assert data.status_code == 200
+            picture = Image.open(io.BytesIO(data.content))
+            assert picture.format == "PNG" and picture.size == (64, 96)
+            assert __import__("hashlib").sha256(data.content).hexdigest() == image["sha256"]
+        # The presigned URL is bound to its signature.
+        tampered = location.replace("Signature=", "Signature=0")
+        assert requests.get(tampered, timeout=10).status_code == 403
+
+
+def test_embedded_mode_with_processes_started_separately(tmp_path: Path) -> None:
+    env = clean_env()  # no configuration at all: SQLite, embedded Redis, local storage, tiny model under ./var
+    run_cli(["models", "make-tiny", "var/models/tiny"], env, tmp_path)
+    api_port, flower_port = free_port(), free_port()
+    face = tmp_path / "face.png"
+    face.write_bytes(png_bytes())
+    try:
+        with processes(env, tmp_path, tmp_path / "logs") as procs:
+            # Any order: the worker starts first and brings up the embedded Redis; the API comes last.
+            procs.start("worker", "worker", "--hostname", "gpu0@embedded-test")
+            procs.start("beat", "beat")
+            procs.start("maintenance", "worker", "--queues", "illustrations.maintenance", "--pool", "threads",
+                        "--hostname", "maintenance@embedded-test")
+            procs.start("flower", "flower", "--port", str(flower_port))
+            procs.start("api", "api", "--bind", f"127.0.0.1:{api_port}")
+            wait_for(http_ok(f"http://127.0.0.1:{api_port}/readyz"), 60, "the API")
+            assert requests.get(f"http://127.0.0.1:{api_port}/readyz", timeout=5).json() == {
+                "database": "ok", "broker": "ok"}
+            key = run_cli(["keys", "create", "--name", "embedded"], env, tmp_path).stdout.strip().splitlines()[-1]
+
+            result = run_cli(["submit", "a picnic by the lake", "--subject", str(face), "--wait", "--width", "64",
+                              "--height", "64", "--steps", "3", "--seed", "5", "--download-dir", "out",
+                              "--api-url", f"http://127.0.0.1:{api_port}", "--key", key], env, tmp_path, timeout=240)
+            job = json.loads(result.stdout[: result.stdout.rindex("}") + 1])
+            assert job["status"] == "succeeded" and job["seed"] == 5
+            image_line = [line for line in result.stdout.splitlines() if line.startswith("image: ")]
+            assert len(image_line) == 1
+            with Image.open(tmp_path / image_line[0].removeprefix("image: ")) as picture:
+                assert picture.format == "PNG" and picture.size == (64, 64)
+            assert (tmp_path / "var" / "illustrations.db").is_file()
+            assert (tmp_path / "var" / "storage" / "jobs" / job["id"] / "1" / "0.png").is_file()
+
+            # Flower sees the generation worker and the queues through its API.
+            flower = f"http://127.0.0.1:{flower_port}"
+            wait_for(http_ok(f"{flower}/healthcheck"), 60, "Flower")
+
+            def flower_lists_worker() -> bool:
+                workers = requests.get(f"{flower}/api/workers?refresh=1", timeout=10)
+                return workers.status_code == 200 and "gpu0@embedded-test" in workers.json()
+
+            wait_for(flower_lists_worker, 60, "Flower to list the worker", interval_s=1)
+            for proc in procs.started:
+                assert proc.alive(), proc.log()[-3000:]
+    finally:
+        down = run_cli(["down"], env, tmp_path)
+    assert "redis" in down.stdout
+    assert not (tmp_path / "var" / "redis" / "redis.sock").exists()
