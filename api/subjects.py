@@ -45,7 +45,7 @@ def latest_version(session: Session, subject_id: str) -> SubjectVersion | None:
 @bp.post("")
 @require("generate")
 def create_subject() -> tuple[Response, int, dict[str, str]]:
-    if request.mimetype != "multipart/form-data":
+    if request.mimetype not in ("multipart/form-data", "application/x-www-form-urlencoded"):
         raise ApiError(415, "Unsupported Media Type", "upload the image as multipart/form-data")
     try:
         form = SubjectForm.model_validate(request.form.to_dict())

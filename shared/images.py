@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import warnings
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -40,9 +41,14 @@ def normalise(
     if len(data) > max_bytes:
         raise ImageRejected(f"the image is larger than {max_bytes} bytes")
     try:
-        image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        with warnings.catch_warnings():
+            # Pillow warns (and past twice its limit, raises) about huge headers: ours is the stricter limit.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError:
         raise ImageRejected("not a PNG, JPEG or WebP image") from None
+    except Image.DecompressionBombError:
+        raise ImageRejected(f"the image has more than {max_pixels} pixels") from None
     width, height = image.size
     if width < 1 or height < 1 or width * height > max_pixels:
         raise ImageRejected(f"the image has {width}x{height} pixels; at most {max_pixels} are accepted")

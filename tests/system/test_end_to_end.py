@@ -64,7 +64,7 @@ def test_http_to_worker_to_s3_on_postgresql_and_redis(pg_url: str, s3_server: S3
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with processes(env, tmp_path, tmp_path / "logs") as procs:
-        procs.start("worker", "worker", "--hostname", "gpu0@system-test")
+        worker = procs.start("worker", "worker", "--hostname", "gpu0@system-test")
         procs.start("api", "api", "--bind", f"127.0.0.1:{port}")
         wait_for(http_ok(f"{base}/readyz"), 60, "the API")
 
@@ -99,6 +99,15 @@ def test_http_to_worker_to_s3_on_postgresql_and_redis(pg_url: str, s3_server: S3
         # The presigned URL is bound to its signature.
         tampered = location.replace("Signature=", "Signature=0")
         assert requests.get(tampered, timeout=10).status_code == 403
+
+        # A second job runs on the same warm pipeline: loaded once, in the pool child, never in the parent.
+        second = requests.post(f"{base}/v1/illustrations", headers=headers, timeout=10, json={
+            "user_id": "u-42", "prompt": "the same street in winter", "params": {"width": 64, "height": 64,
+                                                                                 "steps": 2}})
+        assert wait_terminal(base, headers, second.json()["id"])["status"] == "succeeded"
+        loads = [line for line in worker.log().splitlines() if "pipeline tiny loaded" in line]
+        assert len(loads) == 1, loads
+        assert "ForkPoolWorker" in loads[0]
 
 
 def test_embedded_mode_with_processes_started_separately(tmp_path: Path) -> None:
