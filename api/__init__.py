@@ -30,7 +30,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["illustrations"] = Services(
         settings=settings,
         db=Database(settings),
-        storage=open_storage(settings, presign_seconds=settings.presign_expires_s),
+        storage=open_storage(settings),
         publisher=Publisher(make_celery(settings, "illustrations-api", producer=True)),
     )
     errors.init_app(app)

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from flask import Flask, Response, json
+from flask import Flask, Response, current_app, json
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
@@ -16,7 +16,6 @@ from shared.schemas import Problem, ProblemField
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
-RETRY_AFTER_DEPENDENCY_S = 5
 
 
 class ApiError(Exception):
@@ -80,7 +79,8 @@ def _from_http_exception(exc: HTTPException) -> Response:
 def _from_database_down(exc: Exception) -> Response:
     log.warning("database unavailable: %s", type(exc).__name__)
     problem = Problem(title="Service Unavailable", status=503, detail="the database is unavailable; retry later")
-    return problem_response(problem, {"Retry-After": str(RETRY_AFTER_DEPENDENCY_S)})
+    retry_after = current_app.extensions["illustrations"].settings.retry_after_s
+    return problem_response(problem, {"Retry-After": str(retry_after)})
 
 
 def _from_unexpected(exc: Exception) -> Response:

@@ -31,7 +31,7 @@ def readyz() -> tuple[Response, int, dict[str, str]] | Response:
     broker = "ok" if svc.publisher.broker_ok() else "down"
     body = jsonify(database=database, broker=broker)
     if database != "ok":
-        return body, 503, {"Retry-After": "5"}
+        return body, 503, {"Retry-After": str(svc.settings.retry_after_s)}
     return body
 
 

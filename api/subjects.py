@@ -12,13 +12,14 @@ from typing import Literal
 from flask import Blueprint, Flask, Response, jsonify, request
 from pydantic import BaseModel, ConfigDict, ValidationError
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.auth import current_principal, require
 from api.errors import ApiError, fields_of, not_found, validation_error
 from api.services import services
 from api.views import subject_out
-from shared.images import ImageRejected, normalise
+from shared.images import ImageRejected, NormalisedImage, normalise
 from shared.models import Subject, SubjectVersion
 from shared.schemas import Name, UserId
 
@@ -59,6 +60,13 @@ def create_subject() -> tuple[Response, int, dict[str, str]]:
     except ImageRejected as exc:
         raise validation_error([("image", str(exc))]) from None
 
+    try:
+        return _store_subject(form, image)
+    except IntegrityError:  # two uploads for the same new name at once: the other one won
+        raise ApiError(409, "Conflict", "another upload for this subject is in progress; retry") from None
+
+
+def _store_subject(form: SubjectForm, image: NormalisedImage) -> tuple[Response, int, dict[str, str]]:
     principal = current_principal()
     svc = services()
     with svc.db.begin() as session:

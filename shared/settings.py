@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     s3_public_endpoint_url: str | None = Field(None, description="Endpoint written into presigned URLs for clients.")
     s3_region: str = "us-east-1"
     presign_expires_s: int = Field(3600, ge=1, le=7 * 24 * 3600, description="Lifetime of presigned image URLs.")
+    s3_connect_timeout_s: float = Field(5.0, gt=0)
+    s3_read_timeout_s: float = Field(30.0, gt=0)
+    s3_max_attempts: int = Field(3, ge=1, description="Attempts per S3 call (botocore standard retries).")
     s3_access_key_id: str | None = None
     s3_secret_access_key: str | None = None
     s3_addressing_style: Literal["auto", "path", "virtual"] = "path"
@@ -63,6 +66,7 @@ class Settings(BaseSettings):
     api_threads: int = Field(8, ge=1, description="gunicorn gthread threads per worker.")
     api_timeout_s: int = Field(70, ge=1, description="gunicorn worker timeout (above the longest Prefer: wait).")
     api_graceful_timeout_s: int = Field(30, ge=1)
+    retry_after_s: int = Field(5, ge=1, description="Retry-After of a 503 when a dependency is down.")
     public_base_url: str | None = Field(None, description="Base of absolute URLs in responses (default: request host).")
 
     # --- Queue and timers ---------------------------------------------------------------------------------------

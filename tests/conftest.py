@@ -26,6 +26,8 @@ from tests.s3server import S3Server
 
 ADMIN_URL = os.environ.get("TEST_DATABASE_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+# System tests run real workers; they get a Redis db of their own so stray test messages never reach them.
+SYSTEM_REDIS_URL = os.environ.get("TEST_SYSTEM_REDIS_URL", "redis://127.0.0.1:6379/12")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -82,6 +84,15 @@ def redis_url() -> str:
     client.flushdb()
     client.close()
     return REDIS_URL
+
+
+@pytest.fixture
+def system_redis_url() -> str:
+    """An emptied Redis db for a system test's workers."""
+    client = redis.Redis.from_url(SYSTEM_REDIS_URL)
+    client.flushdb()
+    client.close()
+    return SYSTEM_REDIS_URL
 
 
 @pytest.fixture(scope="session")

@@ -29,8 +29,8 @@ class Runtime:
         self.settings = settings
         self.pid = os.getpid()
         self.db = Database(settings)
-        self.storage: Storage = open_storage(settings, presign_seconds=settings.presign_expires_s)
-        self.worker_name = os.environ.get("ILLUSTRATIONS_WORKER_NAME") or f"{socket.gethostname()}:{os.getpid()}"
+        self.storage: Storage = open_storage(settings)
+        self.worker_name = f"{socket.gethostname()}:{os.getpid()}"  # the task sets Celery's node name
         self.setup_error: str | None = None
         self.load_seconds: float | None = None
         self._engine: Engine | None = None

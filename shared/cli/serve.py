@@ -70,7 +70,6 @@ def worker(settings: Settings, queues: str, concurrency: int, pool: str, hostnam
             "--loglevel", settings.log_level, "--without-mingle", "--without-gossip"]
     if hostname:
         argv += ["--hostname", hostname]
-        os.environ["ILLUSTRATIONS_WORKER_NAME"] = hostname
     app.worker_main(argv)
 
 

@@ -107,7 +107,7 @@ class Storage(ABC):
         """Cheap reachability check; raise ``StorageError`` if the store cannot be used."""
 
 
-def open_storage(settings: Settings, presign_seconds: int = 3600) -> Storage:
+def open_storage(settings: Settings) -> Storage:
     """The store named by ``settings.effective_storage_url``: ``s3://bucket/prefix`` or a local folder."""
     # The backends are imported here so that local mode never imports boto3.
     url = settings.effective_storage_url
@@ -125,7 +125,10 @@ def open_storage(settings: Settings, presign_seconds: int = 3600) -> Storage:
             secret_access_key=settings.s3_secret_access_key,
             addressing_style=settings.s3_addressing_style,
             checksum_mode=settings.s3_checksum_mode,
-            presign_seconds=presign_seconds,
+            presign_seconds=settings.presign_expires_s,
+            connect_timeout=settings.s3_connect_timeout_s,
+            read_timeout=settings.s3_read_timeout_s,
+            max_attempts=settings.s3_max_attempts,
         )
     if scheme := _SCHEME.match(url):
         if scheme[0] != "file://":

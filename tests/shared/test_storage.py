@@ -374,8 +374,9 @@ def test_open_storage_picks_s3_and_applies_the_prefix(s3_server: S3Server) -> No
         s3_endpoint_url=s3_server.endpoint,
         s3_access_key_id=s3_server.access_key,
         s3_secret_access_key=s3_server.secret_key,
+        presign_expires_s=600,
     )
-    store = open_storage(settings, presign_seconds=600)
+    store = open_storage(settings)
     assert isinstance(store, S3Storage)
     assert (store.bucket, store.prefix, store.presign_seconds) == (s3_server.bucket, "deploy/one/", 600)
     store.put("jobs/1/0.png", b"x", "image/png")

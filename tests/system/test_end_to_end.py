@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import requests
 from PIL import Image
 
@@ -24,7 +23,6 @@ from tests.s3server import S3Server
 from tests.system.procs import clean_env, free_port, http_ok, processes, run_cli, wait_for
 
 pytestmark = pytest.mark.system
-SYSTEM_REDIS_URL = "redis://127.0.0.1:6379/12"
 
 
 def png_bytes(color: tuple[int, int, int] = (210, 170, 140)) -> bytes:
@@ -43,13 +41,12 @@ def wait_terminal(base: str, headers: dict[str, str], job_id: str, timeout_s: fl
     raise AssertionError(f"job {job_id} did not finish in {timeout_s} s")
 
 
-def test_http_to_worker_to_s3_on_postgresql_and_redis(pg_url: str, s3_server: S3Server, tiny_model_dir: Path,
-                                                      tmp_path: Path) -> None:
-    redis.Redis.from_url(SYSTEM_REDIS_URL).flushdb()
+def test_http_to_worker_to_s3_on_postgresql_and_redis(pg_url: str, system_redis_url: str, s3_server: S3Server,
+                                                      tiny_model_dir: Path, tmp_path: Path) -> None:
     env = clean_env(
         VAR_DIR=str(tmp_path / "var"),
         DATABASE_URL=pg_url,
-        BROKER_URL=SYSTEM_REDIS_URL,
+        BROKER_URL=system_redis_url,
         STORAGE_URL=f"s3://{s3_server.bucket}/system-{uuid.uuid4().hex[:8]}",
         S3_ENDPOINT_URL=s3_server.endpoint,
         S3_ACCESS_KEY_ID=s3_server.access_key,
