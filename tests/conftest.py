@@ -8,6 +8,7 @@ empties first. Tests that stop or kill a server start their own instance on anot
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,6 +94,28 @@ def system_redis_url() -> str:
     client.flushdb()
     client.close()
     return SYSTEM_REDIS_URL
+
+
+RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672")
+
+
+@pytest.fixture
+def rabbitmq_url() -> Iterator[str]:
+    """A fresh virtual host on the machine's RabbitMQ (its own queues and exchanges), deleted afterwards."""
+    vhost = f"illustrations-test-{uuid.uuid4().hex[:10]}"
+    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True, timeout=60)
+    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"], check=True,
+                   capture_output=True, timeout=60)
+    yield f"{RABBITMQ_URL}/{vhost}"
+    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, timeout=60)
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def system_broker_url(request: pytest.FixtureRequest) -> str:
+    """The broker of a system test: Redis (the default deployment) and RabbitMQ (the tested alternative)."""
+    name = "system_redis_url" if request.param == "redis" else "rabbitmq_url"
+    url: str = request.getfixturevalue(name)
+    return url
 
 
 @pytest.fixture(scope="session")

@@ -7,13 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
 from click.testing import CliRunner
 
-from shared.settings import ENV_PREFIX, Settings
-
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = {"api", "worker", "beat", "flower", "db", "keys", "models", "submit", "up", "down", "status", "demo"}
+COMMANDS = {"api", "worker", "beat", "flower", "db", "keys", "models", "ops", "submit", "up", "down", "status",
+            "demo"}
 
 
 def test_help_lists_every_subcommand() -> None:
@@ -24,7 +22,8 @@ def test_help_lists_every_subcommand() -> None:
     commands = result.output.split("Commands:")[1]
     listed = set(re.findall(r"^  (\w[\w-]*)\s", commands, flags=re.MULTILINE))
     assert listed == COMMANDS
-    for group, subcommands in {"db": {"upgrade"}, "keys": {"create", "list"}, "models": {"make-tiny", "check"}}.items():
+    for group, subcommands in {"db": {"upgrade"}, "keys": {"create", "list"}, "models": {"make-tiny", "check", "sync"},
+                              "ops": {"drain"}}.items():
         output = CliRunner().invoke(main, [group, "--help"]).output.split("Commands:")[1]
         assert subcommands <= set(re.findall(r"^  (\w[\w-]*)\s", output, flags=re.MULTILINE))
 
@@ -35,18 +34,6 @@ def test_dockerfile_copy_sources_exist() -> None:
             if line.startswith("COPY "):
                 for source in line.split()[1:-1]:
                     assert (ROOT / source).exists(), f"{dockerfile}: COPY {source} does not exist"
-
-
-def test_compose_sets_only_known_settings() -> None:
-    compose = yaml.safe_load((ROOT / "infra" / "compose.yaml").read_text())
-    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
-    seen = set()
-    for service in compose["services"].values():
-        for name in service.get("environment", {}) or {}:
-            if name.startswith(ENV_PREFIX):
-                seen.add(name)
-                assert name in known, f"compose sets unknown setting {name}"
-    assert "ILLUSTRATIONS_DATABASE_URL" in seen
 
 
 def test_cpu_processes_never_import_torch() -> None:

@@ -98,6 +98,20 @@ def models_check(settings: Settings) -> None:
     click.echo(f"profile {profile.name} complete at {profile.root} (revision {read_revision(profile)})")
 
 
+@models.command("sync")
+@click.argument("uri")
+@click.option("--target", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Default: the profile's folder (ILLUSTRATIONS_MODEL_DIR).")
+@click.pass_obj
+def models_sync(settings: Settings, uri: str, target: Path | None) -> None:
+    """Copy the profile's weights from s3://bucket/prefix (skips files already present with the same size)."""
+    from shared.model_sync import sync_from_s3
+
+    folder = target or settings.effective_model_dir
+    downloaded, skipped = sync_from_s3(settings, uri, folder)
+    click.echo(f"{folder}: {downloaded} file(s) downloaded, {skipped} already present")
+
+
 def register(group: click.Group) -> None:
     for command in (db, keys, models):
         group.add_command(command)

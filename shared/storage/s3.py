@@ -163,6 +163,30 @@ class S3Storage(Storage):
         with self._errors("check"):
             self._client.head_bucket(Bucket=self.bucket)
 
+    def download_tree(self, target: Path) -> tuple[int, int]:
+        """Copy every object under this store's prefix into ``target`` (same relative paths), streaming each to a
+        temporary file renamed into place; objects already there with the same size are skipped. Returns
+        (downloaded, skipped). Used to sync model weights from a bucket (multi-GB files never sit in memory)."""
+        downloaded = skipped = 0
+        with self._errors("download_tree"):
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self.prefix, PaginationConfig={"PageSize": self.page_size}
+            )
+            for page in pages:
+                for item in page.get("Contents", []):
+                    relative = validate_key(item["Key"].removeprefix(self.prefix))
+                    path = target / relative
+                    if path.is_file() and path.stat().st_size == item["Size"]:
+                        skipped += 1
+                        continue
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    partial = path.with_name(f".{path.name}.partial")
+                    self._client.download_file(self.bucket, item["Key"], str(partial))
+                    partial.chmod(0o644)
+                    partial.replace(path)
+                    downloaded += 1
+        return downloaded, skipped
+
 
 def _check_lifetime(seconds: int, name: str = "presign_seconds") -> int:
     if not 1 <= seconds <= MAX_PRESIGN_SECONDS:

@@ -1,7 +1,7 @@
 """The whole system with real processes: the API under gunicorn and Celery workers, over HTTP with a real key.
 
-1. PostgreSQL + Redis + an S3 server: submit with a subject photo, poll to succeeded, download the images through
-   the presigned redirect, check they are PNGs of the requested size.
+1. PostgreSQL + an S3 server, once on Redis and once on RabbitMQ: submit with a subject photo, poll to succeeded,
+   download the images through the presigned redirect, check they are PNGs of the requested size.
 2. The embedded mode with no configuration: each process started separately (worker first, API last), the job
    submitted with `illustrations submit --wait`, Flower listing the worker, `illustrations down` stopping Redis.
 """
@@ -41,12 +41,12 @@ def wait_terminal(base: str, headers: dict[str, str], job_id: str, timeout_s: fl
     raise AssertionError(f"job {job_id} did not finish in {timeout_s} s")
 
 
-def test_http_to_worker_to_s3_on_postgresql_and_redis(pg_url: str, system_redis_url: str, s3_server: S3Server,
-                                                      tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_http_to_worker_to_s3_on_postgresql(pg_url: str, system_broker_url: str, s3_server: S3Server,
+                                            tiny_model_dir: Path, tmp_path: Path) -> None:
     env = clean_env(
         VAR_DIR=str(tmp_path / "var"),
         DATABASE_URL=pg_url,
-        BROKER_URL=system_redis_url,
+        BROKER_URL=system_broker_url,
         STORAGE_URL=f"s3://{s3_server.bucket}/system-{uuid.uuid4().hex[:8]}",
         S3_ENDPOINT_URL=s3_server.endpoint,
         S3_ACCESS_KEY_ID=s3_server.access_key,
