@@ -1,4 +1,4 @@
-"""Reading request bodies: 415 for a wrong content type, 400 for malformed JSON, 422 naming each bad field."""
+"""Reading requests: 415 for a wrong content type, 400 for malformed JSON, 422 naming each bad field or parameter."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from flask import request
 from pydantic import BaseModel, ValidationError
 
 from api.errors import ApiError, fields_of, validation_error
+from shared.schemas import Query
 
 M = TypeVar("M", bound=BaseModel)
+Q = TypeVar("Q", bound=Query)
 
 
 def json_body(model: type[M]) -> M:
@@ -23,4 +25,12 @@ def json_body(model: type[M]) -> M:
             raise ApiError(400, "Bad Request", "the body is not valid JSON") from None
         if any(item["type"] == "model_type" and not item["loc"] for item in exc.errors()):
             raise ApiError(400, "Bad Request", "the body must be a JSON object") from None
+        raise validation_error(fields_of(exc)) from None
+
+
+def query_args(model: type[Q]) -> Q:
+    """The query string as ``model`` (unknown parameters and bad values are a 422 naming them)."""
+    try:
+        return model.model_validate(request.args.to_dict())
+    except ValidationError as exc:
         raise validation_error(fields_of(exc)) from None
