@@ -8,6 +8,7 @@ from flask import Flask
 
 from api import (
     batches,
+    body,
     compat,
     errors,
     health,
@@ -49,6 +50,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         fetcher=Fetcher.from_settings(settings),
     )
     errors.init_app(app)
+    body.init_app(app)
     ratelimit.init_app(app, settings)
     health.init_app(app)
     illustrations.init_app(app)

@@ -1,8 +1,8 @@
 """AutoBio's existing contract (``/api/illustrations``), in its camelCase names, and its translation onto v1.
 
 The request is what AutoBio's backend already sends (the seed's ``IllustrationRequest``); unknown fields are ignored
-(it may send more than we read), numbers where strings are expected are taken as strings, and a ``memoryContext.date``
-that is not an ISO date still gives its year to the era cue when it names one. Limits are v1's.
+(it may send more than we read), a numeric ``userId`` is taken as its decimal string, and a ``memoryContext.date`` that
+is not an ISO date still gives its year to the era cue when it names one. Limits are v1's.
 """
 
 from __future__ import annotations
@@ -11,16 +11,28 @@ import datetime as dt
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
 from shared import limits
 from shared.schemas import HttpUrl, Name, Text200, UserId
 
 
+def _number_as_text(value: Any) -> Any:
+    """AutoBio may send a numeric user id: it is the same user as its decimal string."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
 class Camel(BaseModel):
-    model_config = ConfigDict(extra="ignore", alias_generator=to_camel, populate_by_name=False, frozen=True,
-                              coerce_numbers_to_str=True)
+    """A request part: read by AutoBio's names only."""
+
+    model_config = ConfigDict(extra="ignore", alias_generator=to_camel, frozen=True)
+
+
+class CamelOut(BaseModel):
+    """An answer part: built by our names, written in AutoBio's (``model_dump(by_alias=True)``)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, validate_by_name=True, validate_by_alias=True, frozen=True)
 
 
 class SubjectReference(Camel):
@@ -45,19 +57,19 @@ class GenerateRequest(Camel):
     """``POST /api/illustrations/generate``."""
 
     prompt: Annotated[str, StringConstraints(min_length=1, max_length=limits.PROMPT_MAX_CHARS)]
-    user_id: UserId
+    user_id: Annotated[UserId, BeforeValidator(_number_as_text, json_schema_input_type=UserId | int)]
     subject_references: list[SubjectReference] = Field(default_factory=list, max_length=limits.SUBJECTS_MAX)
     style_preferences: StylePreferences | None = None
     memory_context: MemoryContext | None = None
 
 
-class ResultMetadata(Camel):
+class ResultMetadata(CamelOut):
     model: str
     parameters: dict[str, Any]
     generation_time: float = Field(description="Seconds of generation (float).")
 
 
-class GenerateResult(Camel):
+class GenerateResult(CamelOut):
     """200: the image is ready."""
 
     image_url: str
@@ -66,7 +78,7 @@ class GenerateResult(Camel):
     status: Literal["succeeded"] = "succeeded"
 
 
-class GeneratePending(Camel):
+class GeneratePending(CamelOut):
     """202: not ready within the wait; poll ``statusUrl``."""
 
     generation_id: str
@@ -95,7 +107,7 @@ def parse_date(value: str | None) -> dt.date | None:
 
 def to_v1(request: GenerateRequest) -> dict[str, Any]:
     """The v1 request document (JSON-shaped, validated by ``IllustrationRequest`` afterwards)."""
-    body: dict[str, Any] = {"user_id": request.user_id, "prompt": request.prompt}
+    body: dict[str, Any] = {"user_id": str(request.user_id), "prompt": request.prompt}
     if request.subject_references:
         body["subjects"] = [
             {"name": ref.name, **({"image_url": ref.image_url} if ref.image_url else {})}

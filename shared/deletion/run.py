@@ -48,7 +48,8 @@ def run_deletion(db: Database, storage: Storage, settings: Settings, deletion_id
         claimed = session.execute(
             update(UserDeletion)
             .where(UserDeletion.id == deletion_id, UserDeletion.status.in_(ACTIVE),
-                   or_(UserDeletion.lease_until.is_(None), UserDeletion.lease_until < utcnow()))
+                   or_(UserDeletion.lease_until.is_(None), UserDeletion.lease_until < utcnow()),
+                   or_(UserDeletion.run_after.is_(None), UserDeletion.run_after <= utcnow()))
             .values(status="running", lease_until=utcnow(settings.deletion_lease_s))
             .returning(UserDeletion.client_id, UserDeletion.user_id, UserDeletion.parts)
             .execution_options(synchronize_session=False)

@@ -47,6 +47,8 @@ def test_list_is_newest_first_with_a_cursor_and_filters(client: FlaskClient, aut
     running = client.get("/v1/illustrations", query_string={"status": "running"}, headers=auth).json
     assert running is not None and [item["id"] for item in running["items"]] == [made[0]]
     assert running["items"][0]["status"] == "running"
+    with db.begin() as session:  # leave no running job behind (the lease sweep tests see every job)
+        jobs.canceled(session, made[0], CancelReason.CANCELED_BY_CLIENT, claim)
 
 
 def test_list_refuses_bad_parameters(client: FlaskClient, auth: dict[str, str]) -> None:
