@@ -29,3 +29,16 @@ def test_nul_characters_are_refused_everywhere(client: FlaskClient, auth: dict[s
                                                            "image": (io.BytesIO(png()), "x.png")})
     assert form.status_code == 422 and form.json["errors"][0]["field"] == "name"  # type: ignore[index]
     assert count_jobs(db) == before
+
+
+def test_a_decompression_bomb_upload_is_422_naming_the_image(client: FlaskClient, auth: dict[str, str]) -> None:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("1", (6000, 5000)).save(buffer, format="PNG")  # 30 megapixels in a few kilobytes
+    assert len(buffer.getvalue()) < 100_000
+    response = client.post("/v1/subjects", headers=auth, data={"user_id": "u-1", "name": "bomb",
+                                                               "image": (io.BytesIO(buffer.getvalue()), "b.png")})
+    assert response.status_code == 422
+    error = response.json["errors"][0]  # type: ignore[index]
+    assert error["field"] == "image" and "pixels" in error["message"]
