@@ -6,11 +6,24 @@ import logging
 
 from flask import Flask
 
-from api import errors, health, illustrations, subjects
+from api import (
+    batches,
+    body,
+    compat,
+    errors,
+    health,
+    illustrations,
+    openapi,
+    ratelimit,
+    subjects,
+    users,
+)
 from api.services import Services
+from api.waiting import JobWaiter
 from shared import limits
 from shared.db import Database
 from shared.embedded import ensure_redis
+from shared.fetch import Fetcher
 from shared.migrate import upgrade
 from shared.queue import Publisher, make_celery
 from shared.settings import Settings, get_settings
@@ -27,14 +40,23 @@ def create_app(settings: Settings | None = None) -> Flask:
     if settings.is_sqlite:
         upgrade(settings)  # embedded mode: the schema is ours to keep current; PostgreSQL migrates explicitly
     ensure_redis(settings)
+    db = Database(settings)
     app.extensions["illustrations"] = Services(
         settings=settings,
-        db=Database(settings),
+        db=db,
         storage=open_storage(settings),
         publisher=Publisher(make_celery(settings, "illustrations-api", producer=True)),
+        waiter=JobWaiter(db, settings),
+        fetcher=Fetcher.from_settings(settings),
     )
     errors.init_app(app)
+    body.init_app(app)
+    ratelimit.init_app(app, settings)
     health.init_app(app)
     illustrations.init_app(app)
     subjects.init_app(app)
+    batches.init_app(app)
+    users.init_app(app)
+    compat.init_app(app)
+    openapi.init_app(app)
     return app

@@ -51,6 +51,7 @@ def require(scope: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
             g.principal = principal
             return view(*args, **kwargs)
 
+        wrapped.__scope__ = scope  # type: ignore[attr-defined]  # read by the OpenAPI document
         return wrapped
 
     return decorate

@@ -68,6 +68,8 @@ def _from_api_error(exc: ApiError) -> Response:
 
 
 def _from_http_exception(exc: HTTPException) -> Response:
+    if isinstance(exc.response, Response):  # already a complete answer (the rate limiter's problem+json)
+        return exc.response
     status = exc.code or 500
     headers: dict[str, Any] = {}
     if status == 405 and exc.get_response().headers.get("Allow"):

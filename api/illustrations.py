@@ -1,144 +1,172 @@
-"""Illustrations: submit (validate, write the row, commit, publish the id), read, and download images."""
+"""Illustrations: submit, read (optionally waiting), list with a cursor, cancel, and download images."""
 
 from __future__ import annotations
-
-import secrets
-from typing import Any
 
 from flask import Blueprint, Flask, Response, jsonify, redirect, request, send_file
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response as WerkzeugResponse
 
+from api import submit
 from api.auth import current_principal, require
-from api.body import json_body
-from api.errors import ApiError, not_found, validation_error
-from api.services import services
-from api.subjects import latest_version
+from api.body import json_body, query_args
+from api.errors import ApiError, not_found
+from api.openapi import PREFER, Returns, operation
+from api.pagination import after_cursor, make_cursor
+from api.services import Services, services
 from api.views import job_out, job_path
-from shared import jobs, limits
-from shared.models import Job, JobImage, Subject
-from shared.prompts import build_prompt
-from shared.schemas import IllustrationRequest, ImageRef, SubjectRef
-from shared.tasks import QUEUE_BY_PRIORITY
+from api.waiting import prefer_wait
+from shared import jobs
+from shared.errors import CancelReason
+from shared.models import Job, JobImage
+from shared.schemas import CancelRequest, IllustrationRequest, JobList, JobListQuery, JobOut, OwnerQuery
+from shared.states import TERMINAL, JobStatus
 
 bp = Blueprint("illustrations", __name__, url_prefix="/v1/illustrations")
 
-
-def _reference(session: Session, client_id: str, user_id: str, *, subject_id: str | None = None,
-               name: str | None = None) -> dict[str, Any] | None:
-    """The latest stored version of one of this user's subjects, as the worker needs it."""
-    query = select(Subject).where(Subject.client_id == client_id, Subject.user_id == user_id)
-    query = query.where(Subject.id == subject_id) if subject_id is not None else query.where(Subject.name == name)
-    subject = session.execute(query).scalar_one_or_none()
-    version = latest_version(session, subject.id) if subject is not None else None
-    if subject is None or version is None:
-        return None
-    return {
-        "subject_id": subject.id,
-        "name": subject.name,
-        "version": version.version,
-        "storage_key": version.storage_key,
-        "sha256": version.sha256,
-    }
+TERMINAL_VALUES = frozenset(state.value for state in TERMINAL)
 
 
-def resolve_references(session: Session, client_id: str, body: IllustrationRequest) -> dict[str, Any]:
-    """Subjects and the style reference resolved to stored versions at submit; unknown ones are a 422."""
-    errors: list[tuple[str, str]] = []
-    identity: list[dict[str, Any]] = []
-    for i, ref in enumerate(body.subjects):
-        resolved = _resolve_one(session, client_id, body.user_id, ref, f"subjects.{i}", errors)
-        if resolved is not None:
-            identity.append(resolved)
-    style = None
-    if body.style is not None and body.style.reference is not None:
-        style = _resolve_one(session, client_id, body.user_id, body.style.reference, "style.reference", errors)
-    if body.params.style_lora is not None:
-        errors.append(("params.style_lora", "unknown style"))
-    if body.webhook_url is not None:
-        errors.append(("webhook_url", "webhook delivery is not enabled on this deployment yet"))
-    if errors:
-        raise validation_error(errors)
-    return {"identity": identity, "style": style}
-
-
-def _resolve_one(session: Session, client_id: str, user_id: str, ref: SubjectRef | ImageRef, field: str,
-                 errors: list[tuple[str, str]]) -> dict[str, Any] | None:
-    if ref.image_url is not None:
-        errors.append((f"{field}.image_url", "references by URL are not enabled on this deployment yet; "
-                                             "upload the photo with POST /v1/subjects"))
-        return None
-    name = ref.name if isinstance(ref, SubjectRef) else None
-    resolved = _reference(session, client_id, user_id, subject_id=ref.subject_id, name=name)
-    if resolved is None:
-        errors.append((field, "no such subject for this user"))
-    return resolved
-
-
-@bp.post("")
-@require("generate")
-def create_illustration() -> tuple[Response, int, dict[str, str]]:
-    body = json_body(IllustrationRequest)
-    principal = current_principal()
-    svc = services()
-    seed = body.params.seed if body.params.seed is not None else secrets.randbelow(limits.SEED_MAX + 1)
-    prompt_used, warnings = build_prompt(body)
-    queue = QUEUE_BY_PRIORITY[body.priority]
+def is_finished(svc: Services, job_id: str) -> bool:
     with svc.db.begin() as session:
-        references = resolve_references(session, principal.client_id, body)
-        request_doc = body.model_dump(mode="json", exclude={"metadata", "webhook_url", "cancel_after"})
-        request_doc["params"]["seed"] = seed
-        request_doc["resolved"] = references
-        job = jobs.new_job(
-            client_id=principal.client_id,
-            user_id=body.user_id,
-            priority=body.priority,
-            queue=queue,
-            request=request_doc,
-            seed=seed,
-            prompt_used=prompt_used,
-            warnings=warnings,
-            meta=body.metadata,
-            webhook_url=body.webhook_url,
-            cancel_after=body.cancel_after,
-        )
-        session.add(job)
-        session.flush()
-        view = job_out(job, queue_position=None)
-    # Outbox: the row is committed; a failed publish leaves it for the relay, the client still gets its 202.
-    if svc.publisher.publish(job.id, queue):
-        with svc.db.begin() as session:
-            jobs.mark_published(session, job.id)
-    return jsonify(view.model_dump(mode="json")), 202, {"Location": job_path(job.id)}
+        status = session.execute(select(Job.status).where(Job.id == job_id)).scalar_one_or_none()
+    return status is None or status in TERMINAL_VALUES
 
 
-def _owned_job(session: Session, job_id: str) -> Job:
-    principal = current_principal()
+def wait_for(svc: Services, job_id: str, seconds: float | None) -> bool:
+    """Hold the request until the job finishes or ``seconds`` pass (``Prefer: wait``); whether it finished."""
+    if not seconds:
+        return is_finished(svc, job_id)
+    return svc.waiter.wait(job_id, seconds, lambda: is_finished(svc, job_id))
+
+
+def owned_job(session: Session, job_id: str, user_id: str | None) -> Job:
+    """This client's job (and this user's, when ``user_id`` is given), else 404."""
     job = session.execute(
-        select(Job).where(Job.id == job_id, Job.client_id == principal.client_id)
+        select(Job).where(Job.id == job_id, Job.client_id == current_principal().client_id)
     ).scalar_one_or_none()
-    user_id = request.args.get("user_id")
     if job is None or (user_id is not None and job.user_id != user_id):
         raise not_found("illustration")
     return job
 
 
+def read_job(svc: Services, job_id: str) -> JobOut:
+    with svc.db.begin() as session:
+        job = session.get_one(Job, job_id)
+        return job_out(job, queue_position=jobs.queue_position(session, job))
+
+
+@bp.post("")
+@require("generate")
+@operation(
+    "Submit an illustration job", tags=["illustrations"], body=IllustrationRequest, headers=[PREFER],
+    responses={202: Returns("Accepted: the job, queued.", JobOut, headers=("Location",)),
+               200: Returns("With `Prefer: wait`: the job finished within the wait.", JobOut,
+                            headers=("Location", "Preference-Applied"))},
+    errors=(409,),
+)
+def create_illustration() -> tuple[Response, int, dict[str, str]]:
+    body = json_body(IllustrationRequest)
+    svc = services()
+    wait = prefer_wait(request.headers.get("Prefer"), svc.settings.prefer_wait_max_s)
+    with svc.db.begin() as session:
+        (job,) = submit.accept(session, svc, current_principal(), [body])
+        view = job_out(job)
+    submit.publish(svc, [(job.id, job.queue)])
+    headers = {"Location": job_path(job.id)}
+    if wait is None:
+        return jsonify(view.model_dump(mode="json")), 202, headers
+    headers["Preference-Applied"] = f"wait={wait:g}"
+    finished = wait_for(svc, job.id, wait)
+    view = read_job(svc, job.id)
+    return jsonify(view.model_dump(mode="json")), 200 if finished else 202, headers
+
+
+@bp.get("")
+@require("generate")
+@operation("List jobs, newest first", tags=["illustrations"], query=JobListQuery,
+           responses={200: Returns("A page of jobs and the cursor of the next page (null at the end).", JobList)})
+def list_illustrations() -> Response:
+    args = query_args(JobListQuery)
+    svc = services()
+    query = select(Job).where(Job.client_id == current_principal().client_id)
+    if args.user_id is not None:
+        query = query.where(Job.user_id == args.user_id)
+    if args.status is not None:
+        query = query.where(Job.status == args.status)
+    query = query.where(*after_cursor(Job.created_at, Job.id, args.cursor))
+    with svc.db.begin() as session:
+        rows = list(session.execute(
+            query.order_by(Job.created_at.desc(), Job.id.desc()).limit(args.limit + 1)
+        ).scalars())
+        page = rows[: args.limit]
+        items = [job_out(job, queue_position=jobs.queue_position(session, job)) for job in page]
+    next_cursor = make_cursor(page[-1].created_at, page[-1].id) if len(rows) > args.limit else None
+    return jsonify(JobList(items=items, next_cursor=next_cursor).model_dump(mode="json"))
+
+
 @bp.get("/<job_id>")
 @require("generate")
+@operation("Read a job", tags=["illustrations"], query=OwnerQuery, headers=[PREFER],
+           responses={200: Returns("The job (with `Prefer: wait`, once finished or when the wait is over).", JobOut)},
+           errors=(404,))
 def get_illustration(job_id: str) -> Response:
-    with services().db.begin() as session:
-        job = _owned_job(session, job_id)
-        view = job_out(job, queue_position=jobs.queue_position(session, job))
-    return jsonify(view.model_dump(mode="json"))
+    args = query_args(OwnerQuery)
+    svc = services()
+    with svc.db.begin() as session:
+        owned_job(session, job_id, args.user_id)
+    wait = prefer_wait(request.headers.get("Prefer"), svc.settings.prefer_wait_max_s)
+    if wait:
+        wait_for(svc, job_id, wait)
+    response = jsonify(read_job(svc, job_id).model_dump(mode="json"))
+    if wait is not None:
+        response.headers["Preference-Applied"] = f"wait={wait:g}"
+    return response
+
+
+def _cancel_body() -> CancelRequest:
+    if not request.get_data(cache=True):
+        return CancelRequest()
+    return json_body(CancelRequest)
+
+
+@bp.post("/<job_id>/cancel")
+@require("generate")
+@operation(
+    "Cancel a job", tags=["illustrations"], body=CancelRequest, body_required=False,
+    description="A queued job is canceled at once (200 with the job, `canceled`). A running job stops at its next "
+                "step and stores nothing (202; it then ends `canceled`). A finished job is unchanged (200).",
+    responses={200: Returns("Canceled now, or already finished (unchanged).", JobOut),
+               202: Returns("Running: it stops at its next step.", JobOut)},
+    errors=(404,),
+)
+def cancel_illustration(job_id: str) -> tuple[Response, int]:
+    body = _cancel_body()
+    svc = services()
+    with svc.db.begin() as session:
+        job = owned_job(session, job_id, body.user_id)
+        status = 200
+        if job.status == JobStatus.QUEUED.value and jobs.canceled(session, job.id, CancelReason.CANCELED_BY_CLIENT):
+            pass
+        elif jobs.request_cancel(session, job.id):
+            status = 202
+    view = read_job(svc, job_id)
+    return jsonify(view.model_dump(mode="json")), status
 
 
 @bp.get("/<job_id>/images/<int:index>")
 @require("generate")
+@operation(
+    "Download an image of a finished job", tags=["illustrations"], query=OwnerQuery,
+    responses={200: Returns("The image (local store).", binary=("image/png", "image/jpeg", "image/webp")),
+               302: Returns("A presigned URL of the image (S3).", headers=("Location",))},
+    errors=(404,),
+)
 def get_image(job_id: str, index: int) -> WerkzeugResponse:
+    args = query_args(OwnerQuery)
     svc = services()
     with svc.db.begin() as session:
-        job = _owned_job(session, job_id)
+        job = owned_job(session, job_id, args.user_id)
         image = session.execute(
             select(JobImage).where(JobImage.job_id == job.id, JobImage.index == index)
         ).scalar_one_or_none()
@@ -155,4 +183,3 @@ def get_image(job_id: str, index: int) -> WerkzeugResponse:
 
 def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
-

@@ -1,4 +1,4 @@
-"""What the views use: settings, database, storage and publisher, built once by the application factory."""
+"""What the views use: settings, database, storage, publisher, waiter and fetcher, built once by the factory."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ from dataclasses import dataclass
 
 from flask import current_app
 
+from api.waiting import JobWaiter
+from shared.clip_tokens import TokenCounter, token_counter
 from shared.db import Database
+from shared.fetch import Fetcher
 from shared.queue import Publisher
 from shared.settings import Settings
 from shared.storage import Storage
@@ -18,6 +21,12 @@ class Services:
     db: Database
     storage: Storage
     publisher: Publisher
+    waiter: JobWaiter
+    fetcher: Fetcher
+
+    def token_counter(self) -> TokenCounter:
+        """CLIP token counts for prompt building (read on first use: the API may start before the model files)."""
+        return token_counter(self.settings.effective_tokenizer_dir)
 
 
 def services() -> Services:

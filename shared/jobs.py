@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from shared import notify
 from shared.db import utcnow
 from shared.errors import CancelReason, ErrorCode
 from shared.models import Job, JobImage
@@ -69,7 +70,10 @@ def _move(
     result = session.execute(
         stmt.values(status=target.value, **values).execution_options(synchronize_session=False)
     )
-    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+    moved = bool(result.rowcount == 1)  # type: ignore[attr-defined]
+    if moved and target.is_terminal():
+        notify.job_finished(session, job_id)  # wakes requests waiting with Prefer: wait (on commit)
+    return moved
 
 
 # --- (new) -> queued ------------------------------------------------------------------------------------------------
@@ -103,6 +107,25 @@ def unpublished(session: Session, older_than_s: float, limit: int = 500) -> list
         .limit(limit)
     )
     return [(row.id, row.queue) for row in rows]
+
+
+# --- preparation (queued, on the prepare queue) -------------------------------------------------------------------
+def prepared(session: Session, job_id: str, prepare_queue: str, gpu_queue: str, request: dict[str, Any],
+             warnings: list[str]) -> bool:
+    """Hand a prepared job to its GPU queue (its references are now stored); the caller publishes after commit."""
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value, Job.queue == prepare_queue)
+        .values(queue=gpu_queue, request=request, warnings=warnings, published_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(session.execute(stmt).rowcount == 1)  # type: ignore[attr-defined]
+
+
+def preparation_failed(session: Session, job_id: str, prepare_queue: str, code: ErrorCode, message: str) -> bool:
+    """A reference URL could not be used: the job fails before it reaches a GPU."""
+    return _move(session, job_id, JobStatus.QUEUED, JobStatus.FAILED, where=[Job.queue == prepare_queue],
+                 finished_at=utcnow(), error_code=code.value, error_message=message)
 
 
 # --- queued -> running ----------------------------------------------------------------------------------------------
@@ -292,6 +315,7 @@ def expire_leases(session: Session, max_attempts: int) -> tuple[list[str], list[
         .returning(Job.id)
         .execution_options(synchronize_session=False)
     ).scalars().all()
+    notify.jobs_finished(session, list(failed_ids))
     return list(requeued_ids), list(failed_ids)
 
 

@@ -91,3 +91,19 @@ def touch(session: Session, key_id: str) -> None:
         .values(last_used_at=utcnow())
         .execution_options(synchronize_session=False)
     )
+
+
+def revoke(session: Session, prefix: str, client_name: str | None = None) -> list[str]:
+    """Revoke the live keys whose prefix starts with ``prefix`` (of ``client_name`` if given); their ids."""
+    if len(prefix) < len(KEY_PREFIX) + 4:
+        raise ValueError(f"give at least {len(KEY_PREFIX) + 4} characters of the key's prefix")
+    query = select(ApiKey.id).where(ApiKey.prefix.startswith(prefix, autoescape=True), ApiKey.revoked_at.is_(None))
+    if client_name is not None:
+        query = query.join(Client, Client.id == ApiKey.client_id).where(Client.name == client_name)
+    ids = list(session.execute(query).scalars())
+    if ids:
+        session.execute(
+            update(ApiKey).where(ApiKey.id.in_(ids)).values(revoked_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+    return ids

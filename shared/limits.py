@@ -47,3 +47,10 @@ DEFAULT_IDENTITY_SCALE: Final = 0.6
 DEFAULT_STYLE_SCALE: Final = 0.8
 DEFAULT_CONTENT_SCALE: Final = 1.0
 DEFAULT_LORA_SCALE: Final = 0.8
+
+# Fetching references by URL (the safe fetcher, shared.fetch).
+FETCH_MAX_REDIRECTS: Final = 3
+FETCH_MAX_BYTES: Final = UPLOAD_MAX_BYTES
+
+# CLIP reads 77 tokens, start and end markers included: the prompt builder keeps what fits, by priority.
+CLIP_MAX_TOKENS: Final = 77

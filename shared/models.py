@@ -1,4 +1,4 @@
-"""SQLAlchemy 2 typed models: clients, API keys, subjects and jobs (with their images).
+"""SQLAlchemy 2 typed models: clients, API keys, subjects, jobs (with their images), batches, user deletions.
 
 The job state machine that moves ``Job.status`` lives in ``shared.jobs``; nothing else updates it.
 """
@@ -57,6 +57,8 @@ class Client(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(100), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=utcnow())
+    # Queued jobs this client may have before submissions get 429; None = the setting max_queued_jobs_per_client.
+    max_queued_jobs: Mapped[int | None] = mapped_column(Integer)
 
     keys: Mapped[list[ApiKey]] = relationship(back_populates="client")
 
@@ -124,6 +126,7 @@ class Job(Base):
         Index("ix_jobs_client_created", "client_id", "created_at"),
         Index("ix_jobs_status_queue_created", "status", "queue", "created_at"),
         Index("ix_jobs_status_lease", "status", "lease_until"),
+        Index("ix_jobs_client_user_created", "client_id", "user_id", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -143,6 +146,8 @@ class Job(Base):
     cached: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     cancel_after: Mapped[datetime | None] = mapped_column(UTCDateTime())
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The batch it came in (no foreign key: adding one would make SQLite copy the jobs table on upgrade).
+    batch_id: Mapped[str | None] = mapped_column(String(36), index=True)
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=utcnow())
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -178,3 +183,42 @@ class JobImage(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
 
     job: Mapped[Job] = relationship(back_populates="images")
+
+
+class Batch(Base):
+    """Jobs submitted together (``POST /v1/batches``): created atomically, counted per state."""
+
+    __tablename__ = "batches"
+    __mapper_args__ = {"eager_defaults": True}
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    client_id: Mapped[str] = mapped_column(ForeignKey("clients.id", ondelete="CASCADE"), index=True)
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=utcnow())
+
+
+class UserDeletion(Base):
+    """A request to delete everything of one user of a client (``DELETE /v1/users/{user_id}``) and its progress.
+
+    While one is ``queued`` or ``running``, new submissions for that user get 409. ``parts`` counts what each part of
+    the deletion registry (``shared.deletion``) removed. It holds the user id and nothing else of theirs.
+    """
+
+    __tablename__ = "user_deletions"
+    __mapper_args__ = {"eager_defaults": True}
+    __table_args__ = (
+        CheckConstraint("status IN ('queued', 'running', 'succeeded', 'failed')", name="status_known"),
+        Index("ix_user_deletions_client_user_status", "client_id", "user_id", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    client_id: Mapped[str] = mapped_column(ForeignKey("clients.id", ondelete="CASCADE"))
+    user_id: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    parts: Mapped[dict[str, int]] = mapped_column(JsonType, default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=utcnow())
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    run_after: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

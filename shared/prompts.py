@@ -1,25 +1,124 @@
-"""Prompt building: the user's prompt first, then style preferences, deterministically.
+"""Prompt building: the user's prompt first, then style preferences and memory context, deterministically.
 
-Same request, same ``prompt_used``. Memory text is context for the prompt, never logged.
+Parts, in priority order (a higher one is never dropped for a lower one):
+
+1. the user's ``prompt`` (always kept; a warning says when it alone overflows CLIP's window),
+2. ``style.artistic_style`` ("watercolor" → "watercolor style"),
+3. the era cue of ``memory_context.date`` ("1965-07-14" → "1960s, sixties fashion and cars, period-accurate
+   clothing and setting"),
+4. ``style.mood`` as a mood phrase ("nostalgic" → "nostalgic mood, soft golden light"),
+5. ``style.color_palette`` ("warm sepia" → "warm sepia color palette"),
+6. ``memory_context.title``.
+
+CLIP reads 77 tokens including its start and end markers: parts are added in order while the joined prompt fits
+in 75; the first part that does not fit and every part after it are left out, and ``warnings`` names them (by
+field, never by their text). ``memory_context.content`` is context kept with the job, not prompt text: memoir
+prose is long and CLIP would only read its first words. Same request and tokenizer, same ``prompt_used``.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+from dataclasses import dataclass
+from typing import Final
+
+from shared import limits
+from shared.clip_tokens import TokenCounter
 from shared.schemas import IllustrationRequest
 
+BUDGET: Final = limits.CLIP_MAX_TOKENS - 2  # start and end markers
+SEPARATOR: Final = ", "
 
-def build_prompt(request: IllustrationRequest) -> tuple[str, list[str]]:
-    """The prompt sent to the model and the warnings about it."""
-    parts = [request.prompt.strip()]
-    style = request.style
-    if style is not None:
-        if style.artistic_style:
-            parts.append(f"{style.artistic_style.strip()} style")
-        if style.color_palette:
-            parts.append(f"{style.color_palette.strip()} color palette")
-        if style.mood:
-            parts.append(f"{style.mood.strip()} mood")
-    context = request.memory_context
+ERA_CUES: Final[dict[int, str]] = {
+    1900: "Edwardian era",
+    1910: "1910s period detail",
+    1920: "roaring twenties",
+    1930: "Great Depression era",
+    1940: "wartime forties",
+    1950: "fifties mid-century style",
+    1960: "sixties fashion and cars",
+    1970: "seventies fashion and interiors",
+    1980: "eighties fashion",
+    1990: "nineties fashion",
+    2000: "turn of the millennium",
+    2010: "2010s",
+    2020: "2020s",
+}
+MOOD_PHRASES: Final[dict[str, str]] = {
+    "nostalgic": "nostalgic mood, soft golden light",
+    "joyful": "joyful mood, bright cheerful light",
+    "happy": "happy mood, bright cheerful light",
+    "peaceful": "peaceful mood, calm gentle light",
+    "melancholic": "melancholic mood, muted light",
+    "bittersweet": "bittersweet mood, soft muted light",
+    "playful": "playful mood, lively colors",
+    "romantic": "romantic mood, warm soft light",
+}
+
+
+@dataclass(frozen=True)
+class BuiltPrompt:
+    prompt: str
+    warnings: list[str]
+    tokens: int
+    exact: bool
+
+
+def era_cue(date: dt.date) -> str:
+    decade = (date.year // 10) * 10
+    if decade < 1900:
+        return "19th century, antique photograph look, period-accurate clothing and setting"
+    cue = ERA_CUES.get(decade, f"{decade}s")
+    head = cue if cue.startswith(f"{decade}s") else f"{decade}s, {cue}"
+    return f"{head}, period-accurate clothing and setting"
+
+
+def _clean(text: str) -> str:
+    return " ".join(text.split()).strip(" ,")
+
+
+def prompt_parts(request: IllustrationRequest) -> list[tuple[str, str]]:
+    """(field, phrase) in priority order; empty preferences give no part."""
+    parts = [("prompt", _clean(request.prompt))]
+    style, context = request.style, request.memory_context
+    if style is not None and style.artistic_style and _clean(style.artistic_style):
+        artistic = _clean(style.artistic_style)
+        parts.append(("style.artistic_style", artistic if artistic.lower().endswith("style") else f"{artistic} style"))
     if context is not None and context.date is not None:
-        parts.append(f"{(context.date.year // 10) * 10}s")
-    return ", ".join(part for part in parts if part), []
+        parts.append(("memory_context.date", era_cue(context.date)))
+    if style is not None and style.mood and _clean(style.mood):
+        mood = _clean(style.mood)
+        parts.append(("style.mood", MOOD_PHRASES.get(mood.lower(), f"{mood} mood")))
+    if style is not None and style.color_palette and _clean(style.color_palette):
+        parts.append(("style.color_palette", f"{_clean(style.color_palette)} color palette"))
+    if context is not None and context.title and _clean(context.title):
+        parts.append(("memory_context.title", _clean(context.title)))
+    return parts
+
+
+def build_prompt(request: IllustrationRequest, counter: TokenCounter) -> BuiltPrompt:
+    """The prompt sent to the model and the warnings about it."""
+    parts = prompt_parts(request)
+    warnings: list[str] = []
+    kept = [parts[0][1]]
+    tokens = counter.count(kept[0])
+    left_out: list[str] = []
+    if tokens > BUDGET:
+        warnings.append(f"prompt: {tokens} CLIP tokens, the model reads the first {BUDGET}")
+        left_out = [name for name, _ in parts[1:]]
+    else:
+        for index, (_field, phrase) in enumerate(parts[1:], start=1):
+            count = counter.count(SEPARATOR.join([*kept, phrase]))
+            if count > BUDGET:
+                left_out = [name for name, _ in parts[index:]]
+                break
+            kept.append(phrase)
+            tokens = count
+    if left_out:
+        warnings.append(
+            f"prompt: left out to fit CLIP's {limits.CLIP_MAX_TOKENS}-token window: {', '.join(left_out)}"
+            + ("" if counter.exact else " (token counts estimated: no tokenizer files on the API host)")
+        )
+    if request.negative_prompt and counter.count(request.negative_prompt) > BUDGET:
+        warnings.append(f"negative_prompt: longer than {BUDGET} CLIP tokens, the model reads the first {BUDGET}")
+    return BuiltPrompt(SEPARATOR.join(kept), warnings, tokens, counter.exact)

@@ -91,10 +91,15 @@ class Publisher:
         self.app = app
 
     def publish(self, job_id: str, queue: str) -> bool:
+        """Publish a job to the queue its row names (the task follows from the queue: prepare or generate)."""
+        return self.send(tasks.TASK_BY_QUEUE.get(queue, tasks.GENERATE), job_id, queue)
+
+    def send(self, task: str, object_id: str, queue: str) -> bool:
+        """Send ``task`` with one id; False (logged) when the broker is unreachable: the relay sends it later."""
         try:
-            self.app.send_task(tasks.GENERATE, args=[job_id], queue=queue, retry=False)
+            self.app.send_task(task, args=[object_id], queue=queue, retry=False)
         except Exception as exc:  # any broker fault: the relay publishes it later
-            log.warning("publish of job %s to %s failed (%s); the relay will retry", job_id, queue,
+            log.warning("publish of %s %s to %s failed (%s); the relay will retry", task, object_id, queue,
                         type(exc).__name__)
             return False
         return True

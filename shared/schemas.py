@@ -213,3 +213,102 @@ class Problem(Out):
     status: int
     detail: str | None = None
     errors: list[ProblemField] = Field(default_factory=list)
+
+
+# --- Lists, cancel, subjects by URL, batches, deletion ----------------------------------------------------------------
+JobState = Literal["queued", "running", "succeeded", "failed", "canceled"]
+Cursor = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+class Query(BaseModel):
+    """Query strings: strings in, so parsed laxly ("20" is 20); unknown parameters are refused like body fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OwnerQuery(Query):
+    user_id: UserId | None = Field(None, description="Answer 404 unless the resource belongs to this user.")
+
+
+class JobListQuery(Query):
+    user_id: UserId | None = Field(None, description="Only this user's jobs (default: the whole client).")
+    status: JobState | None = None
+    limit: int = Field(limits.LIST_LIMIT_DEFAULT, ge=1, le=limits.LIST_LIMIT_MAX)
+    cursor: Cursor | None = Field(None, description="next_cursor of the previous page.")
+
+
+class SubjectListQuery(Query):
+    user_id: UserId | None = Field(None, description="Only this user's subjects (default: the whole client).")
+    limit: int = Field(limits.LIST_LIMIT_DEFAULT, ge=1, le=limits.LIST_LIMIT_MAX)
+    cursor: Cursor | None = Field(None, description="next_cursor of the previous page.")
+
+
+class CancelRequest(Strict):
+    """``POST /v1/illustrations/{id}/cancel`` (the body is optional)."""
+
+    user_id: UserId | None = Field(None, description="Answer 404 unless the job belongs to this user.")
+
+
+class JobList(Out):
+    items: list[JobOut]
+    next_cursor: str | None
+
+
+class SubjectUrlRequest(Strict):
+    """``POST /v1/subjects`` as JSON: the photo is fetched from ``image_url`` (safe fetcher) and stored."""
+
+    user_id: UserId
+    name: Name
+    image_url: HttpUrl
+    if_exists: Literal["replace", "error"] = "replace"
+
+
+class SubjectUpload(BaseModel):
+    """``POST /v1/subjects`` as multipart/form-data (documentation of the form; ``image`` is the file)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: UserId
+    name: Name
+    if_exists: Literal["replace", "error"] = "replace"
+    image: bytes = Field(
+        json_schema_extra={"contentMediaType": "application/octet-stream"},
+        description=f"PNG, JPEG or WebP; at most {limits.UPLOAD_MAX_BYTES} bytes and {limits.UPLOAD_MAX_PIXELS} "
+        "pixels.",
+    )
+
+
+class SubjectList(Out):
+    items: list[SubjectOut]
+    next_cursor: str | None
+
+
+class BatchRequest(Strict):
+    """``POST /v1/batches``: every request is validated first; all jobs are created in one transaction, or none."""
+
+    requests: list[IllustrationRequest] = Field(min_length=1, max_length=limits.BATCH_MAX)
+    webhook_url: HttpUrl | None = None
+
+
+class BatchCreated(Out):
+    id: str
+    job_ids: list[str]
+    links: dict[str, str]
+
+
+class BatchOut(Out):
+    id: str
+    created_at: dt.datetime
+    counts: dict[str, int] = Field(description="Jobs per state (every state present, 0 when none).")
+    jobs: list[JobOut]
+    links: dict[str, str]
+
+
+class DeletionOut(Out):
+    id: str
+    user_id: str
+    status: Literal["queued", "running", "succeeded", "failed"]
+    parts: dict[str, int] = Field(description="What each part of the deletion removed (rows).")
+    created_at: dt.datetime
+    finished_at: dt.datetime | None
+    links: dict[str, str]

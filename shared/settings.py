@@ -86,6 +86,47 @@ class Settings(BaseSettings):
     progress_interval_s: float = Field(0.5, ge=0, description="Minimum time between progress writes.")
     worker_prefetch_multiplier: int = Field(1, ge=1)
 
+    # --- The v1 contract: waiting, quotas, rate limits, fetching, deletion, prompts --------------------------------
+    prefer_wait_max_s: float = Field(
+        60.0, ge=0, le=60, description="Longest `Prefer: wait=N` honoured (the contract allows N <= 60)."
+    )
+    compat_wait_s: float = Field(25.0, ge=0, le=60, description="Default wait of POST /api/illustrations/generate.")
+    wait_recheck_s: float = Field(
+        5.0, gt=0, description="A waiting request re-reads its job this often even without a notification (a safety "
+        "net for a dropped LISTEN connection on PostgreSQL)."
+    )
+    wait_poll_s: float = Field(
+        0.5, gt=0, description="SQLite has no LISTEN/NOTIFY: a waiting request re-reads its job this often instead."
+    )
+    listen_reconnect_s: float = Field(1.0, gt=0, description="Pause before the LISTEN connection is re-opened.")
+    max_queued_jobs_per_client: int = Field(
+        1_000, ge=0, description="Queued jobs a client may have before submissions get 429 (0 = no cap); "
+        "clients.max_queued_jobs overrides it per client."
+    )
+    quota_retry_after_s: int = Field(30, ge=1, description="Retry-After of a 429 for a full queue quota.")
+    rate_limit: str = Field(
+        "600/minute", description="Requests per API key (flask-limiter syntax, e.g. '10/second;600/minute'); "
+        "empty = no limit."
+    )
+    rate_limit_storage_url: str | None = Field(
+        None, description="Where request counts live (limits' storage URL); default: the Redis broker, else memory."
+    )
+    fetch_allowlist: list[str] = Field(
+        default_factory=list, description="Hosts or CIDR networks the URL fetcher may reach even when they are not "
+        "public (JSON list; for tests and private deployments)."
+    )
+    fetch_timeout_s: float = Field(15.0, gt=0, description="Whole-fetch deadline of a reference URL (all redirects).")
+    fetch_connect_timeout_s: float = Field(5.0, gt=0, description="TCP/TLS connect timeout of the URL fetcher.")
+    fetch_ca_bundle: Path | None = Field(None, description="CA bundle for https fetches (default: certifi's).")
+    deletion_retry_s: float = Field(
+        2.0, gt=0, description="A user deletion waiting for running jobs to stop is tried again after this."
+    )
+    deletion_lease_s: float = Field(120.0, gt=0, description="How long one run of a user deletion holds it.")
+    tokenizer_dir: Path | None = Field(
+        None, description="CLIP tokenizer files (vocab.json, merges.txt) for prompt building; default "
+        "<model_dir>/base/tokenizer. Missing: token counts are estimated."
+    )
+
     # --- Embedded Redis -----------------------------------------------------------------------------------------
     embedded_redis_start_timeout_s: float = Field(10.0, gt=0)
 
@@ -153,6 +194,21 @@ class Settings(BaseSettings):
     @property
     def effective_model_dir(self) -> Path:
         return (self.model_dir or self.var_dir / "models" / self.model_profile).resolve()
+
+    @property
+    def effective_tokenizer_dir(self) -> Path:
+        return (self.tokenizer_dir or self.effective_model_dir / "base" / "tokenizer").resolve()
+
+    @property
+    def effective_rate_limit_storage_url(self) -> str:
+        """limits' storage URL: the configured one, the Redis broker, or memory (a per-process count)."""
+        if self.rate_limit_storage_url:
+            return self.rate_limit_storage_url
+        if self.embedded_broker:
+            return f"redis+unix://{self.embedded_redis_socket}"
+        if self.broker_url.startswith(("redis://", "rediss://")):
+            return self.broker_url
+        return "memory://"
 
 
 def _describe(error: ValidationError) -> str:

@@ -6,6 +6,7 @@
 | (new)    | succeeded                       | a cache hit: born finished                                    |
 | queued   | running                         | a worker claims it: attempt + 1, lease                        |
 | queued   | canceled                        | client cancel, cancel_after passed, user deleted              |
+| queued   | failed                          | the preparation step could not fetch a reference URL          |
 | running  | succeeded / failed / canceled   | the attempt that holds the lease finishes                     |
 | running  | queued                          | lease expired, worker asked to stop, transient fault          |
 | running  | failed                          | lease expired on the last attempt (worker_lost)               |
@@ -39,6 +40,7 @@ TRANSITIONS: Final[frozenset[tuple[JobStatus | None, JobStatus]]] = frozenset(
         (None, JobStatus.SUCCEEDED),
         (JobStatus.QUEUED, JobStatus.RUNNING),
         (JobStatus.QUEUED, JobStatus.CANCELED),
+        (JobStatus.QUEUED, JobStatus.FAILED),  # preparation (CPU) failed before any GPU attempt
         (JobStatus.RUNNING, JobStatus.SUCCEEDED),
         (JobStatus.RUNNING, JobStatus.FAILED),
         (JobStatus.RUNNING, JobStatus.CANCELED),

@@ -7,12 +7,20 @@ from typing import Final, Literal
 QUEUE_INTERACTIVE: Final = "illustrations.interactive"
 QUEUE_BATCH: Final = "illustrations.batch"
 QUEUE_MAINTENANCE: Final = "illustrations.maintenance"
+# CPU work a job needs before a GPU: fetching URL references (the GPU workers never touch the network).
+QUEUE_PREPARE: Final = "illustrations.prepare"
 
 GENERATE: Final = "illustrations.generate"
+PREPARE: Final = "illustrations.prepare"
 RELAY: Final = "illustrations.maintenance.relay"
 SWEEP_LEASES: Final = "illustrations.maintenance.sweep_leases"
+DELETE_USER: Final = "illustrations.maintenance.delete_user"
 
 Priority = Literal["interactive", "batch"]
 
 QUEUE_BY_PRIORITY: Final[dict[str, str]] = {"interactive": QUEUE_INTERACTIVE, "batch": QUEUE_BATCH}
 GPU_QUEUES: Final = (QUEUE_INTERACTIVE, QUEUE_BATCH)
+# The CPU worker's queues (`illustrations up` runs one): maintenance and preparation.
+CPU_QUEUES: Final = (QUEUE_MAINTENANCE, QUEUE_PREPARE)
+# A job row's `queue` says where it waits; the task that runs it there follows from it.
+TASK_BY_QUEUE: Final[dict[str, str]] = {QUEUE_INTERACTIVE: GENERATE, QUEUE_BATCH: GENERATE, QUEUE_PREPARE: PREPARE}

@@ -171,6 +171,7 @@ def app(settings: Settings) -> Iterator[Flask]:
 
     application = create_app(settings)
     yield application
+    application.extensions["illustrations"].waiter.close()
     application.extensions["illustrations"].db.engine.dispose()
 
 

@@ -22,8 +22,9 @@ def test_help_lists_every_subcommand() -> None:
     commands = result.output.split("Commands:")[1]
     listed = set(re.findall(r"^  (\w[\w-]*)\s", commands, flags=re.MULTILINE))
     assert listed == COMMANDS
-    for group, subcommands in {"db": {"upgrade"}, "keys": {"create", "list"}, "models": {"make-tiny", "check", "sync"},
-                              "ops": {"drain"}}.items():
+    groups = {"db": {"upgrade"}, "keys": {"create", "list", "revoke"}, "models": {"make-tiny", "check", "sync"},
+              "ops": {"drain"}}
+    for group, subcommands in groups.items():
         output = CliRunner().invoke(main, [group, "--help"]).output.split("Commands:")[1]
         assert subcommands <= set(re.findall(r"^  (\w[\w-]*)\s", output, flags=re.MULTILINE))
 
@@ -40,6 +41,7 @@ def test_cpu_processes_never_import_torch() -> None:
     code = (
         "import sys\n"
         "import shared.cli, worker.celery_app, worker.tasks.maintenance, worker.tasks.generate, worker.pipeline\n"
+        "import worker.tasks.prepare, worker.preparation, shared.fetch, shared.deletion.run\n"
         "import worker.pipeline.profiles\n"
         "heavy = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]\n"
         "assert not heavy, heavy\n"

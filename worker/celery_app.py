@@ -11,7 +11,7 @@ from celery import Celery
 from shared.queue import celery_config
 from shared.settings import get_settings
 
-app = Celery("illustrations", include=["worker.tasks.generate", "worker.tasks.maintenance"])
+app = Celery("illustrations", include=["worker.tasks.generate", "worker.tasks.maintenance", "worker.tasks.prepare"])
 app.add_defaults(lambda: celery_config(get_settings()))
 
 # Signals that set up the process (pipeline loaded in the pool child).

@@ -32,7 +32,7 @@ def _processes(settings: Settings, api_bind: str, flower_port: int) -> dict[str,
     return {
         "api": [*cli, "api", "--bind", api_bind],
         "worker": [*cli, "worker", "--hostname", "gpu0@%h"],
-        "maintenance": [*cli, "worker", "--queues", tasks.QUEUE_MAINTENANCE, "--pool", "threads",
+        "maintenance": [*cli, "worker", "--queues", ",".join(tasks.CPU_QUEUES), "--pool", "threads",
                         "--concurrency", "2", "--hostname", "maintenance@%h"],
         "beat": [*cli, "beat"],
         "flower": [*cli, "flower", "--port", str(flower_port)],

@@ -48,6 +48,8 @@ def test_bad_uploads_are_4xx_naming_the_problem(client: FlaskClient, auth: dict[
         assert response.status_code == 422, (field, response.json)
         assert field in [error["field"] for error in response.json["errors"]]  # type: ignore[index]
     response = client.post("/v1/subjects", headers=auth, json={"user_id": "u-1", "name": "x"})
+    assert response.status_code == 422 and "image_url" in [e["field"] for e in response.json["errors"]]  # type: ignore[index]
+    response = client.post("/v1/subjects", headers=auth, data="user_id=u-1", content_type="text/plain")
     assert response.status_code == 415
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from shared import tasks
+from shared.deletion.run import relay_deletions, run_deletion
 from shared.queue import Publisher
 from worker import maintenance
 from worker.celery_app import app
@@ -19,4 +20,12 @@ def sweep_leases() -> dict[str, int]:
 @app.task(name=tasks.RELAY, ignore_result=True)
 def relay() -> int:
     runtime = get_runtime()
-    return maintenance.relay_unpublished(runtime.db, runtime.settings, Publisher(app))
+    publisher = Publisher(app)
+    published = maintenance.relay_unpublished(runtime.db, runtime.settings, publisher)
+    return published + relay_deletions(runtime.db, publisher)
+
+
+@app.task(name=tasks.DELETE_USER, ignore_result=True)
+def delete_user(deletion_id: str) -> str:
+    runtime = get_runtime()
+    return run_deletion(runtime.db, runtime.storage, runtime.settings, deletion_id)

@@ -1,0 +1,152 @@
+"""Accepting illustration requests (``POST /v1/illustrations``, batches, AutoBio's route): one path for all three.
+
+In the caller's transaction: resolve subjects to stored versions (unknown → 422; URLs checked, fetched later by the
+preparation step), build the prompt, refuse a user whose data is being deleted (409) and a client over its queued
+quota (429), write the rows. After the commit, ``publish`` sends only the ids (outbox: the relay sends what fails).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from api.errors import ApiError, validation_error
+from api.services import Services
+from shared import deletion, jobs, limits, tasks
+from shared.fetch import FetchBlocked, check_url
+from shared.keys import Principal
+from shared.models import Client, Job, Subject
+from shared.prompts import build_prompt
+from shared.schemas import IllustrationRequest, ImageRef, SubjectRef
+from shared.states import JobStatus
+from shared.subjects import latest_version, reference
+
+
+def _stored(session: Session, client_id: str, user_id: str, *, subject_id: str | None = None,
+            name: str | None = None) -> dict[str, Any] | None:
+    query = select(Subject).where(Subject.client_id == client_id, Subject.user_id == user_id)
+    query = query.where(Subject.id == subject_id) if subject_id is not None else query.where(Subject.name == name)
+    subject = session.execute(query).scalar_one_or_none()
+    version = latest_version(session, subject.id) if subject is not None else None
+    if subject is None or version is None:
+        return None
+    return reference(subject, version)
+
+
+def _url(url: str, field: str, svc: Services, errors: list[tuple[str, str]]) -> bool:
+    try:
+        check_url(url, svc.settings.fetch_allowlist)
+    except FetchBlocked as exc:
+        errors.append((field, str(exc)))
+        return False
+    return True
+
+
+def _resolve_one(session: Session, svc: Services, client_id: str, user_id: str, ref: SubjectRef | ImageRef,
+                 field: str, index: int, errors: list[tuple[str, str]]) -> dict[str, Any] | None:
+    if ref.image_url is not None:
+        if not _url(ref.image_url, f"{field}.image_url", svc, errors):
+            return None
+        name = ref.name if isinstance(ref, SubjectRef) else None
+        return {"index": index, "name": name, "image_url": ref.image_url}  # fetched by the preparation step
+    name = ref.name if isinstance(ref, SubjectRef) else None
+    resolved = _stored(session, client_id, user_id, subject_id=ref.subject_id, name=name)
+    if resolved is None:
+        errors.append((field, "no such subject for this user"))
+    return resolved
+
+
+def resolve_references(session: Session, svc: Services, client_id: str, body: IllustrationRequest,
+                       prefix: str, errors: list[tuple[str, str]]) -> dict[str, Any]:
+    """Subjects and the style reference, resolved to stored versions (or URLs for the preparation step)."""
+    identity = []
+    for i, ref in enumerate(body.subjects):
+        resolved = _resolve_one(session, svc, client_id, body.user_id, ref, f"{prefix}subjects.{i}", i, errors)
+        if resolved is not None:
+            identity.append(resolved)
+    style = None
+    if body.style is not None and body.style.reference is not None:
+        style = _resolve_one(session, svc, client_id, body.user_id, body.style.reference, f"{prefix}style.reference",
+                             0, errors)
+    if body.params.style_lora is not None:
+        errors.append((f"{prefix}params.style_lora", "unknown style"))
+    if body.webhook_url is not None:
+        errors.append((f"{prefix}webhook_url", "webhook delivery is not enabled on this deployment yet"))
+    return {"identity": identity, "style": style}
+
+
+def _needs_preparation(resolved: dict[str, Any]) -> bool:
+    refs = [*resolved["identity"], *([resolved["style"]] if resolved["style"] else [])]
+    return any("image_url" in ref for ref in refs)
+
+
+def refuse_if_deleting(session: Session, client_id: str, user_ids: set[str]) -> None:
+    for user_id in sorted(user_ids):
+        deletion.lock_user(session, client_id, user_id, exclusive=False)
+        if deletion.in_progress(session, client_id, user_id) is not None:
+            raise ApiError(409, "Conflict", "this user's data is being deleted; submit again once the deletion "
+                                            "has finished")
+
+
+def _check_quota(session: Session, svc: Services, client_id: str, adding: int) -> None:
+    client = session.execute(select(Client).where(Client.id == client_id).with_for_update()).scalar_one()
+    cap = client.max_queued_jobs if client.max_queued_jobs is not None else svc.settings.max_queued_jobs_per_client
+    if not cap:
+        return
+    queued = session.execute(
+        select(func.count()).select_from(Job).where(Job.client_id == client_id,
+                                                    Job.status == JobStatus.QUEUED.value)
+    ).scalar_one()
+    if queued + adding > cap:
+        raise ApiError(429, "Too Many Requests",
+                       f"this client has {queued} queued jobs; at most {cap} may wait at once",
+                       headers={"Retry-After": str(svc.settings.quota_retry_after_s)})
+
+
+def accept(session: Session, svc: Services, principal: Principal, bodies: Sequence[IllustrationRequest], *,
+           batch_id: str | None = None, priorities: Sequence[str] | None = None,
+           prefixes: Sequence[str] | None = None) -> list[Job]:
+    """Validate and write every request, or none (422 naming each bad field, 409, 429)."""
+    errors: list[tuple[str, str]] = []
+    counter = svc.token_counter()
+    rows: list[Job] = []
+    for i, body in enumerate(bodies):
+        prefix = prefixes[i] if prefixes is not None else ""
+        resolved = resolve_references(session, svc, principal.client_id, body, prefix, errors)
+        if errors:
+            continue
+        priority = priorities[i] if priorities is not None else body.priority
+        seed = body.params.seed if body.params.seed is not None else secrets.randbelow(limits.SEED_MAX + 1)
+        built = build_prompt(body, counter)
+        queue = tasks.QUEUE_PREPARE if _needs_preparation(resolved) else tasks.QUEUE_BY_PRIORITY[priority]
+        request_doc = body.model_dump(mode="json", exclude={"metadata", "webhook_url", "cancel_after"})
+        request_doc["params"]["seed"] = seed
+        request_doc["priority"] = priority
+        request_doc["resolved"] = resolved
+        if batch_id is not None:
+            request_doc["batch_index"] = i  # a batch lists its jobs in request order
+        rows.append(jobs.new_job(
+            client_id=principal.client_id, user_id=body.user_id, priority=priority, queue=queue,
+            request=request_doc, seed=seed, prompt_used=built.prompt, warnings=built.warnings, meta=body.metadata,
+            webhook_url=body.webhook_url, cancel_after=body.cancel_after, batch_id=batch_id,
+        ))
+    if errors:
+        raise validation_error(errors)
+    refuse_if_deleting(session, principal.client_id, {body.user_id for body in bodies})
+    _check_quota(session, svc, principal.client_id, len(rows))
+    session.add_all(rows)
+    session.flush()
+    return rows
+
+
+def publish(svc: Services, queued: Sequence[tuple[str, str]]) -> None:
+    """After the commit: publish each (job id, queue); what fails waits for the relay."""
+    published = [job_id for job_id, queue in queued if svc.publisher.publish(job_id, queue)]
+    if published:
+        with svc.db.begin() as session:
+            for job_id in published:
+                jobs.mark_published(session, job_id)

@@ -1,0 +1,147 @@
+"""User deletion: 202 and a status resource, 409 for new submissions meanwhile, then nothing of the user left
+fetchable (rows and storage objects) while other users, and objects another job still references, stay."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from flask import Flask
+from flask.testing import FlaskClient
+from PIL import Image
+from sqlalchemy import select
+
+from shared import jobs
+from shared.db import Database
+from shared.deletion import PART_MODULES, parts
+from shared.deletion.run import relay_deletions, run_deletion
+from shared.errors import CancelReason
+from shared.models import Job, JobImage, Subject, SubjectVersion, UserDeletion
+from shared.settings import Settings
+from tests.api.test_illustrations import VALID, png, upload
+from tests.conftest import make_key
+
+
+def finished_job(client: FlaskClient, auth: dict[str, str], app: Flask, db: Database, user_id: str,
+                 color: str) -> dict[str, Any]:
+    """A succeeded job of ``user_id`` with one stored image."""
+    body: Any = client.post("/v1/illustrations", json={**VALID, "user_id": user_id}, headers=auth).json
+    key = f"jobs/{body['id']}/1/0.png"
+    data = png((64, 64), color)
+    app.extensions["illustrations"].storage.put(key, data, "image/png")
+    with db.begin() as session:
+        claim = jobs.started(session, body["id"], "w", 60)
+        assert isinstance(claim, jobs.Claim)
+        jobs.succeeded(session, claim, [jobs.StoredImage(0, key, "image/png", 64, 64, "cd" * 32, len(data))])
+    return {**body, "key": key}
+
+
+def test_deleting_a_user_leaves_nothing_of_theirs_and_others_untouched(
+    client: FlaskClient, app: Flask, db: Database, settings: Settings
+) -> None:
+    storage = app.extensions["illustrations"].storage
+    admin_key = make_key(db, scopes=("generate", "admin"))
+    auth = {"Authorization": f"Bearer {admin_key}"}
+    gone_subject = upload(client, auth, user_id="u-gone", name="grandma")
+    kept_subject = upload(client, auth, user_id="u-kept", name="grandma")
+    gone_job = finished_job(client, auth, app, db, "u-gone", "red")
+    shared_job = finished_job(client, auth, app, db, "u-gone", "green")
+    kept_job = finished_job(client, auth, app, db, "u-kept", "blue")
+    queued: Any = client.post("/v1/illustrations", json={**VALID, "user_id": "u-gone"}, headers=auth).json
+    running: Any = client.post("/v1/illustrations", json={**VALID, "user_id": "u-gone"}, headers=auth).json
+    with db.begin() as session:
+        claim = jobs.started(session, running["id"], "w", 60)
+        assert isinstance(claim, jobs.Claim)
+        # A cache hit of u-kept shares the image object of one of u-gone's jobs: the object must stay.
+        session.add(JobImage(job_id=kept_job["id"], index=1, storage_key=shared_job["key"], content_type="image/png",
+                             width=64, height=64, sha256="ef" * 32, size_bytes=1))
+
+    response = client.delete("/v1/users/u-gone", headers=auth)
+    assert response.status_code == 202
+    deletion: Any = response.json
+    assert deletion["status"] == "queued" and deletion["user_id"] == "u-gone"
+    assert response.headers["Location"] == f"/v1/users/u-gone/deletions/{deletion['id']}"
+    assert client.delete("/v1/users/u-gone", headers=auth).json["id"] == deletion["id"]  # type: ignore[index]
+
+    # Meanwhile every submission for that user is a 409; other users go on.
+    for method, path, kwargs in (
+        ("post", "/v1/illustrations", {"json": {**VALID, "user_id": "u-gone"}}),
+        ("post", "/v1/batches", {"json": {"requests": [{**VALID, "user_id": "u-gone"}]}}),
+        ("post", "/api/illustrations/generate", {"json": {"prompt": "x", "userId": "u-gone"}}),
+        ("post", "/v1/subjects", {"data": {"user_id": "u-gone", "name": "x", "image": (io.BytesIO(png()), "x.png")}}),
+    ):
+        refused = getattr(client, method)(path, headers=auth, **kwargs)
+        assert refused.status_code == 409, (path, refused.json)
+        assert refused.mimetype == "application/problem+json"
+    assert client.post("/v1/illustrations", json={**VALID, "user_id": "u-kept"}, headers=auth).status_code == 202
+
+    # First run: the queued job is canceled, the running one flagged; the deletion waits for it.
+    assert run_deletion(db, storage, settings, deletion["id"]) == "waiting"
+    with db.begin() as session:
+        assert session.get_one(Job, queued["id"]).error_code == "user_deleted"
+        assert jobs.heartbeat(session, claim, 60) is True  # the pipeline sees the cancel flag ...
+        jobs.canceled(session, running["id"], CancelReason.CANCELED_BY_CLIENT, claim)  # ... and stops
+    assert run_deletion(db, storage, settings, deletion["id"]) == "skipped"  # not due yet (deletion_retry_s)
+    with db.begin() as session:
+        session.execute(UserDeletion.__table__.update().values(run_after=None))
+    assert run_deletion(db, storage, settings, deletion["id"]) == "succeeded"
+
+    status: Any = client.get(deletion["links"]["self"], headers=auth).json
+    assert status["status"] == "succeeded" and status["finished_at"] is not None
+    assert status["parts"] == {"jobs": 4, "subjects": 1}
+
+    # Nothing of u-gone can be fetched ...
+    for job in (gone_job, shared_job, queued, running):
+        assert client.get(f"/v1/illustrations/{job['id']}", headers=auth).status_code == 404
+        assert client.get(f"/v1/illustrations/{job['id']}/images/0", headers=auth).status_code == 404
+        assert client.get(f"/api/illustrations/{job['id']}", headers=auth).status_code == 404
+    assert client.get(f"/v1/subjects/{gone_subject['id']}", headers=auth).status_code == 404
+    assert client.get("/v1/illustrations?user_id=u-gone", headers=auth).json["items"] == []  # type: ignore[index]
+    assert client.get("/v1/subjects?user_id=u-gone", headers=auth).json["items"] == []  # type: ignore[index]
+    assert not storage.exists(gone_job["key"])
+    assert not storage.exists(f"subjects/{gone_subject['id']}/v1.png")
+    with db.begin() as session:
+        assert session.execute(select(Job).where(Job.user_id == "u-gone")).first() is None
+        assert session.execute(select(Subject).where(Subject.user_id == "u-gone")).first() is None
+        assert session.execute(select(SubjectVersion).where(SubjectVersion.subject_id == gone_subject["id"])).first() \
+            is None
+    # ... the object another job still lists stays, and u-kept is untouched.
+    assert storage.exists(shared_job["key"])
+    assert storage.exists(kept_job["key"]) and storage.exists(f"subjects/{kept_subject['id']}/v1.png")
+    kept: Any = client.get(f"/v1/illustrations/{kept_job['id']}", headers=auth).json
+    assert kept["status"] == "succeeded" and len(kept["images"]) == 2
+    with client.get(f"/v1/illustrations/{kept_job['id']}/images/1", headers=auth) as image:
+        assert image.status_code == 200 and Image.open(io.BytesIO(image.data)).size == (64, 64)
+    assert client.get(f"/v1/subjects/{kept_subject['id']}", headers=auth).status_code == 200
+    # Afterwards the user may start again.
+    assert client.post("/v1/illustrations", json={**VALID, "user_id": "u-gone"}, headers=auth).status_code == 202
+
+
+def test_deletion_needs_the_admin_scope_and_stays_in_its_client(client: FlaskClient, db: Database) -> None:
+    generate_only = {"Authorization": f"Bearer {make_key(db)}"}
+    assert client.delete("/v1/users/u-1", headers=generate_only).status_code == 403
+    admin = {"Authorization": f"Bearer {make_key(db, scopes=('admin',))}"}
+    other_admin = {"Authorization": f"Bearer {make_key(db, scopes=('admin',))}"}
+    created: Any = client.delete("/v1/users/u-1", headers=admin).json
+    assert client.get(created["links"]["self"], headers=other_admin).status_code == 404
+    assert client.get(created["links"]["self"], headers=admin).status_code == 200
+    assert client.get("/v1/users/u-1/deletions/nope", headers=admin).status_code == 404
+    assert client.delete("/v1/users/not%20valid", headers=admin).status_code == 422
+
+
+def test_the_relay_sends_deletions_that_were_not_sent(client: FlaskClient, app: Flask, db: Database) -> None:
+    admin = {"Authorization": f"Bearer {make_key(db, scopes=('admin',))}"}
+    created: Any = client.delete("/v1/users/u-relay", headers=admin).json
+    with db.begin() as session:
+        row = session.get_one(UserDeletion, created["id"])
+        assert row.published_at is not None  # sent at once (the broker is up)
+        row.published_at = None
+    assert relay_deletions(db, app.extensions["illustrations"].publisher) >= 1
+    with db.begin() as session:
+        assert session.get_one(UserDeletion, created["id"]).published_at is not None
+
+
+def test_the_registry_lists_this_areas_parts_in_order() -> None:
+    assert PART_MODULES[:2] == ["shared.deletion.jobs", "shared.deletion.subjects"]
+    names = [part.name for part in parts()]
+    assert names.index("jobs") < names.index("subjects")
