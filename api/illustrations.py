@@ -16,7 +16,7 @@ from api.errors import ApiError, not_found, validation_error
 from api.services import services
 from api.subjects import latest_version
 from api.views import job_out, job_path
-from shared import jobs, limits
+from shared import jobs, limits, styles
 from shared.models import Job, JobImage, Subject
 from shared.prompts import build_prompt
 from shared.schemas import IllustrationRequest, ImageRef, SubjectRef
@@ -54,13 +54,28 @@ def resolve_references(session: Session, client_id: str, body: IllustrationReque
     style = None
     if body.style is not None and body.style.reference is not None:
         style = _resolve_one(session, client_id, body.user_id, body.style.reference, "style.reference", errors)
+    style_lora = None
     if body.params.style_lora is not None:
-        errors.append(("params.style_lora", "unknown style"))
+        style_lora = _resolve_style(session, client_id, body.params.style_lora, errors)
     if body.webhook_url is not None:
         errors.append(("webhook_url", "webhook delivery is not enabled on this deployment yet"))
     if errors:
         raise validation_error(errors)
-    return {"identity": identity, "style": style}
+    return {"identity": identity, "style": style, "style_lora": style_lora}
+
+
+def _resolve_style(session: Session, client_id: str, text: str, errors: list[tuple[str, str]]) -> dict[str, Any] | None:
+    """A style by name (its active version when the job runs) or name@version; it must be ready now."""
+    try:
+        ref = styles.parse_ref(text)
+        styles.resolve(session, client_id, ref)
+    except ValueError as exc:
+        errors.append(("params.style_lora", str(exc)))
+        return None
+    except styles.StyleNotFound:
+        errors.append(("params.style_lora", "unknown style, or no ready version of it"))
+        return None
+    return styles.submitted(ref)
 
 
 def _resolve_one(session: Session, client_id: str, user_id: str, ref: SubjectRef | ImageRef, field: str,

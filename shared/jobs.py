@@ -220,6 +220,22 @@ def failed(
     return _move(session, claim.job_id, JobStatus.RUNNING, JobStatus.FAILED, attempt=claim.attempt, **values)
 
 
+def failed_on_worker(session: Session, job_id: str, worker_prefix: str, code: ErrorCode, message: str) -> bool:
+    """Fail a running job whose attempt runs on a worker named ``worker_prefix...`` (the attempt is not known:
+    its process was killed, e.g. at the hard time limit, and the main process of that worker reports it)."""
+    return _move(
+        session,
+        job_id,
+        JobStatus.RUNNING,
+        JobStatus.FAILED,
+        where=[Job.worker.startswith(worker_prefix, autoescape=True)],
+        finished_at=utcnow(),
+        lease_until=None,
+        error_code=code.value,
+        error_message=message,
+    )
+
+
 def canceled(session: Session, job_id: str, reason: CancelReason, claim: Claim | None = None) -> bool:
     """Cancel a queued job (no claim), or a running one by the attempt that holds it."""
     values: dict[str, Any] = {

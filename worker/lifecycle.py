@@ -13,6 +13,14 @@ from worker.runtime import SetupFailed, get_runtime
 
 log = logging.getLogger(__name__)
 
+node_name: str | None = None  # this worker's node name (gpu0@host), known in the main process and its children
+
+
+@signals.celeryd_after_setup.connect
+def _remember_node_name(sender: str, **_: Any) -> None:
+    global node_name
+    node_name = sender
+
 
 def _consumes_gpu_queue() -> bool:
     from worker.celery_app import app
