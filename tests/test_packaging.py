@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from shared.settings import ENV_PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = {"api", "worker", "beat", "flower", "db", "keys", "models", "submit", "up", "down", "status", "demo"}
+COMMANDS = {"api", "worker", "beat", "flower", "db", "keys", "models", "styles", "submit", "up", "down", "status",
+            "demo"}
 
 
 def test_help_lists_every_subcommand() -> None:
@@ -24,7 +25,9 @@ def test_help_lists_every_subcommand() -> None:
     commands = result.output.split("Commands:")[1]
     listed = set(re.findall(r"^  (\w[\w-]*)\s", commands, flags=re.MULTILINE))
     assert listed == COMMANDS
-    for group, subcommands in {"db": {"upgrade"}, "keys": {"create", "list"}, "models": {"make-tiny", "check"}}.items():
+    groups = {"db": {"upgrade"}, "keys": {"create", "list"},
+              "models": {"make-tiny", "make-tiny-lora", "download", "check"}, "styles": {"import", "list", "remove"}}
+    for group, subcommands in groups.items():
         output = CliRunner().invoke(main, [group, "--help"]).output.split("Commands:")[1]
         assert subcommands <= set(re.findall(r"^  (\w[\w-]*)\s", output, flags=re.MULTILINE))
 
@@ -53,7 +56,7 @@ def test_cpu_processes_never_import_torch() -> None:
     code = (
         "import sys\n"
         "import shared.cli, worker.celery_app, worker.tasks.maintenance, worker.tasks.generate, worker.pipeline\n"
-        "import worker.pipeline.profiles\n"
+        "import worker.pipeline.profiles, worker.launcher, worker.generation, shared.styles, shared.lora_files\n"
         "heavy = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )

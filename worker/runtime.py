@@ -64,11 +64,12 @@ class Runtime:
 
     def _load(self) -> None:
         from worker.pipeline.engine import Engine, EngineOptions
-        from worker.pipeline.profiles import ModelsMissing, resolve_profile
+        from worker.pipeline.profiles import ModelsMissing, locate_profile
 
         started = time.monotonic()
         settings = self.settings
-        profile = resolve_profile(settings.model_profile, settings.effective_model_dir)
+        profile = locate_profile(settings.model_profile, settings.effective_model_dir,
+                                 explicit=settings.model_dir is not None)
         options = EngineOptions(
             lora_slots=settings.lora_slots,
             torch_compile=settings.torch_compile,

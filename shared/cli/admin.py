@@ -1,8 +1,6 @@
-"""Administration: ``db``, ``keys``, ``models``."""
+"""Administration: ``db``, ``keys``."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import click
 from sqlalchemy import select
@@ -68,36 +66,6 @@ def keys_list(settings: Settings, name: str | None) -> None:
             click.echo(f"{client_name}\t{key.prefix}\t{','.join(key.scopes)}\t{state}\tlast used {used}")
 
 
-@click.group()
-def models() -> None:
-    """Model weights."""
-
-
-@models.command("make-tiny")
-@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-def models_make_tiny(directory: Path) -> None:
-    """Write the random-weight `tiny` model (same layout as sdxl) into DIRECTORY."""
-    from worker.pipeline.tiny import make_tiny
-
-    make_tiny(directory)
-    click.echo(str(directory))
-
-
-@models.command("check")
-@click.pass_obj
-def models_check(settings: Settings) -> None:
-    """Say whether the configured profile's weights are all present."""
-    from worker.pipeline.profiles import missing_files, read_revision, resolve_profile
-
-    profile = resolve_profile(settings.model_profile, settings.effective_model_dir)
-    missing = missing_files(profile)
-    if missing:
-        for path in missing:
-            click.echo(f"missing: {profile.root / path}")
-        raise click.ClickException(f"profile {profile.name} is incomplete at {profile.root}")
-    click.echo(f"profile {profile.name} complete at {profile.root} (revision {read_revision(profile)})")
-
-
 def register(group: click.Group) -> None:
-    for command in (db, keys, models):
+    for command in (db, keys):
         group.add_command(command)

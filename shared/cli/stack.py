@@ -31,7 +31,7 @@ def _processes(settings: Settings, api_bind: str, flower_port: int) -> dict[str,
     cli = [sys.executable, "-m", "shared.cli"]
     return {
         "api": [*cli, "api", "--bind", api_bind],
-        "worker": [*cli, "worker", "--hostname", "gpu0@%h"],
+        "worker": [*cli, "worker"],  # one per visible GPU (gpu<N>@host), else cpu@host
         "maintenance": [*cli, "worker", "--queues", tasks.QUEUE_MAINTENANCE, "--pool", "threads",
                         "--concurrency", "2", "--hostname", "maintenance@%h"],
         "beat": [*cli, "beat"],
