@@ -176,9 +176,9 @@ def remove(session: Session, client_id: str, name: str, version: int | None = No
     if version is None:
         session.delete(style)
     else:
-        session.delete(doomed[0])
+        style.versions.remove(doomed[0])  # delete-orphan: the row goes at flush, and the collection stays true
         if style.active_version == version:
-            ready = [v.version for v in style.versions if v.status == READY and v.version != version]
+            ready = [v.version for v in style.versions if v.status == READY]
             style.active_version = max(ready) if ready else None
     session.flush()
     return keys
