@@ -11,7 +11,7 @@ A caller owns the transaction (``with db.begin() as session:``); these functions
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -30,6 +30,7 @@ class Claim:
 
     job_id: str
     attempt: int
+    row: Any = field(default=None, compare=False, repr=False)  # the columns ``started(read=...)`` returned
 
 
 @dataclass(frozen=True)
@@ -106,8 +107,13 @@ def unpublished(session: Session, older_than_s: float, limit: int = 500) -> list
 
 
 # --- queued -> running ----------------------------------------------------------------------------------------------
-def started(session: Session, job_id: str, worker: str, lease_s: float) -> Claim | ClaimRefused:
-    """Claim a queued job for a new attempt (attempt + 1, lease until now + ``lease_s``), or say why not."""
+def started(session: Session, job_id: str, worker: str, lease_s: float,
+            read: Sequence[Any] = ()) -> Claim | ClaimRefused:
+    """Claim a queued job for a new attempt (attempt + 1, lease until now + ``lease_s``), or say why not.
+
+    The progress total becomes the request's step count. ``read``: columns to return with the claim (``Claim.row``),
+    read by the same statement, so a worker claims and reads its job in one round trip.
+    """
     check_transition(JobStatus.QUEUED, JobStatus.RUNNING)
     not_expired = or_(Job.cancel_after.is_(None), Job.cancel_after > utcnow())
     stmt = (
@@ -120,13 +126,14 @@ def started(session: Session, job_id: str, worker: str, lease_s: float) -> Claim
             worker=worker,
             started_at=utcnow(),
             progress_step=0,
+            progress_total=Job.request[("params", "steps")].as_integer(),
         )
-        .returning(Job.attempt)
+        .returning(Job.attempt, *read)
         .execution_options(synchronize_session=False)
     )
-    attempt = session.execute(stmt).scalar_one_or_none()
-    if attempt is not None:
-        return Claim(job_id, attempt)
+    row = session.execute(stmt).one_or_none()
+    if row is not None:
+        return Claim(job_id, row[0], row if read else None)
     status = session.execute(select(Job.status).where(Job.id == job_id)).scalar_one_or_none()
     if status is None:
         return ClaimRefused.MISSING
@@ -151,16 +158,6 @@ def heartbeat(session: Session, claim: Claim, lease_s: float, step: int | None =
     )
     result = session.execute(stmt).scalar_one_or_none()
     return None if result is None else bool(result)
-
-
-def set_progress_total(session: Session, claim: Claim, total: int) -> bool:
-    stmt = (
-        update(Job)
-        .where(Job.id == claim.job_id, Job.status == JobStatus.RUNNING.value, Job.attempt == claim.attempt)
-        .values(progress_total=total)
-        .execution_options(synchronize_session=False)
-    )
-    return bool(session.execute(stmt).rowcount == 1)  # type: ignore[attr-defined]
 
 
 # --- running -> terminal ------------------------------------------------------------------------------------------

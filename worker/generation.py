@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 import PIL.Image
 from billiard.exceptions import SoftTimeLimitExceeded
 from PIL.PngImagePlugin import PngInfo
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared import jobs, styles
@@ -124,12 +123,13 @@ class Watch:
 # --- 1. Claim and read ------------------------------------------------------------------------------------------
 
 
+JOB_COLUMNS = (Job.request, Job.seed, Job.prompt_used, Job.created_at, Job.started_at, Job.client_id, Job.user_id,
+               Job.queue)
+
+
 def _read_job(session: Session, claim: jobs.Claim) -> JobInput:
-    row = session.execute(
-        select(Job.request, Job.seed, Job.prompt_used, Job.created_at, Job.started_at, Job.client_id, Job.user_id,
-               Job.queue).where(Job.id == claim.job_id)
-    ).one()
-    jobs.set_progress_total(session, claim, int(row.request["params"]["steps"]))
+    """The claimed row (returned by the claim itself) and the style it names, resolved now."""
+    row = claim.row
     style, style_error = None, None
     submitted = (row.request.get("resolved") or {}).get("style_lora")
     if submitted:
@@ -344,7 +344,7 @@ def run_generation(job_id: str, runtime: Runtime) -> str:
     settings = runtime.settings
     # 1. Claim and read the row in one transaction: only a queued job runs; a re-delivery is dropped here.
     with runtime.db.begin() as session:
-        claim = jobs.started(session, job_id, runtime.worker_name, settings.lease_s)
+        claim = jobs.started(session, job_id, runtime.worker_name, settings.lease_s, read=JOB_COLUMNS)
         if not isinstance(claim, jobs.Claim):
             log.info("job %s not run: %s", job_id, claim.value)
             return f"skipped:{claim.value}"

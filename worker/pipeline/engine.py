@@ -211,6 +211,7 @@ class Engine:
         self.load_seconds = load_seconds
         self.options = options or EngineOptions()
         self.loras = LoraSlots(pipe, self.options.lora_slots)
+        self._scales: list[ScaleConfig] | None = None  # what set_ip_adapter_scale was last given
         layers = pipe.unet.encoder_hid_proj.image_projection_layers
         # diffusers feeds hidden states to every projection but the basic one, which takes the pooled embedding.
         self._hidden_states = [not isinstance(layer, ImageProjection) for layer in layers]
@@ -369,8 +370,13 @@ class Engine:
             self._adapter_input(STYLE, style_embeds, guided),
         ]
 
-        # 4. Set adapter scales (an adapter at 0 is skipped inside attention)
-        self.pipe.set_ip_adapter_scale([req.identity_scale if has_identity else 0.0, style])
+        # 4. Set adapter scales (an adapter at 0 is skipped inside attention); unchanged scales are not set again:
+        #    it walks every attention processor (1.5 ms, 6 ms with a per-block dict, on the tiny model).
+        scales: list[ScaleConfig] = [req.identity_scale if has_identity else 0.0, style]
+        if scales != self._scales:
+            self._scales = None
+            self.pipe.set_ip_adapter_scale(scales)
+            self._scales = scales
 
         # 5. One generator per image, on the device, so image i is the first image of seed + i
         generators = [torch.Generator(device=self.device).manual_seed(req.seed + i) for i in range(req.num_images)]
