@@ -88,9 +88,8 @@ class Runtime:
         if self.setup_error:
             log.error("worker setup failed: %s", self.setup_error)
         elif self._engine is not None:
-            log.info("pipeline %s revision %s loaded on %s (CUDA_VISIBLE_DEVICES=%s) in %.2f s", profile.name,
-                     self._engine.revision, self._engine.device_name, self.gpu, self.load_seconds)
-
+            log.info("pipeline %s loaded in %.2f s: revision %s on %s (CUDA_VISIBLE_DEVICES=%s)", profile.name,
+                     self.load_seconds, self._engine.revision, self._engine.device_name, self.gpu)
 
 class SetupFailed(RuntimeError):
     pass
