@@ -103,5 +103,7 @@ def get_runtime() -> Runtime:
     global _runtime
     with _runtime_lock:
         if _runtime is None or _runtime.pid != os.getpid():
+            if _runtime is not None:  # inherited over fork: leave the parent's connections to the parent
+                _runtime.db.engine.dispose(close=False)
             _runtime = Runtime(get_settings())
         return _runtime
