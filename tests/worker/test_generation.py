@@ -311,6 +311,32 @@ def test_hard_time_limit_fails_the_job_of_this_worker_only(runtime: Runtime, db:
     assert not fail_after_hard_time_limit(runtime, job_id, "gpu0@host-a")  # terminal: unchanged
 
 
+def test_the_task_fails_its_job_when_celery_reports_the_hard_time_limit(runtime: Runtime, db: Database,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Celery (celery.worker.request.Request.on_timeout) calls the task's on_failure in the worker's main process
+    with TimeLimitExceeded after killing the pool child; the node name comes from celeryd_after_setup."""
+    from billiard.exceptions import TimeLimitExceeded
+
+    from worker import lifecycle
+    from worker import runtime as runtime_module
+    from worker.tasks.generate import generate
+
+    job_id = add_job(db, request=request_doc())
+    with db.begin() as session:
+        assert isinstance(jobs.started(session, job_id, "gpu2@host-b:99", 60), jobs.Claim)
+    monkeypatch.setattr(runtime_module, "_runtime", runtime)  # this process's runtime, as get_runtime() gives it
+    lifecycle._remember_node_name(sender="gpu2@host-b")
+    try:
+        generate.on_failure(ValueError("not a time limit"), "task-1", [job_id], {}, None)
+        assert load(db, job_id).status == "running"
+        generate.on_failure(TimeLimitExceeded(660), "task-1", [job_id], {}, None)
+    finally:
+        lifecycle.node_name = None
+    job = load(db, job_id)
+    assert (job.status, job.error_code) == ("failed", "time_limit")
+    assert job.error_message == "the generation was stopped at the hard time limit of 660 s"
+
+
 def test_cancel_stops_within_one_step(runtime: Runtime, db: Database) -> None:
     runtime.settings = runtime.settings.model_copy(update={"progress_interval_s": 0.0})
     job_id = add_job(db, request=request_doc(steps=10))
