@@ -83,7 +83,7 @@ def _wait_worker(settings: Settings, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         replies = app.control.ping(timeout=1.0)
-        if any(name.startswith("gpu0@") for reply in replies for name in reply):
+        if any(name.startswith(("gpu", "cpu@")) for reply in replies for name in reply):  # a generation worker
             return
     raise click.ClickException("the worker did not answer within the start timeout; see var/log/worker.log")
 
