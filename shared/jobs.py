@@ -11,11 +11,11 @@ A caller owns the transaction (``with db.begin() as session:``); these functions
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.db import utcnow
@@ -183,19 +183,8 @@ def succeeded(
         values["warnings"] = warnings
     if not _move(session, claim.job_id, JobStatus.RUNNING, JobStatus.SUCCEEDED, attempt=claim.attempt, **values):
         return False
-    session.add_all(
-        JobImage(
-            job_id=claim.job_id,
-            index=image.index,
-            storage_key=image.storage_key,
-            content_type=image.content_type,
-            width=image.width,
-            height=image.height,
-            sha256=image.sha256,
-            size_bytes=image.size_bytes,
-        )
-        for image in images
-    )
+    if images:  # a Core INSERT: the ORM's unit of work costs a few ms on a busy CPU, per job
+        session.execute(insert(JobImage), [{"job_id": claim.job_id, **asdict(image)} for image in images])
     return True
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import PIL.Image
 from billiard.exceptions import SoftTimeLimitExceeded
 from PIL.PngImagePlugin import PngInfo
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from shared import jobs, styles
@@ -286,41 +287,47 @@ def _model_info(runtime: Runtime, job: JobInput) -> dict[str, Any]:
     }
 
 
+def _record(session: Session, runtime: Runtime, claim: jobs.Claim, job: JobInput, attempt: Attempt, outcome: str,
+            error_code: str | None = None) -> None:
+    """Add the attempt's ``generation_metrics`` row to the transaction that ends the attempt (a Core INSERT)."""
+    session.execute(insert(GenerationMetric).values(**_metric(runtime, claim, job, attempt, outcome, error_code)))
+
+
 def _metric(runtime: Runtime, claim: jobs.Claim, job: JobInput, attempt: Attempt, outcome: str,
-            error_code: str | None = None) -> GenerationMetric:
+            error_code: str | None = None) -> dict[str, Any]:
     params = job.params
     resolved = job.request.get("resolved") or {}
     engine = runtime.loaded_engine()
-    return GenerationMetric(
-        job_id=claim.job_id,
-        client_id=job.client_id,
-        user_id=job.user_id,
-        attempt=claim.attempt,
-        outcome=outcome,
-        error_code=error_code,
-        queue=job.queue,
-        queue_wait_s=max(0.0, (job.started_at - job.created_at).total_seconds()),
-        load_s=attempt.load_s,
-        inference_s=attempt.inference_s,
-        store_s=attempt.store_s,
-        total_s=time.monotonic() - attempt.started,
-        steps=int(params["steps"]),
-        width=int(params["width"]),
-        height=int(params["height"]),
-        num_images=int(params["num_images"]),
-        profile=engine.profile.name if engine else runtime.settings.model_profile,
-        revision=engine.revision if engine else None,
-        identity_refs=len(resolved.get("identity") or []),
-        style_ref=bool(resolved.get("style")),
-        embeddings_cached=attempt.embeddings_cached,
-        lora=job.style.label if job.style else None,
-        lora_resident=attempt.lora_resident,
-        worker=runtime.worker_name,
-        gpu=runtime.gpu,
-        device=engine.device_name if engine else None,
-        model_load_s=runtime.load_seconds,
-        peak_gpu_memory_bytes=attempt.peak_memory_bytes,
-    )
+    return {
+        "job_id": claim.job_id,
+        "client_id": job.client_id,
+        "user_id": job.user_id,
+        "attempt": claim.attempt,
+        "outcome": outcome,
+        "error_code": error_code,
+        "queue": job.queue,
+        "queue_wait_s": max(0.0, (job.started_at - job.created_at).total_seconds()),
+        "load_s": attempt.load_s,
+        "inference_s": attempt.inference_s,
+        "store_s": attempt.store_s,
+        "total_s": time.monotonic() - attempt.started,
+        "steps": int(params["steps"]),
+        "width": int(params["width"]),
+        "height": int(params["height"]),
+        "num_images": int(params["num_images"]),
+        "profile": engine.profile.name if engine else runtime.settings.model_profile,
+        "revision": engine.revision if engine else None,
+        "identity_refs": len(resolved.get("identity") or []),
+        "style_ref": bool(resolved.get("style")),
+        "embeddings_cached": attempt.embeddings_cached,
+        "lora": job.style.label if job.style else None,
+        "lora_resident": attempt.lora_resident,
+        "worker": runtime.worker_name,
+        "gpu": runtime.gpu,
+        "device": engine.device_name if engine else None,
+        "model_load_s": runtime.load_seconds,
+        "peak_gpu_memory_bytes": attempt.peak_memory_bytes,
+    }
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -361,7 +368,7 @@ def run_generation(job_id: str, runtime: Runtime) -> str:
     def fail(code: ErrorCode, message: str) -> str:
         with runtime.db.begin() as session:
             if jobs.failed(session, claim, code, message, timings=timings()):
-                session.add(_metric(runtime, claim, job, attempt, "failed", code.value))
+                _record(session, runtime, claim, job, attempt, "failed", code.value)
         log.warning("job %s failed: %s", job_id, code.value)
         return f"failed:{code.value}"
 
@@ -376,7 +383,7 @@ def run_generation(job_id: str, runtime: Runtime) -> str:
             with runtime.db.begin() as session:
                 won = jobs.succeeded(session, claim, stored, timings=timings(), model=_model_info(runtime, job))
                 attempt.store_s = time.monotonic() - stored_at
-                session.add(_metric(runtime, claim, job, attempt, "succeeded" if won else "lost"))
+                _record(session, runtime, claim, job, attempt, "succeeded" if won else "lost")
             if not won:
                 runtime.storage.delete_prefix(f"jobs/{job_id}/{claim.attempt}/")
                 log.warning("job %s: attempt %d lost the job before finishing", job_id, claim.attempt)
@@ -387,10 +394,10 @@ def run_generation(job_id: str, runtime: Runtime) -> str:
             with runtime.db.begin() as session:
                 if watch.stop_reason == "canceled":
                     if jobs.canceled(session, job_id, CancelReason.CANCELED_BY_CLIENT, claim):
-                        session.add(_metric(runtime, claim, job, attempt, "canceled",
-                                            CancelReason.CANCELED_BY_CLIENT.value))
+                        _record(session, runtime, claim, job, attempt, "canceled",
+                                CancelReason.CANCELED_BY_CLIENT.value)
                     return "canceled"
-                session.add(_metric(runtime, claim, job, attempt, "lost"))
+                _record(session, runtime, claim, job, attempt, "lost")
             return "lost"
         except SetupFailed as exc:
             return fail(ErrorCode.SETUP_FAILED, str(exc))
@@ -420,7 +427,7 @@ def run_generation(job_id: str, runtime: Runtime) -> str:
 def _give_back(runtime: Runtime, claim: jobs.Claim, job: JobInput, attempt: Attempt, why: str) -> str:
     with runtime.db.begin() as session:
         if jobs.requeued(session, claim):
-            session.add(_metric(runtime, claim, job, attempt, "requeued", why))
+            _record(session, runtime, claim, job, attempt, "requeued", why)
     log.warning("job %s re-queued after a transient fault (%s)", claim.job_id, why)
     return f"requeued:{why}"
 
