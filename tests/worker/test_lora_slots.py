@@ -127,6 +127,9 @@ def test_a_lora_that_does_not_fit_the_model_fails_and_leaves_the_slot_empty(engi
     with pytest.raises(LoraLoadFailed):
         engine.run(GenerationRequest(**BASE, lora=style((tmp_path / "bad.safetensors").read_bytes())))
     assert engine.loras.resident() == {}
+    with pytest.raises(LoraLoadFailed, match="not usable"):
+        engine.run(GenerationRequest(**BASE, lora=style(b"not a safetensors file")))
+    assert engine.loras.resident() == {}
     assert np.abs(pixels(engine) - baseline).max() <= NOISE
     assert diff(pixels(engine, style(loras["a"])), baseline) > 2  # the slot is usable again
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.lora_files import LoraInfo, inspect_lora
+from shared.lora_files import InvalidLoraFile, LoraInfo, inspect_lora
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,8 @@ METADATA_KEY = "lora_adapter_metadata"  # diffusers.loaders.lora_base.LORA_ADAPT
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 # LoraConfig fields a file may set: they describe its weights. Everything else takes PEFT's defaults.
 KEPT_FIELDS = ("r", "lora_alpha", "rank_pattern", "alpha_pattern", "use_rslora", "use_dora", "lora_bias")
+# What diffusers and PEFT raise for a file that does not fit the model (shapes, keys, config).
+LOAD_ERRORS = (ValueError, RuntimeError, KeyError, TypeError, OSError)
 
 
 @dataclass
@@ -106,26 +108,44 @@ class LoraSlots:
             self._enabled = False
 
     def _load(self, slot: Slot, request: LoraRequest) -> bool:
-        """Put the LoRA into ``slot``; True when it was hot-swapped in place."""
+        """Put the LoRA into ``slot``; True when it was hot-swapped in place.
+
+        Whatever interrupts a load (a bad file, out of memory, a time limit) leaves the slot empty, never holding
+        a mix of two LoRAs' weights. Only a file that cannot be loaded becomes ``LoraLoadFailed``.
+        """
         with tempfile.TemporaryDirectory(prefix="lora-") as folder:
             path = Path(folder) / WEIGHT_NAME
             path.write_bytes(request.fetch())
-            info = inspect_lora(path)
-            normalise_metadata(path)
+            try:
+                info = inspect_lora(path)
+                normalise_metadata(path)
+            except (InvalidLoraFile, ValueError, OSError) as exc:
+                raise LoraLoadFailed(f"the LoRA file is not usable ({type(exc).__name__})") from exc
             swap = slot.info is not None and slot.info.swap_signature == info.swap_signature and not info.text_encoder
             if swap:
                 try:
                     self._load_file(folder, slot.adapter, hotswap=True)
                     self._set(slot, request.key, info)
                     return True
-                except Exception as exc:  # a failed swap may leave mixed weights: drop the slot and load afresh
+                except LOAD_ERRORS as exc:  # a failed swap may leave mixed weights: drop the slot, load afresh
+                    self._empty(slot)
+                    if _out_of_memory(exc):
+                        raise
                     logger.warning("hot-swap into %s failed (%s); loading afresh", slot.adapter, type(exc).__name__)
+                except BaseException:
+                    self._empty(slot)
+                    raise
             self._empty(slot)
             try:
                 self._load_file(folder, slot.adapter, hotswap=False)
-            except Exception as exc:
+            except LOAD_ERRORS as exc:
                 self._empty(slot)
+                if _out_of_memory(exc):
+                    raise
                 raise LoraLoadFailed(f"the LoRA could not be loaded ({type(exc).__name__})") from exc
+            except BaseException:
+                self._empty(slot)
+                raise
             self._set(slot, request.key, info)
             return False
 
@@ -156,6 +176,12 @@ class LoraSlots:
     def _loaded_adapters(self) -> set[str]:
         loaded: dict[str, list[str]] = self.pipe.get_list_adapters()
         return {name for names in loaded.values() for name in names}
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.cuda.OutOfMemoryError)  # a RuntimeError: not the file's fault
 
 
 def normalise_metadata(path: Path) -> None:
