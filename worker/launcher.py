@@ -39,7 +39,9 @@ class Device:
         return f"{self.name}@{host}"
 
     def environment(self) -> dict[str, str]:
-        return {"CUDA_VISIBLE_DEVICES": self.cuda_visible_devices if self.cuda_visible_devices is not None else ""}
+        # PCI order: the same indexes nvidia-smi shows (CUDA's default order puts the fastest GPU first).
+        return {"CUDA_VISIBLE_DEVICES": self.cuda_visible_devices if self.cuda_visible_devices is not None else "",
+                "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
 
 
 def visible_gpus(environ: dict[str, str] | None = None) -> list[str]:
