@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from api.errors import ApiError, validation_error
 from api.services import Services
-from shared import deletion, jobs, limits, tasks
+from shared import deletion, jobs, limits, styles, tasks
 from shared.fetch import FetchBlocked, check_url
 from shared.keys import Principal
 from shared.models import Client, Job, Subject
@@ -72,11 +72,27 @@ def resolve_references(session: Session, svc: Services, client_id: str, body: Il
     if body.style is not None and body.style.reference is not None:
         style = _resolve_one(session, svc, client_id, body.user_id, body.style.reference, f"{prefix}style.reference",
                              0, errors)
+    style_lora = None
     if body.params.style_lora is not None:
-        errors.append((f"{prefix}params.style_lora", "unknown style"))
+        style_lora = _resolve_style(session, client_id, body.params.style_lora, f"{prefix}params.style_lora", errors)
     if body.webhook_url is not None:
         errors.append((f"{prefix}webhook_url", "webhook delivery is not enabled on this deployment yet"))
-    return {"identity": identity, "style": style}
+    return {"identity": identity, "style": style, "style_lora": style_lora}
+
+
+def _resolve_style(session: Session, client_id: str, text: str, field: str,
+                   errors: list[tuple[str, str]]) -> dict[str, Any] | None:
+    """A style by name (its active version when the job runs) or name@version; it must be ready now."""
+    try:
+        ref = styles.parse_ref(text)
+        styles.resolve(session, client_id, ref)
+    except ValueError as exc:
+        errors.append((field, str(exc)))
+        return None
+    except styles.StyleNotFound:
+        errors.append((field, "unknown style, or no ready version of it"))
+        return None
+    return styles.submitted(ref)
 
 
 def _needs_preparation(resolved: dict[str, Any]) -> bool:

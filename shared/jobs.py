@@ -11,11 +11,11 @@ A caller owns the transaction (``with db.begin() as session:``); these functions
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared import notify
@@ -31,6 +31,7 @@ class Claim:
 
     job_id: str
     attempt: int
+    row: Any = field(default=None, compare=False, repr=False)  # the columns ``started(read=...)`` returned
 
 
 @dataclass(frozen=True)
@@ -129,8 +130,13 @@ def preparation_failed(session: Session, job_id: str, prepare_queue: str, code: 
 
 
 # --- queued -> running ----------------------------------------------------------------------------------------------
-def started(session: Session, job_id: str, worker: str, lease_s: float) -> Claim | ClaimRefused:
-    """Claim a queued job for a new attempt (attempt + 1, lease until now + ``lease_s``), or say why not."""
+def started(session: Session, job_id: str, worker: str, lease_s: float,
+            read: Sequence[Any] = ()) -> Claim | ClaimRefused:
+    """Claim a queued job for a new attempt (attempt + 1, lease until now + ``lease_s``), or say why not.
+
+    The progress total becomes the request's step count. ``read``: columns to return with the claim (``Claim.row``),
+    read by the same statement, so a worker claims and reads its job in one round trip.
+    """
     check_transition(JobStatus.QUEUED, JobStatus.RUNNING)
     not_expired = or_(Job.cancel_after.is_(None), Job.cancel_after > utcnow())
     stmt = (
@@ -143,13 +149,14 @@ def started(session: Session, job_id: str, worker: str, lease_s: float) -> Claim
             worker=worker,
             started_at=utcnow(),
             progress_step=0,
+            progress_total=Job.request[("params", "steps")].as_integer(),
         )
-        .returning(Job.attempt)
+        .returning(Job.attempt, *read)
         .execution_options(synchronize_session=False)
     )
-    attempt = session.execute(stmt).scalar_one_or_none()
-    if attempt is not None:
-        return Claim(job_id, attempt)
+    row = session.execute(stmt).one_or_none()
+    if row is not None:
+        return Claim(job_id, row[0], row if read else None)
     status = session.execute(select(Job.status).where(Job.id == job_id)).scalar_one_or_none()
     if status is None:
         return ClaimRefused.MISSING
@@ -176,16 +183,6 @@ def heartbeat(session: Session, claim: Claim, lease_s: float, step: int | None =
     return None if result is None else bool(result)
 
 
-def set_progress_total(session: Session, claim: Claim, total: int) -> bool:
-    stmt = (
-        update(Job)
-        .where(Job.id == claim.job_id, Job.status == JobStatus.RUNNING.value, Job.attempt == claim.attempt)
-        .values(progress_total=total)
-        .execution_options(synchronize_session=False)
-    )
-    return bool(session.execute(stmt).rowcount == 1)  # type: ignore[attr-defined]
-
-
 # --- running -> terminal ------------------------------------------------------------------------------------------
 def succeeded(
     session: Session,
@@ -209,19 +206,8 @@ def succeeded(
         values["warnings"] = warnings
     if not _move(session, claim.job_id, JobStatus.RUNNING, JobStatus.SUCCEEDED, attempt=claim.attempt, **values):
         return False
-    session.add_all(
-        JobImage(
-            job_id=claim.job_id,
-            index=image.index,
-            storage_key=image.storage_key,
-            content_type=image.content_type,
-            width=image.width,
-            height=image.height,
-            sha256=image.sha256,
-            size_bytes=image.size_bytes,
-        )
-        for image in images
-    )
+    if images:  # a Core INSERT: the ORM's unit of work costs a few ms on a busy CPU, per job
+        session.execute(insert(JobImage), [{"job_id": claim.job_id, **asdict(image)} for image in images])
     return True
 
 
@@ -241,6 +227,22 @@ def failed(
     if model is not None:
         values["model"] = model
     return _move(session, claim.job_id, JobStatus.RUNNING, JobStatus.FAILED, attempt=claim.attempt, **values)
+
+
+def failed_on_worker(session: Session, job_id: str, worker_prefix: str, code: ErrorCode, message: str) -> bool:
+    """Fail a running job whose attempt runs on a worker named ``worker_prefix...`` (the attempt is not known:
+    its process was killed, e.g. at the hard time limit, and the main process of that worker reports it)."""
+    return _move(
+        session,
+        job_id,
+        JobStatus.RUNNING,
+        JobStatus.FAILED,
+        where=[Job.worker.startswith(worker_prefix, autoescape=True)],
+        finished_at=utcnow(),
+        lease_until=None,
+        error_code=code.value,
+        error_message=message,
+    )
 
 
 def canceled(session: Session, job_id: str, reason: CancelReason, claim: Claim | None = None) -> bool:

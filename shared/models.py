@@ -1,4 +1,5 @@
-"""SQLAlchemy 2 typed models: clients, API keys, subjects, jobs (with their images), batches, user deletions.
+"""SQLAlchemy 2 typed models: clients, API keys, subjects, jobs (with their images), batches, user deletions,
+styles, generation metrics.
 
 The job state machine that moves ``Job.status`` lives in ``shared.jobs``; nothing else updates it.
 """
@@ -14,6 +15,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -222,3 +224,98 @@ class UserDeletion(Base):
     run_after: Mapped[datetime | None] = mapped_column(UTCDateTime())
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Style(Base):
+    """A named LoRA style of one client; its versions hold the weights, ``active_version`` is what ``name`` means.
+
+    Versions come from ``illustrations styles import`` (a LoRA file, ready at once) or from training (queued, then
+    running, then ready or failed). A version that becomes ready becomes active; a failed one leaves the previous.
+    """
+
+    __tablename__ = "styles"
+    __table_args__ = (UniqueConstraint("client_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    client_id: Mapped[str] = mapped_column(ForeignKey("clients.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    active_version: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=utcnow())
+
+    versions: Mapped[list[StyleVersion]] = relationship(
+        back_populates="style", order_by="StyleVersion.version", cascade="all, delete-orphan"
+    )
+
+
+class StyleVersion(Base):
+    """One version of a style: a LoRA file in storage (once ready) with the shape it was made with."""
+
+    __tablename__ = "style_versions"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('queued', 'running', 'ready', 'failed', 'canceled')",
+            name="status_known",
+        ),
+    )
+
+    style_id: Mapped[str] = mapped_column(ForeignKey("styles.id", ondelete="CASCADE"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(16))  # "import" or "training"
+    base_profile: Mapped[str] = mapped_column(String(32))  # the model profile the LoRA was made for
+    storage_key: Mapped[str | None] = mapped_column(String(512))
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    rank: Mapped[int | None] = mapped_column(Integer)
+    alpha: Mapped[float | None] = mapped_column(Float)
+    params: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    error_code: Mapped[str | None] = mapped_column(String(32))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=utcnow())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    style: Mapped[Style] = relationship(back_populates="versions")
+
+
+class GenerationMetric(Base):
+    """One row per attempt that reached a GPU worker: where the time went and what ran.
+
+    Written by the worker in the transaction that ends the attempt. ``user_id`` is kept so that deleting a user can
+    remove their rows; ``job_id`` has no foreign key, so rows can outlive the jobs they describe for aggregates.
+    """
+
+    __tablename__ = "generation_metrics"
+    __table_args__ = (Index("ix_generation_metrics_created", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(36), index=True)
+    client_id: Mapped[str] = mapped_column(String(36))
+    user_id: Mapped[str] = mapped_column(String(255), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(16))  # succeeded, failed, canceled, requeued, lost
+    error_code: Mapped[str | None] = mapped_column(String(32))
+    queue: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=utcnow())
+    # Seconds: waiting in the queue; references, embeddings and LoRA made ready; the pipeline call; store + finish.
+    queue_wait_s: Mapped[float] = mapped_column(Float)
+    load_s: Mapped[float | None] = mapped_column(Float)
+    inference_s: Mapped[float | None] = mapped_column(Float)
+    store_s: Mapped[float | None] = mapped_column(Float)
+    total_s: Mapped[float] = mapped_column(Float)
+    steps: Mapped[int] = mapped_column(Integer)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    num_images: Mapped[int] = mapped_column(Integer)
+    profile: Mapped[str | None] = mapped_column(String(32))
+    revision: Mapped[str | None] = mapped_column(String(255))
+    identity_refs: Mapped[int] = mapped_column(Integer)
+    style_ref: Mapped[bool] = mapped_column(Boolean)
+    embeddings_cached: Mapped[int] = mapped_column(Integer)  # references whose embedding came from the cache
+    lora: Mapped[str | None] = mapped_column(String(120))  # name@version
+    lora_resident: Mapped[bool | None] = mapped_column(Boolean)  # already in a slot (no load)
+    worker: Mapped[str | None] = mapped_column(String(255))
+    gpu: Mapped[str | None] = mapped_column(String(64))  # CUDA_VISIBLE_DEVICES of the worker process
+    device: Mapped[str | None] = mapped_column(String(120))
+    model_load_s: Mapped[float | None] = mapped_column(Float)  # the worker's one-time pipeline load
+    peak_gpu_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)  # null on CPU

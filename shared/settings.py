@@ -56,7 +56,17 @@ class Settings(BaseSettings):
     model_profile: Literal["tiny", "sdxl"] = "tiny"
     model_dir: Path | None = Field(None, description="Folder of the weights; default var_dir/models/<profile>.")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads on CPU (0 = torch's default).")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA (bfloat16, SDPA attention) when a GPU is visible, else CPU (float32)."
+    )
+    torch_compile: bool = Field(False, description="torch.compile the UNet at load (slow first job, faster after).")
+    vae_tiling: bool = Field(False, description="Decode large images in tiles (less GPU memory).")
+    vae_slicing: bool = Field(False, description="Decode a job's images one at a time (less GPU memory).")
+    lora_slots: int = Field(4, ge=1, le=64, description="LoRA styles kept loaded per worker (least recently used out).")
+    embedding_cache: bool = Field(True, description="Cache reference embeddings in storage, by image sha256.")
+    embedding_memory_items: int = Field(
+        64, ge=0, description="Reference embeddings also kept in the worker's memory (0 = storage only)."
+    )
     png_metadata: bool = Field(False, description="Write prompt/params into PNG text chunks (off: privacy).")
     png_compress_level: int = Field(1, ge=0, le=9, description="zlib level for generated PNGs (1: fast, ~same size).")
 
@@ -83,6 +93,9 @@ class Settings(BaseSettings):
     task_soft_time_limit_s: int = Field(600, ge=1, description="Soft time limit of one generation.")
     task_time_limit_s: int = Field(660, ge=1, description="Hard time limit of one generation (kills the child).")
     worker_proc_alive_timeout_s: float = Field(300.0, gt=0, description="Time a pool child may take to load its model.")
+    worker_restart_delay_s: float = Field(
+        5.0, ge=0, description="`worker --gpus`: wait before restarting a per-GPU worker that exited."
+    )
     progress_interval_s: float = Field(0.5, ge=0, description="Minimum time between progress writes.")
     worker_prefetch_multiplier: int = Field(1, ge=1)
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from click.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = {"api", "worker", "beat", "flower", "db", "keys", "models", "ops", "submit", "up", "down", "status",
-            "demo"}
+COMMANDS = {"api", "worker", "beat", "flower", "db", "keys", "models", "ops", "styles", "submit", "up", "down",
+            "status", "demo"}
 
 
 def test_help_lists_every_subcommand() -> None:
@@ -22,8 +22,9 @@ def test_help_lists_every_subcommand() -> None:
     commands = result.output.split("Commands:")[1]
     listed = set(re.findall(r"^  (\w[\w-]*)\s", commands, flags=re.MULTILINE))
     assert listed == COMMANDS
-    groups = {"db": {"upgrade"}, "keys": {"create", "list", "revoke"}, "models": {"make-tiny", "check", "sync"},
-              "ops": {"drain"}}
+    groups = {"db": {"upgrade"}, "keys": {"create", "list", "revoke"},
+              "models": {"make-tiny", "make-tiny-lora", "download", "check", "sync"},
+              "styles": {"import", "list", "remove"}, "ops": {"drain"}}
     for group, subcommands in groups.items():
         output = CliRunner().invoke(main, [group, "--help"]).output.split("Commands:")[1]
         assert subcommands <= set(re.findall(r"^  (\w[\w-]*)\s", output, flags=re.MULTILINE))
@@ -42,7 +43,7 @@ def test_cpu_processes_never_import_torch() -> None:
         "import sys\n"
         "import shared.cli, worker.celery_app, worker.tasks.maintenance, worker.tasks.generate, worker.pipeline\n"
         "import worker.tasks.prepare, worker.preparation, shared.fetch, shared.deletion.run\n"
-        "import worker.pipeline.profiles\n"
+        "import worker.pipeline.profiles, worker.launcher, worker.generation, shared.styles, shared.lora_files\n"
         "heavy = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )

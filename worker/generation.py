@@ -1,30 +1,36 @@
 """One generation, from a job id to a finished row: claim, read references, run, store, finish (fenced).
 
 The task shell (``worker.tasks.generate``) only calls ``run_generation``; everything here is plain code over the
-database, storage and the engine, so it is testable without Celery.
+database, storage and the engine, so it is testable without Celery. Every attempt that reaches this code leaves one
+``generation_metrics`` row, written in the transaction that ends the attempt.
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import PIL.Image
 from billiard.exceptions import SoftTimeLimitExceeded
 from PIL.PngImagePlugin import PngInfo
-from sqlalchemy import select
+from sqlalchemy import insert
+from sqlalchemy.orm import Session
 
-from shared import jobs
+from shared import jobs, styles
 from shared.errors import CancelReason, ErrorCode, JobFailure
-from shared.models import Job
+from shared.models import GenerationMetric, Job
 from shared.storage import ObjectNotFound, StorageError
 from worker.runtime import Runtime, SetupFailed
+
+if TYPE_CHECKING:
+    from worker.pipeline.engine import GenerationRequest, GenerationResult
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +40,35 @@ BASE_MODELS = {"sdxl": "stable-diffusion-xl-base-1.0", "tiny": "tiny-sdxl-random
 
 @dataclass(frozen=True)
 class JobInput:
-    """What the row says to do (read once, right after the claim)."""
+    """What the row says to do (read once, in the claim's transaction)."""
 
     request: dict[str, Any]
     seed: int
     prompt_used: str
     created_at: datetime
     started_at: datetime
+    client_id: str
+    user_id: str
+    queue: str
+    style: styles.ResolvedStyle | None = None
+    style_error: str | None = None  # the style it names is gone: the job fails style_not_found
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.request["params"])
+
+
+@dataclass
+class Attempt:
+    """Where this attempt's time went and what it used: becomes its ``generation_metrics`` row."""
+
+    started: float = field(default_factory=time.monotonic)
+    load_s: float | None = None
+    inference_s: float | None = None
+    store_s: float | None = None
+    embeddings_cached: int = 0
+    lora_resident: bool | None = None
+    peak_memory_bytes: int | None = None
 
 
 class Watch:
@@ -54,7 +82,7 @@ class Watch:
         self.runtime = runtime
         self.claim = claim
         self.stop_reason: str | None = None
-        self._last_progress = 0.0
+        self._last_progress = time.monotonic()  # the claim recorded step 0 just now
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{claim.job_id}", daemon=True)
 
@@ -84,24 +112,38 @@ class Watch:
             self._renew()
 
     def on_step(self, step: int, total: int) -> bool:
-        """Step callback of the engine: returns False to interrupt."""
+        """Step callback of the engine: records progress (and reads the cancel flag) at most every interval;
+        returns False to interrupt. The last step writes nothing: finishing sets the progress to the total."""
         now = time.monotonic()
-        if step == total or now - self._last_progress >= self.runtime.settings.progress_interval_s:
+        if step < total and now - self._last_progress >= self.runtime.settings.progress_interval_s:
             self._last_progress = now
             self._renew(step)
         return self.stop_reason is None
 
 
-def _read_job(runtime: Runtime, claim: jobs.Claim) -> JobInput:
-    with runtime.db.begin() as session:
-        row = session.execute(
-            select(Job.request, Job.seed, Job.prompt_used, Job.created_at, Job.started_at).where(
-                Job.id == claim.job_id
-            )
-        ).one()
-        total = int(row.request["params"]["steps"])
-        jobs.set_progress_total(session, claim, total)
-    return JobInput(row.request, row.seed, row.prompt_used or row.request["prompt"], row.created_at, row.started_at)
+# --- 1. Claim and read ------------------------------------------------------------------------------------------
+
+
+JOB_COLUMNS = (Job.request, Job.seed, Job.prompt_used, Job.created_at, Job.started_at, Job.client_id, Job.user_id,
+               Job.queue)
+
+
+def _read_job(session: Session, claim: jobs.Claim) -> JobInput:
+    """The claimed row (returned by the claim itself) and the style it names, resolved now."""
+    row = claim.row
+    style, style_error = None, None
+    submitted = (row.request.get("resolved") or {}).get("style_lora")
+    if submitted:
+        ref = styles.from_submitted(submitted)
+        try:
+            style = styles.resolve(session, row.client_id, ref)
+        except styles.StyleNotFound as exc:
+            style_error = str(exc)
+    return JobInput(row.request, row.seed, row.prompt_used or row.request["prompt"], row.created_at, row.started_at,
+                    row.client_id, row.user_id, row.queue, style, style_error)
+
+
+# --- 2. References and the LoRA ---------------------------------------------------------------------------------
 
 
 def _load_reference(runtime: Runtime, reference: dict[str, Any]) -> PIL.Image.Image:
@@ -115,6 +157,82 @@ def _load_reference(runtime: Runtime, reference: dict[str, Any]) -> PIL.Image.Im
     except (OSError, SyntaxError, ValueError):
         raise JobFailure(ErrorCode.REFERENCE_INVALID, "a stored reference image cannot be decoded") from None
     return image.convert("RGB")
+
+
+def _embedding(runtime: Runtime, adapter: int, reference: dict[str, Any], attempt: Attempt) -> Any:
+    embedding, hit = runtime.embeddings().embedding(
+        adapter, reference["sha256"], lambda: _load_reference(runtime, reference)
+    )
+    attempt.embeddings_cached += int(hit)
+    return embedding
+
+
+def _lora_request(runtime: Runtime, job: JobInput) -> Any:
+    from worker.pipeline.lora import LoraRequest
+
+    style = job.style
+    if style is None:
+        return None
+    profile = runtime.engine().profile.name
+    if style.base_profile != profile:
+        raise JobFailure(ErrorCode.STYLE_NOT_FOUND, f"style {style.label} was made for the {style.base_profile} "
+                                                    f"model, not {profile}")
+
+    def fetch() -> bytes:
+        try:
+            return runtime.storage.get(style.storage_key)
+        except ObjectNotFound:
+            raise JobFailure(ErrorCode.STYLE_NOT_FOUND, f"the file of style {style.label} is gone") from None
+
+    return LoraRequest(key=style.sha256, scale=float(job.params.get("lora_scale", 0.8)), fetch=fetch)
+
+
+def _request(runtime: Runtime, job: JobInput, attempt: Attempt) -> GenerationRequest:
+    from worker.pipeline.engine import IDENTITY, STYLE, GenerationRequest
+
+    params = job.params
+    resolved = job.request.get("resolved") or {}
+    style_ref = resolved.get("style")
+    return GenerationRequest(
+        prompt=job.prompt_used,
+        negative_prompt=job.request.get("negative_prompt"),
+        width=params["width"],
+        height=params["height"],
+        steps=params["steps"],
+        guidance_scale=params["guidance_scale"],
+        seed=job.seed,
+        num_images=params["num_images"],
+        identity_embeds=tuple(_embedding(runtime, IDENTITY, ref, attempt) for ref in resolved.get("identity", [])),
+        identity_scale=params["identity_scale"],
+        style_embeds=_embedding(runtime, STYLE, style_ref, attempt) if style_ref else None,
+        style_scale=params["style_scale"],
+        content_scale=params["content_scale"],
+        lora=_lora_request(runtime, job),
+    )
+
+
+def _generate(runtime: Runtime, job: JobInput, watch: Watch, attempt: Attempt) -> GenerationResult:
+    from worker.pipeline.lora import LoraLoadFailed
+
+    if job.style_error is not None:
+        raise JobFailure(ErrorCode.STYLE_NOT_FOUND, job.style_error)
+    engine = runtime.engine()
+    started = time.monotonic()
+    request = _request(runtime, job, attempt)
+    references_s = time.monotonic() - started
+    try:
+        result = engine.run(request, on_step=watch.on_step)
+    except LoraLoadFailed:
+        label = job.style.label if job.style else "?"
+        raise JobFailure(ErrorCode.STYLE_NOT_FOUND, f"style {label} cannot be loaded on this model") from None
+    attempt.load_s = references_s + result.prepare_s
+    attempt.inference_s = result.inference_s
+    attempt.lora_resident = result.lora.resident if result.lora else None
+    attempt.peak_memory_bytes = result.peak_memory_bytes
+    return result
+
+
+# --- 3. Store and 4. finish -------------------------------------------------------------------------------------
 
 
 def _encode(image: PIL.Image.Image, fmt: str, runtime: Runtime, job: JobInput, index: int) -> bytes:
@@ -134,7 +252,7 @@ def _encode(image: PIL.Image.Image, fmt: str, runtime: Runtime, job: JobInput, i
 
 
 def _store(runtime: Runtime, claim: jobs.Claim, job: JobInput, images: list[PIL.Image.Image]) -> list[jobs.StoredImage]:
-    fmt = job.request["params"].get("output_format", "png")
+    fmt = job.params.get("output_format", "png")
     stored = []
     for index, image in enumerate(images):
         data = _encode(image, fmt, runtime, job, index)
@@ -155,7 +273,7 @@ def _store(runtime: Runtime, claim: jobs.Claim, job: JobInput, images: list[PIL.
     return stored
 
 
-def _model_info(runtime: Runtime) -> dict[str, Any]:
+def _model_info(runtime: Runtime, job: JobInput) -> dict[str, Any]:
     engine = runtime.engine()
     return {
         "profile": engine.profile.name,
@@ -164,37 +282,52 @@ def _model_info(runtime: Runtime) -> dict[str, Any]:
         "revision": engine.revision,
         "device": engine.device,
         "dtype": str(engine.dtype).removeprefix("torch."),
-        "style_lora": None,
+        "style_lora": job.style.label if job.style else None,
         "variant": "a",
     }
 
 
-def _generate(runtime: Runtime, claim: jobs.Claim, job: JobInput, watch: Watch) -> tuple[list[PIL.Image.Image], float]:
-    from worker.pipeline.engine import GenerationRequest
+def _record(session: Session, runtime: Runtime, claim: jobs.Claim, job: JobInput, attempt: Attempt, outcome: str,
+            error_code: str | None = None) -> None:
+    """Add the attempt's ``generation_metrics`` row to the transaction that ends the attempt (a Core INSERT)."""
+    session.execute(insert(GenerationMetric).values(**_metric(runtime, claim, job, attempt, outcome, error_code)))
 
-    engine = runtime.engine()
-    params = job.request["params"]
+
+def _metric(runtime: Runtime, claim: jobs.Claim, job: JobInput, attempt: Attempt, outcome: str,
+            error_code: str | None = None) -> dict[str, Any]:
+    params = job.params
     resolved = job.request.get("resolved") or {}
-    identity = tuple(_load_reference(runtime, ref) for ref in resolved.get("identity", []))
-    style_ref = resolved.get("style")
-    request = GenerationRequest(
-        prompt=job.prompt_used,
-        negative_prompt=job.request.get("negative_prompt"),
-        width=params["width"],
-        height=params["height"],
-        steps=params["steps"],
-        guidance_scale=params["guidance_scale"],
-        seed=job.seed,
-        num_images=params["num_images"],
-        identity_images=identity,
-        identity_scale=params["identity_scale"],
-        style_image=_load_reference(runtime, style_ref) if style_ref else None,
-        style_scale=params["style_scale"],
-        content_scale=params["content_scale"],
-    )
-    started = time.monotonic()
-    images = engine.generate(request, on_step=watch.on_step)
-    return images, time.monotonic() - started
+    engine = runtime.loaded_engine()
+    return {
+        "job_id": claim.job_id,
+        "client_id": job.client_id,
+        "user_id": job.user_id,
+        "attempt": claim.attempt,
+        "outcome": outcome,
+        "error_code": error_code,
+        "queue": job.queue,
+        "queue_wait_s": max(0.0, (job.started_at - job.created_at).total_seconds()),
+        "load_s": attempt.load_s,
+        "inference_s": attempt.inference_s,
+        "store_s": attempt.store_s,
+        "total_s": time.monotonic() - attempt.started,
+        "steps": int(params["steps"]),
+        "width": int(params["width"]),
+        "height": int(params["height"]),
+        "num_images": int(params["num_images"]),
+        "profile": engine.profile.name if engine else runtime.settings.model_profile,
+        "revision": engine.revision if engine else None,
+        "identity_refs": len(resolved.get("identity") or []),
+        "style_ref": bool(resolved.get("style")),
+        "embeddings_cached": attempt.embeddings_cached,
+        "lora": job.style.label if job.style else None,
+        "lora_resident": attempt.lora_resident,
+        "worker": runtime.worker_name,
+        "gpu": runtime.gpu,
+        "device": engine.device_name if engine else None,
+        "model_load_s": runtime.load_seconds,
+        "peak_gpu_memory_bytes": attempt.peak_memory_bytes,
+    }
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -203,53 +336,68 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError)
 
 
+def _free_gpu_memory() -> None:
+    import torch
+
+    gc.collect()  # the failed call's tensors are garbage once its frames are gone
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def run_generation(job_id: str, runtime: Runtime) -> str:
     """Run one job to its end (or give it back); returns what happened, for the worker log."""
     from worker.pipeline.engine import Interrupted
 
     settings = runtime.settings
-    # 1. Claim: only a queued job runs; a re-delivery of a running or finished job is dropped here.
+    # 1. Claim and read the row in one transaction: only a queued job runs; a re-delivery is dropped here.
     with runtime.db.begin() as session:
-        claim = jobs.started(session, job_id, runtime.worker_name, settings.lease_s)
-    if not isinstance(claim, jobs.Claim):
-        log.info("job %s not run: %s", job_id, claim.value)
-        return f"skipped:{claim.value}"
+        claim = jobs.started(session, job_id, runtime.worker_name, settings.lease_s, read=JOB_COLUMNS)
+        if not isinstance(claim, jobs.Claim):
+            log.info("job %s not run: %s", job_id, claim.value)
+            return f"skipped:{claim.value}"
+        job = _read_job(session, claim)
+    attempt = Attempt()
 
-    clock = time.monotonic()
-    job = _read_job(runtime, claim)
-    queued_s = max(0.0, (job.started_at - job.created_at).total_seconds())
-
-    def timings(inference_s: float | None = None) -> dict[str, float]:
-        values = {"queued_s": round(queued_s, 3), "total_s": round(queued_s + time.monotonic() - clock, 3)}
-        if inference_s is not None:
-            values["inference_s"] = round(inference_s, 3)
+    def timings() -> dict[str, float]:
+        queued_s = max(0.0, (job.started_at - job.created_at).total_seconds())
+        values = {"queued_s": round(queued_s, 3), "total_s": round(queued_s + time.monotonic() - attempt.started, 3)}
+        if attempt.inference_s is not None:
+            values["inference_s"] = round(attempt.inference_s, 3)
         return values
 
     def fail(code: ErrorCode, message: str) -> str:
         with runtime.db.begin() as session:
-            jobs.failed(session, claim, code, message, timings=timings())
+            if jobs.failed(session, claim, code, message, timings=timings()):
+                _record(session, runtime, claim, job, attempt, "failed", code.value)
         log.warning("job %s failed: %s", job_id, code.value)
         return f"failed:{code.value}"
 
+    out_of_memory = False
     with Watch(runtime, claim) as watch:
         try:
-            # 2. Run the pipeline (references come from storage; no network for a GPU worker).
-            images, inference_s = _generate(runtime, claim, job, watch)
-            # 3. Store under this attempt's keys, then 4. finish, fenced by the attempt.
-            stored = _store(runtime, claim, job, images)
+            # 2. Run the pipeline (references come from storage or the embedding cache; no network).
+            result = _generate(runtime, job, watch, attempt)
+            # 3. Store under this attempt's keys, then 4. finish, fenced by the attempt, with the metrics row.
+            stored_at = time.monotonic()
+            stored = _store(runtime, claim, job, result.images)
             with runtime.db.begin() as session:
-                won = jobs.succeeded(session, claim, stored, timings=timings(inference_s), model=_model_info(runtime))
+                won = jobs.succeeded(session, claim, stored, timings=timings(), model=_model_info(runtime, job))
+                attempt.store_s = time.monotonic() - stored_at
+                _record(session, runtime, claim, job, attempt, "succeeded" if won else "lost")
             if not won:
                 runtime.storage.delete_prefix(f"jobs/{job_id}/{claim.attempt}/")
                 log.warning("job %s: attempt %d lost the job before finishing", job_id, claim.attempt)
                 return "lost"
-            log.info("job %s succeeded in %.2f s (attempt %d)", job_id, inference_s, claim.attempt)
+            log.info("job %s succeeded in %.2f s (attempt %d)", job_id, attempt.inference_s, claim.attempt)
             return "succeeded"
         except Interrupted:
-            if watch.stop_reason == "canceled":
-                with runtime.db.begin() as session:
-                    jobs.canceled(session, job_id, CancelReason.CANCELED_BY_CLIENT, claim)
-                return "canceled"
+            with runtime.db.begin() as session:
+                if watch.stop_reason == "canceled":
+                    if jobs.canceled(session, job_id, CancelReason.CANCELED_BY_CLIENT, claim):
+                        _record(session, runtime, claim, job, attempt, "canceled",
+                                CancelReason.CANCELED_BY_CLIENT.value)
+                    return "canceled"
+                _record(session, runtime, claim, job, attempt, "lost")
             return "lost"
         except SetupFailed as exc:
             return fail(ErrorCode.SETUP_FAILED, str(exc))
@@ -257,25 +405,39 @@ def run_generation(job_id: str, runtime: Runtime) -> str:
             return fail(ErrorCode.TIME_LIMIT, f"the generation took longer than {settings.task_soft_time_limit_s} s")
         except JobFailure as exc:
             if exc.transient and claim.attempt < settings.max_attempts:
-                return _give_back(runtime, claim, exc.code.value)
+                return _give_back(runtime, claim, job, attempt, exc.code.value)
             return fail(exc.code, exc.message)
         except StorageError:
             if claim.attempt < settings.max_attempts:
-                return _give_back(runtime, claim, "storage")
+                return _give_back(runtime, claim, job, attempt, "storage")
             return fail(ErrorCode.INTERNAL, "the image store kept failing")
         except Exception as exc:
-            if _is_out_of_memory(exc):
-                import torch
+            if not _is_out_of_memory(exc):
+                # The exception type only: a message could echo the prompt.
+                log.error("job %s: unexpected %s", job_id, type(exc).__name__,
+                          exc_info=settings.log_level == "DEBUG")
+                return fail(ErrorCode.INTERNAL, "an unexpected error occurred while generating")
+            out_of_memory = True
+    # Out of GPU memory: outside the except block, so the failed call's frames (and tensors) are released first.
+    assert out_of_memory
+    _free_gpu_memory()
+    return fail(ErrorCode.OUT_OF_MEMORY, "the GPU ran out of memory for this size and batch")
 
-                torch.cuda.empty_cache()
-                return fail(ErrorCode.OUT_OF_MEMORY, "the GPU ran out of memory for this size and batch")
-            # The exception type only: a message could echo the prompt.
-            log.error("job %s: unexpected %s", job_id, type(exc).__name__, exc_info=settings.log_level == "DEBUG")
-            return fail(ErrorCode.INTERNAL, "an unexpected error occurred while generating")
 
-
-def _give_back(runtime: Runtime, claim: jobs.Claim, why: str) -> str:
+def _give_back(runtime: Runtime, claim: jobs.Claim, job: JobInput, attempt: Attempt, why: str) -> str:
     with runtime.db.begin() as session:
-        jobs.requeued(session, claim)
+        if jobs.requeued(session, claim):
+            _record(session, runtime, claim, job, attempt, "requeued", why)
     log.warning("job %s re-queued after a transient fault (%s)", claim.job_id, why)
     return f"requeued:{why}"
+
+
+def fail_after_hard_time_limit(runtime: Runtime, job_id: str, hostname: str) -> bool:
+    """The pool child running ``job_id`` was killed at the hard time limit: fail the job ``time_limit``.
+
+    Runs in the worker's main process (Celery calls the task's ``on_failure`` there). Fenced by the worker name,
+    which starts with this node's hostname: only an attempt of this worker is failed, never a later one elsewhere.
+    """
+    message = f"the generation was stopped at the hard time limit of {runtime.settings.task_time_limit_s} s"
+    with runtime.db.begin() as session:
+        return jobs.failed_on_worker(session, job_id, f"{hostname}:", ErrorCode.TIME_LIMIT, message)

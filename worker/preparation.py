@@ -82,7 +82,7 @@ def _resolve(db: Database, storage: Storage, fetcher: Fetcher, job: Job,
         key = reference_prefix(job.id) + "style.png"
         storage.put(key, image.png, "image/png")
         style = {"storage_key": key, "sha256": image.sha256}
-    request["resolved"] = {"identity": identity, "style": style}
+    request["resolved"] = {**resolved, "identity": identity, "style": style}
     return request
 
 

@@ -19,6 +19,7 @@ from shared.settings import Settings, get_settings
 from shared.storage import Storage, open_storage
 
 if TYPE_CHECKING:
+    from worker.embeddings import EmbeddingCache
     from worker.pipeline.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -31,9 +32,11 @@ class Runtime:
         self.db = Database(settings)
         self.storage: Storage = open_storage(settings)
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}"  # the task sets Celery's node name
+        self.gpu = os.environ.get("CUDA_VISIBLE_DEVICES")  # pinned by `illustrations worker --gpus`
         self.setup_error: str | None = None
         self.load_seconds: float | None = None
         self._engine: Engine | None = None
+        self._embeddings: EmbeddingCache | None = None
         self._lock = threading.Lock()
 
     def engine(self) -> Engine:
@@ -45,14 +48,37 @@ class Runtime:
                 raise SetupFailed(self.setup_error or "the model is not loaded")
             return self._engine
 
+    def loaded_engine(self) -> Engine | None:
+        """The engine if it is loaded (never loads it)."""
+        return self._engine
+
+    def embeddings(self) -> EmbeddingCache:
+        """The reference-embedding cache of the warm engine."""
+        engine = self.engine()
+        if self._embeddings is None or self._embeddings.engine is not engine:
+            from worker.embeddings import EmbeddingCache
+
+            self._embeddings = EmbeddingCache(self.storage, engine, enabled=self.settings.embedding_cache,
+                                              memory_items=self.settings.embedding_memory_items)
+        return self._embeddings
+
     def _load(self) -> None:
-        from worker.pipeline.engine import Engine
-        from worker.pipeline.profiles import ModelsMissing, resolve_profile
+        from worker.pipeline.engine import Engine, EngineOptions
+        from worker.pipeline.profiles import ModelsMissing, locate_profile
 
         started = time.monotonic()
-        profile = resolve_profile(self.settings.model_profile, self.settings.effective_model_dir)
+        settings = self.settings
+        profile = locate_profile(settings.model_profile, settings.effective_model_dir,
+                                 explicit=settings.model_dir is not None)
+        options = EngineOptions(
+            lora_slots=settings.lora_slots,
+            torch_compile=settings.torch_compile,
+            vae_tiling=settings.vae_tiling,
+            vae_slicing=settings.vae_slicing,
+        )
         try:
-            self._engine = Engine.load(profile, device=self.settings.device, num_threads=self.settings.torch_threads)
+            self._engine = Engine.load(profile, device=settings.device, num_threads=settings.torch_threads,
+                                       options=options)
         except ModelsMissing as exc:
             self.setup_error = str(exc)
         except Exception as exc:  # any load failure is a health state, not a crash loop
@@ -61,9 +87,9 @@ class Runtime:
         self.load_seconds = time.monotonic() - started
         if self.setup_error:
             log.error("worker setup failed: %s", self.setup_error)
-        else:
-            log.info("pipeline %s loaded in %.2f s", profile.name, self.load_seconds)
-
+        elif self._engine is not None:
+            log.info("pipeline %s loaded in %.2f s: revision %s on %s (CUDA_VISIBLE_DEVICES=%s)", profile.name,
+                     self.load_seconds, self._engine.revision, self._engine.device_name, self.gpu)
 
 class SetupFailed(RuntimeError):
     pass
@@ -77,5 +103,7 @@ def get_runtime() -> Runtime:
     global _runtime
     with _runtime_lock:
         if _runtime is None or _runtime.pid != os.getpid():
+            if _runtime is not None:  # inherited over fork: leave the parent's connections to the parent
+                _runtime.db.engine.dispose(close=False)
             _runtime = Runtime(get_settings())
         return _runtime

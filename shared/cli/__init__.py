@@ -10,7 +10,7 @@ import logging
 
 import click
 
-from shared.cli import admin, client, ops, serve, stack
+from shared.cli import admin, client, models, ops, serve, stack, styles
 from shared.settings import SettingsError, get_settings
 
 
@@ -28,5 +28,5 @@ def main(ctx: click.Context) -> None:
     ctx.obj = settings
 
 
-for module in (serve, admin, client, ops, stack):
+for module in (serve, admin, models, styles, client, ops, stack):
     module.register(main)

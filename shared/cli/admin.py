@@ -1,10 +1,9 @@
-"""Administration: ``db``, ``keys``, ``models``."""
+"""Administration: ``db``, ``keys``."""
 
 from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import click
 from sqlalchemy import select
@@ -111,50 +110,6 @@ def keys_list(settings: Settings, name: str | None) -> None:
                        f"\texpires {expires}")
 
 
-@click.group()
-def models() -> None:
-    """Model weights."""
-
-
-@models.command("make-tiny")
-@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-def models_make_tiny(directory: Path) -> None:
-    """Write the random-weight `tiny` model (same layout as sdxl) into DIRECTORY."""
-    from worker.pipeline.tiny import make_tiny
-
-    make_tiny(directory)
-    click.echo(str(directory))
-
-
-@models.command("check")
-@click.pass_obj
-def models_check(settings: Settings) -> None:
-    """Say whether the configured profile's weights are all present."""
-    from worker.pipeline.profiles import missing_files, read_revision, resolve_profile
-
-    profile = resolve_profile(settings.model_profile, settings.effective_model_dir)
-    missing = missing_files(profile)
-    if missing:
-        for path in missing:
-            click.echo(f"missing: {profile.root / path}")
-        raise click.ClickException(f"profile {profile.name} is incomplete at {profile.root}")
-    click.echo(f"profile {profile.name} complete at {profile.root} (revision {read_revision(profile)})")
-
-
-@models.command("sync")
-@click.argument("uri")
-@click.option("--target", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Default: the profile's folder (ILLUSTRATIONS_MODEL_DIR).")
-@click.pass_obj
-def models_sync(settings: Settings, uri: str, target: Path | None) -> None:
-    """Copy the profile's weights from s3://bucket/prefix (skips files already present with the same size)."""
-    from shared.model_sync import sync_from_s3
-
-    folder = target or settings.effective_model_dir
-    downloaded, skipped = sync_from_s3(settings, uri, folder)
-    click.echo(f"{folder}: {downloaded} file(s) downloaded, {skipped} already present")
-
-
 def register(group: click.Group) -> None:
-    for command in (db, keys, models):
+    for command in (db, keys):
         group.add_command(command)

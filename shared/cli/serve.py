@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
 
 import click
@@ -57,13 +58,51 @@ def api(settings: Settings, bind: str | None) -> None:
 @click.command()
 @click.option("--queues", "-Q", default=DEFAULT_WORKER_QUEUES, show_default=True,
               help="Comma-separated queues, in priority order.")
-@click.option("--concurrency", "-c", default=1, show_default=True, help="Pool processes (1 per GPU).")
-@click.option("--pool", default="prefork", show_default=True, type=click.Choice(["prefork", "threads", "solo"]))
-@click.option("--hostname", "-n", default=None, help="Worker node name (default: celery's).")
+@click.option("--gpus", default=None,
+              help="Generation workers: 0,1,... | all | cpu; one process per GPU, pinned (default: all visible, else "
+                   "cpu).")
+@click.option("--concurrency", "-c", default=None, type=click.IntRange(min=1),
+              help="Pool processes (GPU workers: always 1; default 1).")
+@click.option("--pool", default=None, type=click.Choice(["prefork", "threads", "solo"]),
+              help="Pool (GPU workers: always prefork, which time limits need; default prefork).")
+@click.option("--hostname", "-n", default=None, help="Node name (GPU workers: gpu<N>@<host> from the host given here).")
 @click.pass_obj
-def worker(settings: Settings, queues: str, concurrency: int, pool: str, hostname: str | None) -> None:
-    """Run a Celery worker (generation by default; --queues illustrations.maintenance for a CPU worker)."""
+def worker(settings: Settings, queues: str, gpus: str | None, concurrency: int | None, pool: str | None,
+           hostname: str | None) -> None:
+    """Run a Celery worker: per GPU for the generation queues; --queues illustrations.maintenance for a CPU worker."""
     _prepare(settings)
+    if not set(queues.split(",")) & set(tasks.GPU_QUEUES):
+        if gpus is not None:
+            raise click.UsageError("--gpus is for workers of the generation queues")
+        _celery_worker(settings, queues, concurrency or 1, pool or "prefork", hostname)
+        return
+    from worker import launcher
+
+    try:
+        devices = launcher.parse_gpus(gpus, launcher.visible_gpus())
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--gpus") from None
+    gpu_pinned = devices[0].cuda_visible_devices is not None
+    if gpu_pinned and ((concurrency or 1) != 1 or (pool or "prefork") != "prefork"):
+        raise click.UsageError("a GPU worker runs prefork with concurrency 1 (one pipeline per GPU)")
+    host = launcher.host_part(hostname, socket.gethostname())
+    if len(devices) == 1:
+        device = devices[0]
+        os.environ.update(device.environment())  # before anything can initialise CUDA in this process
+        name = hostname if hostname and "@" in hostname else device.hostname(host)
+        _celery_worker(settings, queues, concurrency or 1, pool or "prefork", name)
+        return
+    supervisor = launcher.Supervisor(
+        commands={d.name: launcher.child_command(d, queues, d.hostname(host)) for d in devices},
+        environments={d.name: d.environment() for d in devices},
+        restart_delay_s=settings.worker_restart_delay_s,
+        stop_timeout_s=settings.task_time_limit_s + 30,
+    )
+    raise SystemExit(supervisor.run())
+
+
+def _celery_worker(settings: Settings, queues: str, concurrency: int, pool: str, hostname: str | None) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never a download at job time: weights come from disk
     from worker.celery_app import app
 
     argv = ["worker", "--queues", queues, "--concurrency", str(concurrency), "--pool", pool,

@@ -31,7 +31,7 @@ def _processes(settings: Settings, api_bind: str, flower_port: int) -> dict[str,
     cli = [sys.executable, "-m", "shared.cli"]
     return {
         "api": [*cli, "api", "--bind", api_bind],
-        "worker": [*cli, "worker", "--hostname", "gpu0@%h"],
+        "worker": [*cli, "worker"],  # one per visible GPU (gpu<N>@host), else cpu@host
         "maintenance": [*cli, "worker", "--queues", ",".join(tasks.CPU_QUEUES), "--pool", "threads",
                         "--concurrency", "2", "--hostname", "maintenance@%h"],
         "beat": [*cli, "beat"],
@@ -83,7 +83,7 @@ def _wait_worker(settings: Settings, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         replies = app.control.ping(timeout=1.0)
-        if any(name.startswith("gpu0@") for reply in replies for name in reply):
+        if any(name.startswith(("gpu", "cpu@")) for reply in replies for name in reply):  # a generation worker
             return
     raise click.ClickException("the worker did not answer within the start timeout; see var/log/worker.log")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from sqlalchemy import func, select
 
 from shared import jobs
 from shared.db import Database
-from shared.models import Job
+from shared.models import Client, Job
 from shared.settings import Settings
 from tests.conftest import make_key
 
@@ -247,3 +248,35 @@ def test_submit_while_the_broker_is_down_is_accepted_and_left_for_the_relay(
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json == {"database": "ok", "broker": "down"}
     app.extensions["illustrations"].db.engine.dispose()
+
+
+def test_style_lora_names_a_ready_style_of_this_client(client: FlaskClient, db: Database, settings: Settings,
+                                                        tmp_path: Path) -> None:
+    from shared import styles as registry
+    from shared.storage import open_storage
+    from tests.shared.test_styles import lora
+
+    name = f"styled-{uuid.uuid4().hex[:8]}"
+    headers = {"Authorization": f"Bearer {make_key(db, name)}"}
+    with db.begin() as session:
+        client_id = session.execute(select(Client.id).where(Client.name == name)).scalar_one()
+        registry.import_version(session, open_storage(settings), client_id, "watercolor",
+                                lora(tmp_path / "w.safetensors"), "tiny")
+    accepted = {"watercolor": {"name": "watercolor", "version": None},
+                "watercolor@1": {"name": "watercolor", "version": 1}}
+    for ref, resolved in accepted.items():
+        response = client.post("/v1/illustrations", json={**VALID, "params": {"style_lora": ref}}, headers=headers)
+        assert response.status_code == 202, response.json
+        with db.begin() as session:
+            job = session.get_one(Job, response.json["id"])  # type: ignore[index]
+            assert job.request["resolved"]["style_lora"] == resolved
+    refused = {"watercolor@2": "unknown style", "oil": "unknown style", "water color": "a style name",
+               "watercolor@x": "positive integer"}
+    for ref, message in refused.items():
+        response = client.post("/v1/illustrations", json={**VALID, "params": {"style_lora": ref}}, headers=headers)
+        assert response.status_code == 422, ref
+        errors = response.json["errors"]  # type: ignore[index]
+        assert errors[0]["field"] == "params.style_lora" and message in errors[0]["message"]
+    other = {"Authorization": f"Bearer {make_key(db)}"}  # another client: the style is not theirs
+    response = client.post("/v1/illustrations", json={**VALID, "params": {"style_lora": "watercolor"}}, headers=other)
+    assert response.status_code == 422

@@ -31,7 +31,8 @@ def test_upgrade_head_on_empty_postgresql(empty_pg_url: str) -> None:
     engine = sa.create_engine(empty_pg_url)
     tables = set(sa.inspect(engine).get_table_names())
     engine.dispose()
-    assert {"clients", "api_keys", "jobs", "job_images", "subjects", "subject_versions", "alembic_version"} <= tables
+    assert {"clients", "api_keys", "jobs", "job_images", "subjects", "subject_versions", "styles", "style_versions",
+            "generation_metrics", "alembic_version"} <= tables
     _assert_models_match(empty_pg_url)
     upgrade(settings)  # idempotent
 

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from billiard.exceptions import SoftTimeLimitExceeded
 from PIL import Image
 from sqlalchemy import select
 
-from shared import jobs
+from shared import jobs, styles
 from shared.db import Database
-from shared.models import JobImage
+from shared.models import Client, GenerationMetric, JobImage
 from shared.settings import Settings
 from tests.shared.test_jobs import add_job, load
-from worker.generation import run_generation
+from worker.generation import fail_after_hard_time_limit, run_generation
 from worker.runtime import Runtime
 
 pytestmark = pytest.mark.filterwarnings(
@@ -147,3 +152,226 @@ def test_cancel_while_running_stops_and_stores_nothing(runtime: Runtime, db: Dat
     assert job.status == "canceled" and job.error_code == "canceled_by_client"
     assert job.progress_step is not None and job.progress_step < 100
     assert stored_images(db, job_id) == [] and not runtime.storage.exists(f"jobs/{job_id}/1/0.png")
+
+
+# --- Styles (LoRA), embeddings, faults, metrics -------------------------------------------------------------------
+
+
+def metrics(db: Database, job_id: str) -> list[GenerationMetric]:
+    with db.begin() as session:
+        return list(session.execute(select(GenerationMetric).where(GenerationMetric.job_id == job_id)
+                                    .order_by(GenerationMetric.id)).scalars())
+
+
+@pytest.fixture(scope="module")
+def lora_file(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from worker.pipeline.tiny import make_tiny_lora
+
+    return make_tiny_lora(tiny_model_dir, tmp_path_factory.mktemp("lora") / "watercolor.safetensors", seed=5)
+
+
+def client_with_style(runtime: Runtime, db: Database, lora_file: Path, profile: str = "tiny") -> str:
+    with db.begin() as session:
+        client = Client(name=f"styled-{uuid.uuid4().hex[:8]}")
+        session.add(client)
+        session.flush()
+        styles.import_version(session, runtime.storage, client.id, "watercolor", lora_file, profile)
+        return client.id
+
+
+def styled_doc(ref: str = "watercolor", **params: object) -> dict[str, object]:
+    name, _, version = ref.partition("@")
+    doc = request_doc(lora_scale=0.8, **params)
+    doc["resolved"] = {"identity": [], "style": None,
+                       "style_lora": {"name": name, "version": int(version) if version else None}}
+    return doc
+
+
+def test_a_style_runs_with_its_lora_and_says_which_version_ran(runtime: Runtime, db: Database,
+                                                                lora_file: Path) -> None:
+    client_id = client_with_style(runtime, db, lora_file)
+    plain = add_job(db, request=request_doc(), seed=21)
+    styled = add_job(db, request=styled_doc(), seed=21, client_id=client_id)
+    pinned = add_job(db, request=styled_doc("watercolor@1"), seed=21, client_id=client_id)
+    after = add_job(db, request=request_doc(), seed=21)
+    for job_id in (plain, styled, pinned, after):
+        assert run_generation(job_id, runtime) == "succeeded"
+    digest = {job_id: stored_images(db, job_id)[0].sha256 for job_id in (plain, styled, pinned, after)}
+    assert digest[styled] == digest[pinned] != digest[plain]
+    model = load(db, styled).model
+    assert model is not None and model["style_lora"] == "watercolor@1"
+    assert load(db, plain).model["style_lora"] is None  # type: ignore[index]
+    first, second = metrics(db, styled)[0], metrics(db, pinned)[0]
+    assert (first.lora, first.lora_resident, second.lora_resident) == ("watercolor@1", False, True)
+    # The job after the styled ones ran with the LoRA disabled: the plain image again (PNG of the same pixels,
+    # unless float noise moved a value by one; then the hashes differ and the pixels agree within 1).
+    images = [Image.open(io.BytesIO(runtime.storage.get(stored_images(db, j)[0].storage_key))) for j in (plain, after)]
+    arrays = [np.asarray(image, dtype=np.int16) for image in images]
+    assert np.abs(arrays[0] - arrays[1]).max() <= 1
+
+
+def test_a_style_removed_before_the_job_runs_fails_style_not_found(runtime: Runtime, db: Database,
+                                                                  lora_file: Path) -> None:
+    client_id = client_with_style(runtime, db, lora_file)
+    job_id = add_job(db, request=styled_doc(), seed=3, client_id=client_id)
+    with db.begin() as session:
+        keys = styles.remove(session, client_id, "watercolor")
+    for key in keys:
+        runtime.storage.delete(key)
+    assert run_generation(job_id, runtime) == "failed:style_not_found"
+    job = load(db, job_id)
+    assert job.error_code == "style_not_found" and job.error_message == "no style named 'watercolor'"
+    assert metrics(db, job_id)[0].error_code == "style_not_found"
+
+
+def test_a_style_made_for_another_model_fails_style_not_found(runtime: Runtime, db: Database,
+                                                             lora_file: Path) -> None:
+    client_id = client_with_style(runtime, db, lora_file, profile="sdxl")
+    job_id = add_job(db, request=styled_doc(), seed=3, client_id=client_id)
+    assert run_generation(job_id, runtime) == "failed:style_not_found"
+    assert load(db, job_id).error_message == "style watercolor@1 was made for the sdxl model, not tiny"
+
+
+def reference(runtime: Runtime, key: str, color: tuple[int, int, int]) -> dict[str, object]:
+    buffer = io.BytesIO()
+    Image.new("RGB", (48, 48), color).save(buffer, format="PNG")
+    runtime.storage.put(key, buffer.getvalue(), "image/png")
+    return {"subject_id": key, "version": 1, "storage_key": key,
+            "sha256": hashlib.sha256(buffer.getvalue()).hexdigest()}
+
+
+def test_cached_embeddings_reproduce_the_uncached_image_exactly(runtime: Runtime, db: Database,
+                                                                settings: Settings, tiny_model_dir: Path) -> None:
+    face = reference(runtime, "subjects/f/v1.png", (200, 150, 120))
+    scene = reference(runtime, "subjects/s/v1.png", (40, 90, 160))
+    doc = {**request_doc(), "resolved": {"identity": [face], "style": scene}}
+    cold, warm = add_job(db, request=doc, seed=8), add_job(db, request=doc, seed=8)
+    assert run_generation(cold, runtime) == "succeeded"
+    revision = runtime.engine().encoder_revision
+    for adapter, ref in (("identity", face), ("style", scene)):
+        assert runtime.storage.exists(f"embeddings/{revision}/{adapter}/{ref['sha256']}.safetensors")
+    # A fresh process: only the stored embeddings (no memory), and the photos themselves are gone.
+    fresh = Runtime(runtime.settings)
+    runtime.storage.delete(str(face["storage_key"]))
+    runtime.storage.delete(str(scene["storage_key"]))
+    assert run_generation(warm, fresh) == "succeeded"
+    assert [m.embeddings_cached for m in metrics(db, cold) + metrics(db, warm)] == [0, 2]
+    # Without the cache (photos back in storage): the same image again.
+    reference(runtime, "subjects/f/v1.png", (200, 150, 120))
+    reference(runtime, "subjects/s/v1.png", (40, 90, 160))
+    uncached = Runtime(runtime.settings.model_copy(update={"embedding_cache": False}))
+    third = add_job(db, request=doc, seed=8)
+    assert run_generation(third, uncached) == "succeeded"
+    digests = {stored_images(db, job_id)[0].sha256 for job_id in (cold, warm, third)}
+    assert len(digests) == 1
+    for other in (fresh, uncached):
+        other.db.engine.dispose()
+
+
+def test_out_of_memory_fails_that_job_and_the_next_succeeds(runtime: Runtime, db: Database) -> None:
+    def out_of_memory(*_: object) -> None:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    handle = runtime.engine().pipe.unet.register_forward_pre_hook(out_of_memory)  # inside the real pipeline call
+    oom = add_job(db, request=request_doc(), seed=4)
+    try:
+        assert run_generation(oom, runtime) == "failed:out_of_memory"
+    finally:
+        handle.remove()
+    job = load(db, oom)
+    assert job.status == "failed" and job.error_code == "out_of_memory" and stored_images(db, oom) == []
+    assert (metrics(db, oom)[0].outcome, metrics(db, oom)[0].error_code) == ("failed", "out_of_memory")
+    following = add_job(db, request=request_doc(), seed=4)
+    assert run_generation(following, runtime) == "succeeded"
+
+
+def test_soft_time_limit_inside_the_pipeline_fails_time_limit(runtime: Runtime, db: Database) -> None:
+    def soft_limit(*_: object) -> None:
+        raise SoftTimeLimitExceeded()  # what Celery's SIGUSR1 handler raises in the running code
+
+    handle = runtime.engine().pipe.unet.register_forward_pre_hook(soft_limit)
+    job_id = add_job(db, request=request_doc(), seed=4)
+    try:
+        assert run_generation(job_id, runtime) == "failed:time_limit"
+    finally:
+        handle.remove()
+    limit = runtime.settings.task_soft_time_limit_s
+    assert load(db, job_id).error_message == f"the generation took longer than {limit} s"
+
+
+def test_hard_time_limit_fails_the_job_of_this_worker_only(runtime: Runtime, db: Database) -> None:
+    job_id = add_job(db, request=request_doc())
+    with db.begin() as session:
+        assert isinstance(jobs.started(session, job_id, "gpu0@host-a:4242", 60), jobs.Claim)
+    assert not fail_after_hard_time_limit(runtime, job_id, "gpu0@host")  # not this node (prefix of another)
+    assert not fail_after_hard_time_limit(runtime, job_id, "gpu1@host-a")
+    assert fail_after_hard_time_limit(runtime, job_id, "gpu0@host-a")
+    job = load(db, job_id)
+    assert job.status == "failed" and job.error_code == "time_limit"
+    assert not fail_after_hard_time_limit(runtime, job_id, "gpu0@host-a")  # terminal: unchanged
+
+
+def test_the_task_fails_its_job_when_celery_reports_the_hard_time_limit(runtime: Runtime, db: Database,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Celery (celery.worker.request.Request.on_timeout) calls the task's on_failure in the worker's main process
+    with TimeLimitExceeded after killing the pool child; the node name comes from celeryd_after_setup."""
+    from billiard.exceptions import TimeLimitExceeded
+
+    from worker import lifecycle
+    from worker import runtime as runtime_module
+    from worker.tasks.generate import generate
+
+    job_id = add_job(db, request=request_doc())
+    with db.begin() as session:
+        assert isinstance(jobs.started(session, job_id, "gpu2@host-b:99", 60), jobs.Claim)
+    monkeypatch.setattr(runtime_module, "_runtime", runtime)  # this process's runtime, as get_runtime() gives it
+    lifecycle._remember_node_name(sender="gpu2@host-b")
+    try:
+        generate.on_failure(ValueError("not a time limit"), "task-1", [job_id], {}, None)
+        assert load(db, job_id).status == "running"
+        generate.on_failure(TimeLimitExceeded(660), "task-1", [job_id], {}, None)
+    finally:
+        lifecycle.node_name = None
+    job = load(db, job_id)
+    assert (job.status, job.error_code) == ("failed", "time_limit")
+    assert job.error_message == "the generation was stopped at the hard time limit of 660 s"
+
+
+def test_cancel_stops_within_one_step(runtime: Runtime, db: Database) -> None:
+    runtime.settings = runtime.settings.model_copy(update={"progress_interval_s": 0.0})
+    job_id = add_job(db, request=request_doc(steps=10))
+    calls = 0
+
+    def cancel_at_third_step(*_: object) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:  # the client cancels while step 3 runs
+            with db.begin() as session:
+                jobs.request_cancel(session, job_id)
+
+    handle = runtime.engine().pipe.unet.register_forward_pre_hook(cancel_at_third_step)
+    try:
+        assert run_generation(job_id, runtime) == "canceled"
+    finally:
+        handle.remove()
+    assert calls == 3  # step 3 finished, no step after it (one UNet call per step: guidance is batched)
+    assert stored_images(db, job_id) == [] and runtime.storage.delete_prefix(f"jobs/{job_id}/") == 0
+    assert metrics(db, job_id)[0].outcome == "canceled"
+
+
+def test_a_metrics_row_says_where_the_time_went(runtime: Runtime, db: Database) -> None:
+    runtime.worker_name = "gpu3@metrics-host:77"
+    runtime.gpu = "3"
+    job_id = add_job(db, request=request_doc(width=64, height=96, num_images=2), seed=9, user_id="u-metrics")
+    assert run_generation(job_id, runtime) == "succeeded"
+    (row,) = metrics(db, job_id)
+    assert (row.outcome, row.attempt, row.user_id) == ("succeeded", 1, "u-metrics")
+    assert row.queue == "illustrations.interactive"
+    assert (row.steps, row.width, row.height, row.num_images) == (2, 64, 96, 2)
+    assert row.profile == "tiny" and row.revision == runtime.engine().revision
+    assert (row.worker, row.gpu, row.device) == ("gpu3@metrics-host:77", "3", "cpu")
+    assert row.peak_gpu_memory_bytes is None  # CPU
+    assert row.model_load_s is not None and row.model_load_s > 0
+    assert (row.identity_refs, row.style_ref, row.lora, row.embeddings_cached) == (0, False, None, 0)
+    assert row.queue_wait_s >= 0 and row.load_s is not None and row.inference_s is not None
+    assert row.store_s is not None and row.total_s >= row.inference_s + row.load_s + row.store_s

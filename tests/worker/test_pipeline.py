@@ -29,7 +29,7 @@ from worker.pipeline import (
     resolve_profile,
     validate_scale_dict,
 )
-from worker.pipeline.engine import style_scale_dict
+from worker.pipeline.engine import IDENTITY, STYLE, EngineOptions, style_scale_dict
 
 pytestmark = [
     # diffusers' EulerDiscreteScheduler.set_timesteps calls np.array() on a torch tensor; numpy 2.4 warns that
@@ -315,3 +315,33 @@ def test_output_has_the_requested_non_square_size(engine: Engine) -> None:
 def test_invalid_requests_name_the_parameter(engine: Engine, changes: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         engine.generate(request(**changes))
+
+
+def test_embeddings_given_back_reproduce_the_image_exactly(engine: Engine) -> None:
+    """What the embedding cache relies on: an embedding computed once, stored and handed back, gives exactly the
+    image of the job that encoded its reference itself."""
+    from safetensors.torch import load, save
+
+    faces, style = (photo(1), photo(2)), photo(5)
+    uncached = pixels(engine, identity_images=faces, style_image=style)[0]
+    stored = [load(save({"e": engine.embed(IDENTITY, face)}))["e"] for face in faces]
+    style_stored = load(save({"e": engine.embed(STYLE, style)}))["e"]
+    cached = pixels(engine, identity_embeds=tuple(stored), style_embeds=style_stored)[0]
+    assert np.array_equal(cached, uncached)
+    with pytest.raises(ValueError, match="give `identity_images` or `identity_embeds`, not both"):
+        engine.generate(request(identity_images=faces, identity_embeds=tuple(stored)))
+
+
+# torch's own inductor imports torch.utils.mkldnn, which uses the deprecated torch.jit.script_method.
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_speed_and_memory_switches_are_applied(model_dir: Path) -> None:
+    threads = torch.get_num_threads()
+    options = EngineOptions(torch_compile=True, vae_tiling=True, vae_slicing=True, lora_slots=1)
+    switched = Engine.load(resolve_profile("tiny", model_dir), device="cpu", num_threads=1, options=options)
+    torch.set_num_threads(threads)
+    assert switched.pipe.vae.use_tiling and switched.pipe.vae.use_slicing
+    # Compiled in place (compilation itself happens at the first call, which this test does not make: ~2 min on CPU).
+    assert switched.pipe.unet._compiled_call_impl is not None
+    assert type(switched.pipe.unet).__name__ == "UNet2DConditionModel"
+    assert len(switched.loras.slots) == 1
+    assert switched.device_name == "cpu" and switched.encoder_revision.endswith("-float32")

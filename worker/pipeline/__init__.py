@@ -13,7 +13,7 @@ from worker.pipeline.profiles import ModelProfile, ModelsMissing, missing_files,
 
 if TYPE_CHECKING:
     from worker.pipeline.engine import Engine, GenerationRequest, Interrupted, validate_scale_dict
-    from worker.pipeline.tiny import make_tiny
+    from worker.pipeline.tiny import make_tiny, make_tiny_lora
 
 _LAZY = {
     "Engine": "worker.pipeline.engine",
@@ -21,6 +21,7 @@ _LAZY = {
     "Interrupted": "worker.pipeline.engine",
     "validate_scale_dict": "worker.pipeline.engine",
     "make_tiny": "worker.pipeline.tiny",
+    "make_tiny_lora": "worker.pipeline.tiny",
 }
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "ModelProfile",
     "ModelsMissing",
     "make_tiny",
+    "make_tiny_lora",
     "missing_files",
     "read_revision",
     "resolve_profile",

@@ -6,6 +6,11 @@ Both profiles share one folder layout, so one loading path serves them::
     ROOT/ip-adapter/           an h94/IP-Adapter folder: models/image_encoder and sdxl_models/*.safetensors
     ROOT/MODEL_REVISION        optional: one line naming the weights (written by `make_tiny` and the downloader)
 
+``sdxl`` may instead be found in the Hugging Face cache (``HF_HUB_CACHE``), as ``huggingface-cli download`` or
+``illustrations models download --cache`` leave it: ``sdxl_from_hf_cache`` looks there without any network call.
+The files each repository must provide are listed once (``REPOSITORIES``): the downloader fetches exactly them and
+``missing_files`` checks exactly them.
+
 This module imports neither torch nor diffusers: the CLI and health checks can answer "are the weights there?"
 without loading a GPU stack, and the engine checks files before diffusers can turn a missing folder into a
 misleading hub lookup.
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,8 +42,38 @@ BASE_FILES = (
     "text_encoder_2/model.safetensors",
     "tokenizer/vocab.json",
     "tokenizer/merges.txt",
+    "tokenizer/tokenizer_config.json",
+    "tokenizer/special_tokens_map.json",
     "tokenizer_2/vocab.json",
     "tokenizer_2/merges.txt",
+    "tokenizer_2/tokenizer_config.json",  # tokenizer_2 pads with "!": said here, not in the vocabulary
+    "tokenizer_2/special_tokens_map.json",
+)
+IMAGE_ENCODER_SUBFOLDER = "models/image_encoder"
+ADAPTER_SUBFOLDER = "sdxl_models"
+IDENTITY_WEIGHT = "ip-adapter-plus-face_sdxl_vit-h.safetensors"
+STYLE_WEIGHT = "ip-adapter_sdxl_vit-h.safetensors"
+# Files of an h94/IP-Adapter folder that the engine needs, relative to ip-adapter/.
+IP_ADAPTER_FILES = (
+    f"{IMAGE_ENCODER_SUBFOLDER}/config.json",
+    f"{IMAGE_ENCODER_SUBFOLDER}/model.safetensors",
+    f"{ADAPTER_SUBFOLDER}/{IDENTITY_WEIGHT}",
+    f"{ADAPTER_SUBFOLDER}/{STYLE_WEIGHT}",
+)
+
+
+@dataclass(frozen=True)
+class Repository:
+    """A Hugging Face repository, the profile folder it fills, and the files taken from it."""
+
+    repo_id: str
+    folder: str  # base or ip-adapter
+    files: tuple[str, ...]
+
+
+REPOSITORIES = (
+    Repository("stabilityai/stable-diffusion-xl-base-1.0", "base", BASE_FILES),
+    Repository("h94/IP-Adapter", "ip-adapter", IP_ADAPTER_FILES),
 )
 # Files whose names and sizes stand for the weights when no MODEL_REVISION was written (no hashing of GBs).
 _REVISION_WEIGHTS = (
@@ -56,10 +92,11 @@ class ModelProfile:
     root: Path
     base_dir: Path
     ip_adapter_dir: Path
-    image_encoder_subfolder: str = "models/image_encoder"
-    adapter_subfolder: str = "sdxl_models"
-    identity_weight: str = "ip-adapter-plus-face_sdxl_vit-h.safetensors"
-    style_weight: str = "ip-adapter_sdxl_vit-h.safetensors"
+    image_encoder_subfolder: str = IMAGE_ENCODER_SUBFOLDER
+    adapter_subfolder: str = ADAPTER_SUBFOLDER
+    identity_weight: str = IDENTITY_WEIGHT
+    style_weight: str = STYLE_WEIGHT
+    revision: str | None = None  # known from where the weights were found (the Hugging Face cache's commits)
 
     @property
     def image_encoder_dir(self) -> Path:
@@ -94,14 +131,17 @@ def resolve_profile(name: str, model_dir: Path) -> ModelProfile:
     return ModelProfile(name=name, root=root, base_dir=root / "base", ip_adapter_dir=root / "ip-adapter")
 
 
+def _folder(profile: ModelProfile, repository: Repository) -> Path:
+    return profile.base_dir if repository.folder == "base" else profile.ip_adapter_dir
+
+
 def _required(profile: ModelProfile) -> list[Path]:
-    return [
-        *(profile.base_dir / rel for rel in BASE_FILES),
-        profile.image_encoder_dir / "config.json",
-        profile.image_encoder_dir / "model.safetensors",
-        profile.adapter_dir / profile.identity_weight,
-        profile.adapter_dir / profile.style_weight,
-    ]
+    return [_folder(profile, repo) / rel for repo in REPOSITORIES for rel in repo.files]
+
+
+def required_files(profile: ModelProfile) -> list[str]:
+    """Every file the engine loads, as shown by ``missing_files`` (relative to the root where possible)."""
+    return [_shown(profile, path) for path in _required(profile)]
 
 
 def _shown(profile: ModelProfile, path: Path) -> str:
@@ -120,6 +160,8 @@ def read_revision(profile: ModelProfile) -> str:
     The fallback hashes model_index.json and the names and sizes of the large files, not their contents: it changes
     when a different model is mounted, costs a few stat calls, and never reads gigabytes at worker start.
     """
+    if profile.revision:
+        return profile.revision
     marker = profile.root / REVISION_FILE
     if marker.is_file():
         text = marker.read_text(encoding="utf-8").strip()
@@ -136,3 +178,53 @@ def read_revision(profile: ModelProfile) -> str:
         size = path.stat().st_size if path.is_file() else -1
         digest.update(f"{_shown(profile, path)}:{size}\n".encode())
     return f"{profile.name}-{digest.hexdigest()[:12]}"
+
+
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def sdxl_revision(commits: dict[str, str]) -> str:
+    """``sdxl-<base commit>-<ip-adapter commit>`` (12 hex digits each): a storage-key-safe name of the weights."""
+    return "sdxl-" + "-".join(commits[repo.repo_id][:12] for repo in REPOSITORIES)
+
+
+def sdxl_from_hf_cache(root: Path, cache_dir: Path | None = None,
+                       revisions: dict[str, str] | None = None) -> ModelProfile | None:
+    """The ``sdxl`` profile as the Hugging Face cache holds it (no network call), or None when it holds no snapshot.
+
+    ``revisions`` maps a repository id to a branch, tag or commit (default ``main``). ``root`` is only where
+    messages point (the folder the profile would have used). The snapshot may still lack files: check
+    ``missing_files``.
+    """
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+    except ImportError:  # the API image has no huggingface_hub: the folder is the only place
+        return None
+    folders: dict[str, Path] = {}
+    commits: dict[str, str] = {}
+    for repo in REPOSITORIES:
+        try:
+            revision = (revisions or {}).get(repo.repo_id, "main")
+            folder = snapshot_download(repo.repo_id, revision=revision, allow_patterns=list(repo.files),
+                                       cache_dir=cache_dir, local_files_only=True)
+        except (LocalEntryNotFoundError, OSError, ValueError):
+            return None
+        folders[repo.folder] = Path(folder)
+        commit = Path(folder).name
+        commits[repo.repo_id] = commit if _COMMIT.fullmatch(commit) else hashlib.sha256(commit.encode()).hexdigest()
+    return ModelProfile(name="sdxl", root=Path(root), base_dir=folders["base"], ip_adapter_dir=folders["ip-adapter"],
+                        revision=sdxl_revision(commits))
+
+
+def locate_profile(name: str, model_dir: Path, *, explicit: bool, cache_dir: Path | None = None) -> ModelProfile:
+    """The profile at ``model_dir``; for ``sdxl`` with no folder configured (``explicit`` False) and an incomplete
+    default folder, the Hugging Face cache's snapshot when it is complete."""
+    profile = resolve_profile(name, model_dir)
+    if name != "sdxl" or explicit or not missing_files(profile):
+        return profile
+    cached = sdxl_from_hf_cache(profile.root, cache_dir)
+    if cached is not None and not missing_files(cached):
+        logger.info("sdxl weights found in the Hugging Face cache (%s)", cached.revision)
+        return cached
+    return profile

@@ -316,3 +316,50 @@ def _install(staging: Path, target: Path, revision: str) -> None:
     finally:
         if aside is not None:
             shutil.rmtree(aside, ignore_errors=True)
+
+
+# --- A LoRA for the tiny model ----------------------------------------------------------------------------------
+
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+def make_tiny_lora(model_dir: Path, target: Path, *, rank: int = 4, alpha: int | None = None, seed: int = 0,
+                   strength: float = 0.5) -> Path:
+    """Write a random LoRA for the tiny model's UNet to the file ``target`` (deterministic for ``seed``).
+
+    It is saved as training saves one: ``save_lora_weights`` with the adapter metadata of
+    ``diffusers.training_utils._collate_lora_metadata``, so alpha is read back as written (without it diffusers
+    would take alpha = rank). ``lora_B`` is random too (PEFT initialises it to zero, which changes nothing).
+    """
+    from diffusers.training_utils import _collate_lora_metadata
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    target = Path(target).resolve()
+    unet: Any = UNet2DConditionModel.from_pretrained(resolve_profile("tiny", model_dir).base_dir / "unet")
+    config = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, target_modules=list(LORA_TARGETS))
+    unet.add_adapter(config)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in unet.named_parameters():
+            if "lora_A" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) / parameter.shape[1] ** 0.5)
+            elif "lora_B" in name:
+                parameter.copy_(strength * torch.randn(parameter.shape, generator=generator) / rank**0.5)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    metadata = _collate_lora_metadata({"unet": unet})
+    for config in metadata.values():
+        config["target_modules"] = sorted(config["target_modules"])  # a set: its order changes between processes
+    try:
+        StableDiffusionXLPipeline.save_lora_weights(
+            staging,
+            unet_lora_layers=get_peft_model_state_dict(unet),
+            weight_name="lora.safetensors",
+            **metadata,
+        )
+        (staging / "lora.safetensors").chmod(0o644)
+        os.replace(staging / "lora.safetensors", target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

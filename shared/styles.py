@@ -1,0 +1,184 @@
+"""The styles registry: named LoRA styles of a client, their versions, and which version a job runs.
+
+A generation names a style as ``name`` (the active version when the job runs) or ``name@version``. At submit the
+name is checked (an unknown style, or one with no ready version, is a 422); when the job runs the version is looked
+up again, so a style removed in between fails the job with ``style_not_found`` and ``model.style_lora`` records the
+version that ran (``name@version``).
+
+Versions are added by ``illustrations styles import`` (a LoRA file, ready at once) and, later, by training. A version
+that becomes ready becomes active. LoRA files live in storage under ``styles/<style id>/<version>/lora.safetensors``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from shared import limits
+from shared.db import utcnow
+from shared.errors import IllustrationsError
+from shared.lora_files import inspect_lora
+from shared.models import Style, StyleVersion
+from shared.storage import Storage
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+LORA_CONTENT_TYPE = "application/octet-stream"
+READY = "ready"
+
+
+class StyleNotFound(IllustrationsError):
+    """No such style (or version, or ready version) for this client; the message names what is missing."""
+
+
+@dataclass(frozen=True)
+class StyleRef:
+    name: str
+    version: int | None  # None: the active version
+
+    def __str__(self) -> str:
+        return self.name if self.version is None else f"{self.name}@{self.version}"
+
+
+@dataclass(frozen=True)
+class ResolvedStyle:
+    """The version a job runs with, as the GPU worker needs it."""
+
+    style_id: str
+    name: str
+    version: int
+    storage_key: str
+    sha256: str
+    base_profile: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+def parse_ref(text: str) -> StyleRef:
+    """``name`` or ``name@version``; raise ValueError saying what is wrong."""
+    name, at, version = text.partition("@")
+    if not NAME_PATTERN.fullmatch(name) or len(name) > limits.NAME_MAX_CHARS:
+        raise ValueError(f"a style name is 1 to {limits.NAME_MAX_CHARS} of A-Z a-z 0-9 . _ - (not starting with . _ -)")
+    if not at:
+        return StyleRef(name, None)
+    if not version.isdigit() or not 0 < int(version) < 2**31:
+        raise ValueError("a style version is a positive integer: name@3")
+    return StyleRef(name, int(version))
+
+
+def validate_name(name: str) -> str:
+    ref = parse_ref(name)
+    if ref.version is not None:
+        raise ValueError("a style name cannot contain '@'")
+    return name
+
+
+def find_style(session: Session, client_id: str, name: str) -> Style | None:
+    return session.execute(
+        select(Style).where(Style.client_id == client_id, Style.name == name)
+    ).scalar_one_or_none()
+
+
+def resolve(session: Session, client_id: str, ref: StyleRef) -> ResolvedStyle:
+    """The ready version ``ref`` names for this client now; ``StyleNotFound`` otherwise."""
+    style = find_style(session, client_id, ref.name)
+    if style is None:
+        raise StyleNotFound(f"no style named {ref.name!r}")
+    version = ref.version if ref.version is not None else style.active_version
+    if version is None:
+        raise StyleNotFound(f"style {ref.name!r} has no ready version yet")
+    row = session.get(StyleVersion, (style.id, version))
+    if row is None:
+        raise StyleNotFound(f"style {ref.name!r} has no version {version}")
+    if row.status != READY or row.storage_key is None or row.sha256 is None:
+        raise StyleNotFound(f"version {version} of style {ref.name!r} is {row.status}, not ready")
+    return ResolvedStyle(style.id, style.name, row.version, row.storage_key, row.sha256, row.base_profile)
+
+
+def submitted(ref: StyleRef) -> dict[str, Any]:
+    """What the job row keeps at submit: the name and the version asked for (None: the active one when it runs)."""
+    return {"name": ref.name, "version": ref.version}
+
+
+def from_submitted(doc: dict[str, Any]) -> StyleRef:
+    return StyleRef(str(doc["name"]), None if doc.get("version") is None else int(doc["version"]))
+
+
+def storage_key(style_id: str, version: int) -> str:
+    return f"styles/{style_id}/{version}/lora.safetensors"
+
+
+def import_version(session: Session, storage: Storage, client_id: str, name: str, path: Path,
+                   base_profile: str) -> StyleVersion:
+    """Register ``path`` (a LoRA file) as the next ready version of ``name`` and make it active.
+
+    The file is checked (``InvalidLoraFile``) and stored before the version row is written; the caller commits.
+    """
+    validate_name(name)
+    info = inspect_lora(path)
+    data = path.read_bytes()
+    style = find_style(session, client_id, name)
+    if style is None:
+        style = Style(client_id=client_id, name=name)
+        try:
+            with session.begin_nested():
+                session.add(style)
+        except IntegrityError:  # created by someone else meanwhile
+            style = find_style(session, client_id, name)
+            assert style is not None
+    latest = session.execute(
+        select(func.max(StyleVersion.version)).where(StyleVersion.style_id == style.id)
+    ).scalar_one()
+    number = (latest or 0) + 1
+    key = storage_key(style.id, number)
+    storage.put(key, data, LORA_CONTENT_TYPE)
+    version = StyleVersion(
+        style_id=style.id,
+        version=number,
+        status=READY,
+        source="import",
+        base_profile=base_profile,
+        storage_key=key,
+        sha256=hashlib.sha256(data).hexdigest(),
+        size_bytes=len(data),
+        rank=info.rank,
+        alpha=info.alpha,
+        params={"text_encoder": info.text_encoder, "targets": info.targets, "file_name": path.name[:200]},
+        finished_at=utcnow(),
+    )
+    session.add(version)
+    style.active_version = number
+    session.flush()
+    return version
+
+
+def remove(session: Session, client_id: str, name: str, version: int | None = None) -> list[str]:
+    """Remove a style (or one version of it); return the storage keys to delete once the caller has committed.
+
+    Removing the active version leaves the style with the newest other ready version active, or none.
+    Jobs that named it and have not run yet fail with ``style_not_found``.
+    """
+    style = find_style(session, client_id, name)
+    if style is None:
+        raise StyleNotFound(f"no style named {name!r}")
+    doomed = [v for v in style.versions if version is None or v.version == version]
+    if version is not None and not doomed:
+        raise StyleNotFound(f"style {name!r} has no version {version}")
+    keys = [v.storage_key for v in doomed if v.storage_key]
+    if version is None:
+        session.delete(style)
+    else:
+        style.versions.remove(doomed[0])  # delete-orphan: the row goes at flush, and the collection stays true
+        if style.active_version == version:
+            ready = [v.version for v in style.versions if v.status == READY]
+            style.active_version = max(ready) if ready else None
+    session.flush()
+    return keys
