@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 from typing import Any
 
@@ -13,6 +14,7 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 from api.auth import current_principal, require
 from api.body import json_body
 from api.errors import ApiError, not_found, validation_error
+from api.idempotency import idempotent, record
 from api.services import services
 from api.subjects import latest_version
 from api.views import job_out, job_path
@@ -22,6 +24,7 @@ from shared.prompts import build_prompt
 from shared.schemas import IllustrationRequest, ImageRef, SubjectRef
 from shared.tasks import QUEUE_BY_PRIORITY
 
+log = logging.getLogger(__name__)
 bp = Blueprint("illustrations", __name__, url_prefix="/v1/illustrations")
 
 
@@ -78,6 +81,7 @@ def _resolve_one(session: Session, client_id: str, user_id: str, ref: SubjectRef
 
 @bp.post("")
 @require("generate")
+@idempotent
 def create_illustration() -> tuple[Response, int, dict[str, str]]:
     body = json_body(IllustrationRequest)
     principal = current_principal()
@@ -105,12 +109,27 @@ def create_illustration() -> tuple[Response, int, dict[str, str]]:
         )
         session.add(job)
         session.flush()
-        view = job_out(job, queue_position=None)
-    # Outbox: the row is committed; a failed publish leaves it for the relay, the client still gets its 202.
-    if svc.publisher.publish(job.id, queue):
+        view = job_out(job, queue_position=None).model_dump(mode="json")
+        headers = {"Location": job_path(job.id)}
+        record(session, 202, view, headers)  # the answer a retry with the same Idempotency-Key gets
+        # Over the client's cap, the job waits here and the relay publishes it when the client has room.
+        publish = jobs.has_room(session, principal.client_id, queue, svc.settings.client_publish_cap)
+    if publish:
+        publish_now(job.id, queue)
+    return jsonify(view), 202, headers
+
+
+def publish_now(job_id: str, queue: str) -> None:
+    """Outbox: the row is committed; a failed publish (or mark) leaves it to the relay, the client gets its 202."""
+    svc = services()
+    if not svc.publisher.publish(job_id, queue):
+        return
+    try:
         with svc.db.begin() as session:
-            jobs.mark_published(session, job.id)
-    return jsonify(view.model_dump(mode="json")), 202, {"Location": job_path(job.id)}
+            jobs.mark_published(session, job_id)
+    except Exception as exc:  # the database went away after the commit: the relay publishes again (dropped twin)
+        log.warning("job %s published but not marked (%s); the relay will publish it again", job_id,
+                    type(exc).__name__)
 
 
 def _owned_job(session: Session, job_id: str) -> Job:

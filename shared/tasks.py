@@ -10,7 +10,8 @@ QUEUE_MAINTENANCE: Final = "illustrations.maintenance"
 
 GENERATE: Final = "illustrations.generate"
 RELAY: Final = "illustrations.maintenance.relay"
-SWEEP_LEASES: Final = "illustrations.maintenance.sweep_leases"
+SWEEP: Final = "illustrations.maintenance.sweep"  # expired leases and passed deadlines
+UPKEEP: Final = "illustrations.maintenance.upkeep"  # slow housekeeping (expired idempotency keys)
 
 Priority = Literal["interactive", "batch"]
 

@@ -6,25 +6,34 @@ database, storage and the engine, so it is testable without Celery.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
+import random
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import PIL.Image
 from billiard.exceptions import SoftTimeLimitExceeded
 from PIL.PngImagePlugin import PngInfo
 from sqlalchemy import select
+from sqlalchemy.orm import Session
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential, wait_random
 
 from shared import jobs
+from shared.db import is_unavailable
 from shared.errors import CancelReason, ErrorCode, JobFailure
 from shared.models import Job
+from shared.settings import Settings
 from shared.storage import ObjectNotFound, StorageError
 from worker.runtime import Runtime, SetupFailed
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +56,8 @@ class Watch:
     """Renews the lease on a timer and records progress at most every ``interval``; says when to stop.
 
     ``stop_reason`` becomes ``"canceled"`` when the client asked to cancel, ``"lost"`` when another attempt owns
-    the job now (the lease expired and it was re-queued): in both cases the run stops at its next step.
+    the job now (the lease expired and it was re-queued), ``"shutdown"`` when the worker is stopping (Celery's soft
+    shutdown ran out of grace and cancelled the task): in each case the run stops at its next step.
     """
 
     def __init__(self, runtime: Runtime, claim: jobs.Claim) -> None:
@@ -89,6 +99,8 @@ class Watch:
         if step == total or now - self._last_progress >= self.runtime.settings.progress_interval_s:
             self._last_progress = now
             self._renew(step)
+        if self.stop_reason is None and self.runtime.stopping.is_set():
+            self.stop_reason = "shutdown"
         return self.stop_reason is None
 
 
@@ -203,8 +215,46 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError)
 
 
+def write(runtime: Runtime, change: Callable[[Session], T]) -> T:
+    """Run one transaction, waiting out a database outage (with backoff) for at most a lease.
+
+    A finished generation is worth waiting for: its fenced write still lands if the lease holds; if the outage
+    outlasts the lease, the sweep re-queues the job and this attempt's write loses the fence, as it should.
+    """
+    settings = runtime.settings
+    retrying = Retrying(
+        retry=retry_if_exception(is_unavailable),
+        wait=wait_exponential(multiplier=settings.db_retry_s, max=settings.db_retry_max_s)
+        + wait_random(0, settings.db_retry_s),
+        stop=stop_after_delay(settings.lease_s),
+        reraise=True,
+    )
+    for attempt in retrying:
+        with attempt, runtime.db.begin() as session:
+            return change(session)
+    raise AssertionError("unreachable: tenacity re-raises the last error")
+
+
+def retry_delay(settings: Settings, attempt: int) -> float:
+    """Backoff before attempt ``attempt + 1`` of a job: doubled per attempt, capped, with jitter."""
+    base = min(settings.retry_backoff_max_s, settings.retry_backoff_s * 2 ** max(0, attempt - 1))
+    return float(base * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not a secret
+
+
+@contextlib.contextmanager
+def _not_busy_after(runtime: Runtime) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        runtime.busy = False
+
+
 def run_generation(job_id: str, runtime: Runtime) -> str:
-    """Run one job to its end (or give it back); returns what happened, for the worker log."""
+    """Run one job to its end (or give it back); returns what happened, for the worker log.
+
+    A database that cannot be reached at the claim raises (the task shell waits and hands the message back to
+    the broker); once claimed, every outcome is one fenced transition.
+    """
     from worker.pipeline.engine import Interrupted
 
     settings = runtime.settings
@@ -216,8 +266,7 @@ def run_generation(job_id: str, runtime: Runtime) -> str:
         return f"skipped:{claim.value}"
 
     clock = time.monotonic()
-    job = _read_job(runtime, claim)
-    queued_s = max(0.0, (job.started_at - job.created_at).total_seconds())
+    queued_s = 0.0
 
     def timings(inference_s: float | None = None) -> dict[str, float]:
         values = {"queued_s": round(queued_s, 3), "total_s": round(queued_s + time.monotonic() - clock, 3)}
@@ -226,19 +275,34 @@ def run_generation(job_id: str, runtime: Runtime) -> str:
         return values
 
     def fail(code: ErrorCode, message: str) -> str:
-        with runtime.db.begin() as session:
-            jobs.failed(session, claim, code, message, timings=timings())
+        write(runtime, lambda session: jobs.failed(session, claim, code, message, timings=timings()))
         log.warning("job %s failed: %s", job_id, code.value)
         return f"failed:{code.value}"
 
-    with Watch(runtime, claim) as watch:
+    def give_back(why: str, *, backoff: bool = True) -> str:
+        delay = retry_delay(settings, claim.attempt) if backoff else 0.0
+        write(runtime, lambda session: jobs.requeued(session, claim, why, delay))
+        log.warning("job %s given back (%s); runs again in %.1f s at the earliest", job_id, why, delay)
+        return f"requeued:{why}"
+
+    def transient(why: str, code: ErrorCode, message: str) -> str:
+        """A fault that may pass: another attempt after a backoff, unless this was the last one."""
+        if claim.attempt < settings.max_attempts:
+            return give_back(why)
+        return fail(code, message)
+
+    runtime.busy = True
+    with _not_busy_after(runtime), Watch(runtime, claim) as watch:
         try:
-            # 2. Run the pipeline (references come from storage; no network for a GPU worker).
+            # 2. Read what to do, run the pipeline (references come from storage; no network for a GPU worker).
+            job = _read_job(runtime, claim)
+            queued_s = max(0.0, (job.started_at - job.created_at).total_seconds())
             images, inference_s = _generate(runtime, claim, job, watch)
             # 3. Store under this attempt's keys, then 4. finish, fenced by the attempt.
             stored = _store(runtime, claim, job, images)
-            with runtime.db.begin() as session:
-                won = jobs.succeeded(session, claim, stored, timings=timings(inference_s), model=_model_info(runtime))
+            model = _model_info(runtime)
+            won = write(runtime, lambda session: jobs.succeeded(session, claim, stored,
+                                                                timings=timings(inference_s), model=model))
             if not won:
                 runtime.storage.delete_prefix(f"jobs/{job_id}/{claim.attempt}/")
                 log.warning("job %s: attempt %d lost the job before finishing", job_id, claim.attempt)
@@ -247,35 +311,29 @@ def run_generation(job_id: str, runtime: Runtime) -> str:
             return "succeeded"
         except Interrupted:
             if watch.stop_reason == "canceled":
-                with runtime.db.begin() as session:
-                    jobs.canceled(session, job_id, CancelReason.CANCELED_BY_CLIENT, claim)
+                write(runtime, lambda session: jobs.canceled(session, job_id, CancelReason.CANCELED_BY_CLIENT, claim))
                 return "canceled"
+            if watch.stop_reason == "shutdown":
+                return give_back("shutdown", backoff=False)  # not the job's fault: it runs again at once
             return "lost"
         except SetupFailed as exc:
             return fail(ErrorCode.SETUP_FAILED, str(exc))
         except SoftTimeLimitExceeded:
             return fail(ErrorCode.TIME_LIMIT, f"the generation took longer than {settings.task_soft_time_limit_s} s")
         except JobFailure as exc:
-            if exc.transient and claim.attempt < settings.max_attempts:
-                return _give_back(runtime, claim, exc.code.value)
-            return fail(exc.code, exc.message)
+            if exc.transient:
+                return transient(exc.code.value, exc.code, exc.message)
+            return fail(exc.code, exc.message)  # permanent (invalid input, unknown style): no retry
         except StorageError:
-            if claim.attempt < settings.max_attempts:
-                return _give_back(runtime, claim, "storage")
-            return fail(ErrorCode.INTERNAL, "the image store kept failing")
+            return transient("storage", ErrorCode.INTERNAL, "the image store kept failing")
         except Exception as exc:
+            if is_unavailable(exc):
+                return transient("database", ErrorCode.INTERNAL, "the database kept failing")
             if _is_out_of_memory(exc):
                 import torch
 
                 torch.cuda.empty_cache()
                 return fail(ErrorCode.OUT_OF_MEMORY, "the GPU ran out of memory for this size and batch")
-            # The exception type only: a message could echo the prompt.
+            # The exception type only: a message could echo the prompt. A poison job ends here, never loops.
             log.error("job %s: unexpected %s", job_id, type(exc).__name__, exc_info=settings.log_level == "DEBUG")
             return fail(ErrorCode.INTERNAL, "an unexpected error occurred while generating")
-
-
-def _give_back(runtime: Runtime, claim: jobs.Claim, why: str) -> str:
-    with runtime.db.begin() as session:
-        jobs.requeued(session, claim)
-    log.warning("job %s re-queued after a transient fault (%s)", claim.job_id, why)
-    return f"requeued:{why}"

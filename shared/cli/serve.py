@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import click
@@ -62,7 +63,12 @@ def api(settings: Settings, bind: str | None) -> None:
 @click.option("--hostname", "-n", default=None, help="Worker node name (default: celery's).")
 @click.pass_obj
 def worker(settings: Settings, queues: str, concurrency: int, pool: str, hostname: str | None) -> None:
-    """Run a Celery worker (generation by default; --queues illustrations.maintenance for a CPU worker)."""
+    """Run a Celery worker (generation by default; --queues illustrations.maintenance for a CPU worker).
+
+    SIGTERM starts Celery's soft shutdown: the running job has ILLUSTRATIONS_WORKER_SOFT_SHUTDOWN_S to finish,
+    then it is given back to the queue; the worker exits.
+    """
+    _remap_sigterm()
     _prepare(settings)
     from worker.celery_app import app
 
@@ -71,6 +77,17 @@ def worker(settings: Settings, queues: str, concurrency: int, pool: str, hostnam
     if hostname:
         argv += ["--hostname", hostname]
     app.worker_main(argv)
+
+
+def _remap_sigterm() -> None:
+    """SIGTERM means "soft shutdown" (Celery >= 5.5): billiard reads REMAP_SIGTERM when it is first imported."""
+    if os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT") != "SIGQUIT":
+        return  # ops chose otherwise (REMAP_SIGTERM set to something else): their call
+    if "billiard.common" in sys.modules:
+        import billiard.common
+
+        if billiard.common.REMAP_SIGTERM != "SIGQUIT":
+            raise click.ClickException("billiard was imported before REMAP_SIGTERM could be set")
 
 
 @click.command()

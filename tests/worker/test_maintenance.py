@@ -12,7 +12,7 @@ from shared.db import Database
 from shared.queue import Publisher, make_celery
 from shared.settings import Settings
 from tests.shared.test_jobs import add_job, claim, load, unpublished_ids
-from worker.maintenance import relay_unpublished, sweep_leases
+from worker.maintenance import relay_unpublished, sweep
 
 
 def queued_ids(client: redis.Redis, queue: str) -> list[str]:
@@ -52,11 +52,11 @@ def test_relay_leaves_young_rows_and_survives_a_dead_broker(any_db: Database, se
 def test_sweep_requeues_expired_leases_then_fails_worker_lost(any_db: Database, settings: Settings) -> None:
     job_id = add_job(any_db)
     claim(any_db, job_id, lease_s=-1)
-    requeued, failed = sweep_leases(any_db, settings.model_copy(update={"max_attempts": 2}))
-    assert job_id in requeued and job_id not in failed
+    result = sweep(any_db, settings.model_copy(update={"max_attempts": 2}))
+    assert job_id in result.requeued and job_id not in result.failed
     assert load(any_db, job_id).status == "queued"
     claim(any_db, job_id, lease_s=-1)
-    requeued, failed = sweep_leases(any_db, settings.model_copy(update={"max_attempts": 2}))
-    assert job_id in failed
+    result = sweep(any_db, settings.model_copy(update={"max_attempts": 2}))
+    assert job_id in result.failed
     job = load(any_db, job_id)
     assert job.status == "failed" and job.error_code == "worker_lost"

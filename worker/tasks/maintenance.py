@@ -9,14 +9,20 @@ from worker.celery_app import app
 from worker.runtime import get_runtime
 
 
-@app.task(name=tasks.SWEEP_LEASES, ignore_result=True)
-def sweep_leases() -> dict[str, int]:
+@app.task(name=tasks.SWEEP, ignore_result=True)
+def sweep() -> dict[str, int]:
     runtime = get_runtime()
-    requeued, failed = maintenance.sweep_leases(runtime.db, runtime.settings)
-    return {"requeued": len(requeued), "failed": len(failed)}
+    result = maintenance.sweep(runtime.db, runtime.settings)
+    return {"requeued": len(result.requeued), "failed": len(result.failed), "deadline": len(result.deadline)}
 
 
 @app.task(name=tasks.RELAY, ignore_result=True)
 def relay() -> int:
     runtime = get_runtime()
     return maintenance.relay_unpublished(runtime.db, runtime.settings, Publisher(app))
+
+
+@app.task(name=tasks.UPKEEP, ignore_result=True)
+def upkeep() -> int:
+    runtime = get_runtime()
+    return maintenance.upkeep(runtime.db, runtime.settings)
