@@ -136,6 +136,18 @@ def unpublished(session: Session, older_than_s: float, limit: int = 500, cap: in
     return [(row.id, row.queue) for row in rows]
 
 
+def stale(session: Session, published_before_s: float, limit: int = 500) -> list[tuple[str, str]]:
+    """Queued jobs published over ``published_before_s`` ago: their message may be gone (fetched by a worker that
+    died before it claimed the job). Publishing again is safe: a twin message is dropped at the claim."""
+    rows = session.execute(
+        select(Job.id, Job.queue)
+        .where(Job.status == JobStatus.QUEUED.value, Job.published_at < utcnow(-published_before_s))
+        .order_by(Job.published_at)
+        .limit(limit)
+    )
+    return [(row.id, row.queue) for row in rows]
+
+
 def has_room(session: Session, client_id: str, queue: str, cap: int) -> bool:
     """Whether a client may have one more published job waiting in ``queue`` (``cap`` 0: always)."""
     if cap <= 0:

@@ -52,6 +52,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         # A GPU worker holds one message at a time; a second one would wait behind a long job.
         "worker_prefetch_multiplier": settings.worker_prefetch_multiplier,
+        # ... and with acks_late Celery still reserves one more on Redis: a worker killed then leaves that message
+        # unacked until the visibility timeout (hours). Celery >= 5.6 fetches only when a pool process is free.
+        "worker_disable_prefetch": settings.effective_broker_url.startswith(("redis", "rediss")),
         # A running job keeps going when the broker connection drops: its lease decides what happens to a
         # re-delivery, so cancelling it would only waste the GPU time already spent.
         "worker_cancel_long_running_tasks_on_connection_loss": False,

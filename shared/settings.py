@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     heartbeat_s: float = Field(15.0, gt=0, description="How often a running job renews its lease.")
     relay_interval_s: float = Field(5.0, gt=0, description="How often beat runs the outbox relay and lease sweep.")
     relay_delay_s: float = Field(10.0, ge=0, description="Age after which an unpublished job is re-published.")
+    republish_after_s: float = Field(
+        1800.0, gt=0, description="A job published this long ago and still queued is published again (its message "
+        "may have died with a worker that had fetched it); a twin message is dropped at the claim."
+    )
     max_attempts: int = Field(3, ge=1, description="Attempts before a job fails with worker_lost.")
     task_soft_time_limit_s: int = Field(600, ge=1, description="Soft time limit of one generation.")
     task_time_limit_s: int = Field(660, ge=1, description="Hard time limit of one generation (kills the child).")

@@ -215,6 +215,16 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError)
 
 
+def _forget_earlier_attempts(runtime: Runtime, claim: jobs.Claim) -> None:
+    """An earlier attempt that died between storing its images and finishing left them behind: the winner removes
+    them, so a job keeps one image set (best effort; a failure only leaves orphans)."""
+    for attempt in range(1, claim.attempt):
+        try:
+            runtime.storage.delete_prefix(f"jobs/{claim.job_id}/{attempt}/")
+        except StorageError:
+            log.warning("job %s: images of attempt %d could not be removed", claim.job_id, attempt)
+
+
 def write(runtime: Runtime, change: Callable[[Session], T]) -> T:
     """Run one transaction, waiting out a database outage (with backoff) for at most a lease.
 
@@ -307,6 +317,7 @@ def run_generation(job_id: str, runtime: Runtime) -> str:
                 runtime.storage.delete_prefix(f"jobs/{job_id}/{claim.attempt}/")
                 log.warning("job %s: attempt %d lost the job before finishing", job_id, claim.attempt)
                 return "lost"
+            _forget_earlier_attempts(runtime, claim)
             log.info("job %s succeeded in %.2f s (attempt %d)", job_id, inference_s, claim.attempt)
             return "succeeded"
         except Interrupted:

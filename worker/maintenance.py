@@ -1,7 +1,8 @@
 """Maintenance logic run by beat through the maintenance tasks: the outbox relay, the sweep and upkeep.
 
 - ``relay_unpublished``: publishes queued jobs that have no publish on record (broker down at submit, jobs given
-  back, jobs held back by the per-client cap), and all queued jobs when the broker lost its data.
+  back, jobs held back by the per-client cap), all queued jobs when the broker lost its data, and jobs whose
+  publish is so old that their message may have died with a worker (``republish_after_s``).
 - ``sweep``: expired leases back to the queue (or ``failed``/``worker_lost``), queued jobs past ``cancel_after``
   to ``canceled``/``deadline``.
 - ``upkeep``: forgets idempotency keys older than their retention.
@@ -45,6 +46,7 @@ def relay_unpublished(db: Database, settings: Settings, publisher: Publisher, ba
         return 0  # the broker is down: the next round tries again
     with db.begin() as session:
         pending = jobs.unpublished(session, settings.relay_delay_s, limit=batch, cap=settings.client_publish_cap)
+        pending += jobs.stale(session, settings.republish_after_s, limit=batch)
     published: list[str] = []
     for job_id, queue in pending:
         if not publisher.publish(job_id, queue):
