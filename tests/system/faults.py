@@ -129,6 +129,14 @@ class Ledger:
                 "SELECT id, worker, progress_step FROM jobs WHERE status = 'running' AND progress_step > 0"))
             return [(row.id, row.worker, row.progress_step) for row in rows]
 
+    def transitions(self, job_id: str) -> list[tuple[str | None, str, int, str | None]]:
+        """(from, to, attempt, reason), oldest first."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(sa.text(
+                "SELECT from_status, to_status, attempt, reason FROM job_transitions WHERE job_id = :id ORDER BY id"),
+                {"id": job_id})
+            return [(row.from_status, row.to_status, row.attempt, row.reason) for row in rows]
+
     def wait_terminal(self, job_ids: Iterable[str], timeout_s: float) -> dict[str, str]:
         ids = list(job_ids)
         statuses: dict[str, str] = {}

@@ -11,14 +11,18 @@ from __future__ import annotations
 import collections
 import os
 import signal
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import requests
 
-from tests.system.faults import Ledger, Stack, accepted_ids, burst, fast_env
+from shared.migrate import upgrade
+from shared.settings import Settings
+from tests.system.faults import TINY_JOB, Ledger, Stack, accepted_ids, burst, fast_env
 from tests.system.procs import processes, wait_for
-from tests.system.servers import RedisServer
+from tests.system.servers import PostgresServer, RedisServer
 
 pytestmark = pytest.mark.system
 
@@ -91,3 +95,89 @@ def test_redis_stopped_during_a_burst_then_started_with_its_data_and_then_wiped(
     finally:
         ledger.close()
         redis_server.stop()
+
+
+def test_postgresql_stopped_for_ten_seconds_under_load(system_redis_url: str, tiny_model_dir: Path,
+                                                       tmp_path: Path) -> None:
+    postgres = PostgresServer()
+    try:
+        postgres.start()
+        upgrade(Settings(database_url=postgres.url))
+        env = fast_env(tmp_path, postgres.url, system_redis_url, tiny_model_dir)
+        ledger = Ledger(postgres.url, tmp_path / "storage")
+        with processes(env, tmp_path, tmp_path / "logs") as procs:
+            stack = Stack(procs, env, tmp_path).start(concurrency=2)
+            stop = threading.Event()
+            outcomes: list[tuple[int, str | None, str | None]] = []  # status, Retry-After, job id
+
+            def client() -> None:
+                with requests.Session() as session:
+                    while not stop.is_set():
+                        response = session.post(f"{stack.base}/v1/illustrations", json=TINY_JOB,
+                                                headers=stack.headers, timeout=30)
+                        job_id = response.json().get("id") if response.status_code == 202 else None
+                        outcomes.append((response.status_code, response.headers.get("Retry-After"), job_id))
+                        stop.wait(0.05)
+
+            with ThreadPoolExecutor(4) as clients:
+                running = [clients.submit(client) for _ in range(4)]
+                wait_for(lambda: len(outcomes) >= 40, 60, "load before the outage")
+                postgres.stop()
+                down_at = len(outcomes)
+                wait_for(lambda: len(outcomes) >= down_at + 20, 30, "submits during the outage")
+                stop.wait(10)  # the outage: PostgreSQL stays down 10 s while the clients keep submitting
+                postgres.start()
+                up_at = len(outcomes)
+                wait_for(lambda: sum(1 for o in outcomes[up_at:] if o[0] == 202) >= 40, 90, "load after the outage")
+                stop.set()
+                for future in running:
+                    future.result(timeout=60)  # no client saw a connection error or a timeout
+            codes = collections.Counter(status for status, _, _ in outcomes)
+            assert set(codes) == {202, 503}, codes  # 503s during, never a 500
+            assert all(retry_after for status, retry_after, _ in outcomes if status == 503)
+            job_ids = [job_id for status, _, job_id in outcomes if status == 202 and job_id]
+            statuses = ledger.wait_terminal(job_ids, 300)
+            assert set(statuses.values()) == {"succeeded"}, collections.Counter(statuses.values())
+            ledger.assert_exactly_once(job_ids)
+            # Nothing half-written: every row is a job somebody got a 202 for.
+            assert ledger.count() == len(job_ids)
+        ledger.close()
+    finally:
+        postgres.remove()
+
+
+def test_sigterm_mid_job_gives_the_job_back_or_lets_it_finish(
+    fresh_pg_url: str, system_redis_url: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    grace_s = 2
+    env = fast_env(tmp_path, fresh_pg_url, system_redis_url, tiny_model_dir, WORKER_SOFT_SHUTDOWN_S=str(grace_s))
+    ledger = Ledger(fresh_pg_url, tmp_path / "storage")
+    long_job = {"user_id": "u-term", "prompt": "the whole family at the table",
+                "params": {"width": 64, "height": 64, "steps": 100}}
+    short_job = {**long_job, "params": {"width": 64, "height": 64, "steps": 8}}
+    with processes(env, tmp_path, tmp_path / "logs") as procs:
+        stack = Stack(procs, env, tmp_path).start()
+        (first,) = stack.workers.values()
+        stack.workers.clear()
+
+        # 1. A job longer than the grace period: cancelled when the grace ends, it gives its job back at once.
+        (long_id,) = accepted_ids([stack.submit(long_job)])
+        wait_for(lambda: any(row[0] == long_id for row in ledger.running()), 60, "the long job to run")
+        first.process.send_signal(signal.SIGTERM)  # what Kubernetes or `docker stop` sends the main process
+        first.process.wait(grace_s + 20)
+        assert ledger.transitions(long_id)[-1][:2] == ("running", "queued"), ledger.transitions(long_id)
+        assert ledger.transitions(long_id)[-1][3] == "shutdown"
+        stack.start_worker()  # the replacement takes it over
+        assert ledger.wait_terminal([long_id], 120) == {long_id: "succeeded"}
+        assert ledger.assert_exactly_once([long_id]) == {long_id: 2}
+
+        # 2. A job shorter than the grace period finishes before the worker exits.
+        (second,) = stack.workers.values()
+        (short_id,) = accepted_ids([stack.submit(short_job)])
+        wait_for(lambda: any(row[0] == short_id for row in ledger.running()), 60, "the short job to run",
+                 interval_s=0.02)
+        second.process.send_signal(signal.SIGTERM)
+        second.process.wait(grace_s + 20)
+        assert ledger.statuses([short_id]) == {short_id: "succeeded"}
+        assert ledger.assert_exactly_once([short_id]) == {short_id: 1}
+    ledger.close()
