@@ -6,6 +6,7 @@ import io
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -13,11 +14,11 @@ from PIL import Image
 from sqlalchemy import select
 
 from shared import jobs
-from shared.db import Database
+from shared.db import Database, is_unavailable
 from shared.models import JobImage
 from shared.settings import Settings
 from tests.shared.test_jobs import add_job, load
-from worker.generation import run_generation
+from worker.generation import retry_delay, run_generation
 from worker.runtime import Runtime
 
 pytestmark = pytest.mark.filterwarnings(
@@ -147,3 +148,39 @@ def test_cancel_while_running_stops_and_stores_nothing(runtime: Runtime, db: Dat
     assert job.status == "canceled" and job.error_code == "canceled_by_client"
     assert job.progress_step is not None and job.progress_step < 100
     assert stored_images(db, job_id) == [] and not runtime.storage.exists(f"jobs/{job_id}/1/0.png")
+
+
+def test_a_storage_fault_is_retried_with_backoff_then_fails_on_the_last_attempt(runtime: Runtime,
+                                                                                 db: Database) -> None:
+    runtime.settings = runtime.settings.model_copy(update={"max_attempts": 2, "retry_backoff_s": 30.0})
+    job_id = add_job(db, request=request_doc())
+    # A real fault of the store: a file where the job's folder must go (no mock; root ignores permissions).
+    blocker = Path(runtime.settings.effective_storage_url) / "jobs" / job_id
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_bytes(b"")
+    assert run_generation(job_id, runtime) == "requeued:storage"
+    job = load(db, job_id)
+    assert job.status == "queued" and job.attempt == 1 and job.published_at is None
+    assert job.not_before is not None and job.not_before > datetime.now(UTC) + timedelta(seconds=10)  # backoff
+    assert run_generation(job_id, runtime) == "failed:internal"  # the last attempt: no loop
+    job = load(db, job_id)
+    assert job.status == "failed" and job.error_code == "internal" and job.attempt == 2
+    with db.begin() as session:
+        assert [step[1] for step in jobs.transitions(session, job_id)] == ["queued", "running", "queued",
+                                                                           "running", "failed"]
+
+
+def test_the_backoff_doubles_and_is_capped(settings: Settings) -> None:
+    tuned = settings.model_copy(update={"retry_backoff_s": 2.0, "retry_backoff_max_s": 10.0})
+    for attempt, base in ((1, 2.0), (2, 4.0), (3, 8.0), (4, 10.0), (9, 10.0)):
+        assert base / 2 <= retry_delay(tuned, attempt) <= base
+
+
+def test_a_database_down_at_the_claim_raises_for_the_task_to_hand_back(settings: Settings,
+                                                                        tiny_model_dir: Path) -> None:
+    down = Runtime(settings.model_copy(update={"database_url": "postgresql+psycopg2://postgres@127.0.0.1:1/x",
+                                               "model_dir": tiny_model_dir}))
+    with pytest.raises(Exception) as caught:
+        run_generation("any-job", down)
+    assert is_unavailable(caught.value)
+    down.db.engine.dispose()
