@@ -90,7 +90,8 @@ def new_job(**columns: Any) -> Job:
     """A job row born ``queued`` (the caller adds it to a session and commits before publishing)."""
     check_transition(None, JobStatus.QUEUED)
     birth = JobTransition(attempt=0, from_status=None, to_status=JobStatus.QUEUED.value)
-    return Job(status=JobStatus.QUEUED.value, attempt=0, transitions=[birth], **columns)
+    # images=[]: a new job has none, and saying so spares the view a SELECT for them.
+    return Job(status=JobStatus.QUEUED.value, attempt=0, transitions=[birth], images=[], **columns)
 
 
 def mark_published(session: Session, job_id: str) -> bool:

@@ -65,10 +65,12 @@ def api(settings: Settings, bind: str | None) -> None:
 def worker(settings: Settings, queues: str, concurrency: int, pool: str, hostname: str | None) -> None:
     """Run a Celery worker (generation by default; --queues illustrations.maintenance for a CPU worker).
 
-    SIGTERM starts Celery's soft shutdown: the running job has ILLUSTRATIONS_WORKER_SOFT_SHUTDOWN_S to finish,
-    then it is given back to the queue; the worker exits.
+    With the prefork pool, SIGTERM starts Celery's soft shutdown: the running job has
+    ILLUSTRATIONS_WORKER_SOFT_SHUTDOWN_S to finish, then it is given back to the queue; the worker exits. Thread and
+    solo pools (maintenance) keep Celery's warm shutdown: their tasks take milliseconds.
     """
-    _remap_sigterm()
+    if pool == "prefork":  # the cancel at the end of a soft shutdown signals pool children (short tasks: warm)
+        _remap_sigterm()
     _prepare(settings)
     from worker.celery_app import app
 
