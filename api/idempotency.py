@@ -59,12 +59,14 @@ def _body() -> Any:
         return data.hex()
 
 
-def record(session: Session, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-    """Record this request's answer in the caller's transaction (no-op without an Idempotency-Key)."""
+def record(session: Session, status: int, body: Any, headers: dict[str, str] | None = None, *,
+           user_id: str | None = None) -> None:
+    """Record this request's answer in the caller's transaction (no-op without an Idempotency-Key); ``user_id``
+    names the user whose data the body shows, so user deletion can remove the record."""
     pending: _Pending | None = g.get("idempotency")
     if pending is None:
         return
-    idempotency.complete(session, pending.held, status, headers or {}, current_app.json.dumps(body))
+    idempotency.complete(session, pending.held, status, headers or {}, current_app.json.dumps(body), user_id)
     pending.recorded = True
 
 

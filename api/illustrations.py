@@ -111,7 +111,7 @@ def create_illustration() -> tuple[Response, int, dict[str, str]]:
         session.flush()
         view = job_out(job, queue_position=None).model_dump(mode="json")
         headers = {"Location": job_path(job.id)}
-        record(session, 202, view, headers)  # the answer a retry with the same Idempotency-Key gets
+        record(session, 202, view, headers, user_id=body.user_id)  # what a retry with the same key gets
         # Over the client's cap, the job waits here and the relay publishes it when the client has room.
         publish = jobs.has_room(session, principal.client_id, queue, svc.settings.client_publish_cap)
     if publish:

@@ -128,14 +128,18 @@ def _take_over(session: Session, this: Any, fence: Any, client_id: str, key: str
     return Held(client_id, key, holder) if taken.rowcount == 1 else Busy()  # type: ignore[attr-defined]
 
 
-def complete(session: Session, held: Held, status: int, headers: dict[str, str], body: str) -> bool:
-    """Record the answer of the request holding the key (inside the transaction that created what it answers)."""
+def complete(session: Session, held: Held, status: int, headers: dict[str, str], body: str,
+             user_id: str | None = None) -> bool:
+    """Record the answer of the request holding the key (inside the transaction that created what it answers).
+
+    ``user_id``: whose data the answer shows (user deletion removes the record with the user's other data).
+    """
     result = session.execute(
         update(IdempotencyKey)
         .where(IdempotencyKey.client_id == held.client_id, IdempotencyKey.key == held.key,
                IdempotencyKey.holder == held.holder)
         .values(response_status=status, response_headers=headers, response_body=body, holder=None,
-                locked_until=None)
+                locked_until=None, user_id=user_id)
         .execution_options(synchronize_session=False)
     )
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
@@ -151,6 +155,14 @@ def release(session: Session, held: Held) -> None:
             IdempotencyKey.response_status.is_(None),
         )
     )
+
+
+def forget_user(session: Session, client_id: str, user_id: str) -> int:
+    """Remove the recorded answers about one user (for user deletion)."""
+    result = session.execute(
+        delete(IdempotencyKey).where(IdempotencyKey.client_id == client_id, IdempotencyKey.user_id == user_id)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 def purge(session: Session, ttl_s: float) -> int:

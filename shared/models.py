@@ -219,6 +219,8 @@ class IdempotencyKey(Base):
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     # SHA-256 of the method, route and canonical body: the same key with another request is a 422.
     request_hash: Mapped[str] = mapped_column(String(64))
+    # The user the recorded answer is about (its body may hold their prompt): user deletion removes these rows.
+    user_id: Mapped[str | None] = mapped_column(String(255), index=True)
     # Who holds the key while the first request runs (a random token), and until when.
     holder: Mapped[str | None] = mapped_column(String(36))
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime())

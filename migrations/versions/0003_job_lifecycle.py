@@ -48,6 +48,7 @@ def upgrade() -> None:
         sa.Column("client_id", sa.String(length=36), nullable=False),
         sa.Column("key", sa.String(length=255), nullable=False),
         sa.Column("request_hash", sa.String(length=64), nullable=False),
+        sa.Column("user_id", sa.String(length=255), nullable=True),
         sa.Column("holder", sa.String(length=36), nullable=True),
         sa.Column("locked_until", UTCDateTime(), nullable=True),
         sa.Column("response_status", sa.Integer(), nullable=True),
@@ -61,6 +62,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("idempotency_keys", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_idempotency_keys_created_at"), ["created_at"], unique=False)
+        batch_op.create_index(batch_op.f("ix_idempotency_keys_user_id"), ["user_id"], unique=False)
 
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.add_column(sa.Column("not_before", UTCDateTime(), nullable=True))
@@ -75,6 +77,7 @@ def downgrade() -> None:
         batch_op.drop_column("not_before")
 
     with op.batch_alter_table("idempotency_keys", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_idempotency_keys_user_id"))
         batch_op.drop_index(batch_op.f("ix_idempotency_keys_created_at"))
     op.drop_table("idempotency_keys")
 

@@ -126,3 +126,13 @@ def test_keys_are_kept_for_their_retention_then_forgotten(client: FlaskClient, a
         assert session.execute(select(func.count()).select_from(IdempotencyKey)
                                .where(IdempotencyKey.key == "old-key")).scalar_one() == 0
         assert session.get(Job, first.json["id"]) is not None  # forgetting a key deletes nothing else
+
+
+def test_recorded_answers_can_be_forgotten_with_their_user(client: FlaskClient, auth: dict[str, str],
+                                                           db: Database) -> None:
+    first = post(client, auth, "u-1-key")
+    with db.begin() as session:
+        row = session.execute(select(IdempotencyKey).where(IdempotencyKey.key == "u-1-key")).scalar_one()
+        assert row.user_id == VALID["user_id"]
+        assert idempotency.forget_user(session, row.client_id, VALID["user_id"]) >= 1
+    assert post(client, auth, "u-1-key").json["id"] != first.json["id"]
