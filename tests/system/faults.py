@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,10 @@ def fast_env(tmp_path: Path, database_url: str, broker_url: str, model_dir: Path
     return clean_env(**values)
 
 
+MAINTENANCE = ("maintenance", "worker", "--queues", "illustrations.maintenance", "--pool", "threads", "--concurrency",
+               "2", "--hostname", "maintenance@fault")
+
+
 class Stack:
     """The API under gunicorn, workers and beat, started with the project's CLI."""
 
@@ -74,8 +78,7 @@ class Stack:
         for _ in range(workers):
             self.start_worker(concurrency=concurrency)
         if beat:
-            self.procs.start("maintenance", "worker", "--queues", "illustrations.maintenance", "--pool", "threads",
-                             "--concurrency", "2", "--hostname", "maintenance@fault")
+            self.maintenance = self.procs.start(*MAINTENANCE)
             self.procs.start("beat", "beat")
         if api:
             wait_for(http_ok(f"{self.base}/healthz"), 90, "the API")
@@ -87,6 +90,21 @@ class Stack:
         self.workers[name] = self.procs.start(f"worker-{self.started_workers}", "worker", "--hostname", name,
                                               "--concurrency", str(concurrency))
         return self.workers[name]
+
+    def supervise(self) -> list[str]:
+        """What a supervisor (Kubernetes, compose ``restart:``) does: start again a worker that exited by itself.
+        Returns the names restarted. (kombu 5.7 can crash a worker whose broker connection drops while it holds
+        unacked messages; see worker/tasks/maintenance.py.)"""
+        restarted = []
+        for name, worker in list(self.workers.items()):
+            if not worker.alive():
+                del self.workers[name]
+                self.start_worker()
+                restarted.append(name)
+        if getattr(self, "maintenance", None) is not None and not self.maintenance.alive():
+            self.maintenance = self.procs.start(*MAINTENANCE)
+            restarted.append("maintenance")
+        return restarted
 
     def submit(self, body: dict[str, Any] | None = None, **headers: str) -> requests.Response:
         return requests.post(f"{self.base}/v1/illustrations", json=body or TINY_JOB,
@@ -137,11 +155,14 @@ class Ledger:
                 {"id": job_id})
             return [(row.from_status, row.to_status, row.attempt, row.reason) for row in rows]
 
-    def wait_terminal(self, job_ids: Iterable[str], timeout_s: float) -> dict[str, str]:
+    def wait_terminal(self, job_ids: Iterable[str], timeout_s: float,
+                      supervise: Callable[[], object] | None = None) -> dict[str, str]:
         ids = list(job_ids)
         statuses: dict[str, str] = {}
 
         def done() -> bool:
+            if supervise is not None:
+                supervise()
             statuses.update(self.statuses(ids))
             return all(statuses.get(job_id) in TERMINAL for job_id in ids)
 

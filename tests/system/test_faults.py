@@ -76,6 +76,7 @@ def test_redis_stopped_during_a_burst_then_started_with_its_data_and_then_wiped(
     try:
         with processes(env, tmp_path, tmp_path / "logs") as procs:
             stack = Stack(procs, env, tmp_path).start(concurrency=2)
+            restarts: list[str] = []
             for wipe in (False, True):
                 before = ledger.count()
                 with ThreadPoolExecutor(1) as background:
@@ -89,9 +90,11 @@ def test_redis_stopped_during_a_burst_then_started_with_its_data_and_then_wiped(
                     responses = submits.result(timeout=300)
                 job_ids = accepted_ids(responses)  # 202 for every one, Redis down or not
                 assert len(set(job_ids)) == 200
-                statuses = ledger.wait_terminal(job_ids, 300)
+                restarts += stack.supervise()
+                statuses = ledger.wait_terminal(job_ids, 300, supervise=stack.supervise)
                 assert set(statuses.values()) == {"succeeded"}, collections.Counter(statuses.values())
                 ledger.assert_exactly_once(job_ids)
+            print("processes restarted after the outages:", restarts or "none")
     finally:
         ledger.close()
         redis_server.stop()
