@@ -137,7 +137,7 @@ class Publisher:
                 client.set(BROKER_EPOCH_KEY, run_id)
                 return True
         except Exception as exc:  # any broker fault: the next round looks again
-            log.warning("broker epoch check failed (%s)", type(exc).__name__)
+            log.warning("broker epoch check failed (%s); the next round looks again", type(exc).__name__)
             return None
 
     def broker_ok(self) -> bool:
