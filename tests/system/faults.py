@@ -140,12 +140,12 @@ class Ledger:
         with self.engine.connect() as connection:
             return int(connection.execute(sa.text("SELECT count(*) FROM jobs")).scalar_one())
 
-    def running(self) -> list[tuple[str, str, int]]:
-        """Running jobs that made progress: (id, worker, progress_step)."""
+    def running(self) -> list[tuple[str, str, int, int]]:
+        """Running jobs that made progress: (id, worker, progress_step, attempt)."""
         with self.engine.connect() as connection:
             rows = connection.execute(sa.text(
-                "SELECT id, worker, progress_step FROM jobs WHERE status = 'running' AND progress_step > 0"))
-            return [(row.id, row.worker, row.progress_step) for row in rows]
+                "SELECT id, worker, progress_step, attempt FROM jobs WHERE status = 'running' AND progress_step > 0"))
+            return [(row.id, row.worker, row.progress_step, row.attempt) for row in rows]
 
     def transitions(self, job_id: str) -> list[tuple[str | None, str, int, str | None]]:
         """(from, to, attempt, reason), oldest first."""

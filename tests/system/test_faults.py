@@ -38,31 +38,37 @@ def test_kill_9_mid_job_ten_times_alternating_pool_child_and_main_process(
         # Two workers: while a killed one is restarted (as a supervisor would), the other keeps taking jobs.
         stack = Stack(procs, env, tmp_path).start(workers=2)
         job_ids = accepted_ids(stack.submit(long_job) for _ in range(12))
-        killed: list[str] = []
-        found: list[tuple[str, str, int]] = []
+        kills: collections.Counter[str] = collections.Counter()
+        dead: set[tuple[str, int]] = set()  # (job, attempt) already killed: its row says running until the sweep
+        found: list[tuple[str, str, int, int]] = []
 
-        def a_fresh_job_runs() -> bool:
+        def a_live_attempt_runs() -> bool:
             # Early in its run, so the kill lands mid-job and not after it finished.
-            found[:] = [row for row in ledger.running() if row[0] not in killed and row[2] <= 12]
+            found[:] = [row for row in ledger.running() if (row[0], row[3]) not in dead and row[2] <= 12]
             return bool(found)
 
-        for round_ in range(10):
-            wait_for(a_fresh_job_runs, 120, f"a running job to kill (round {round_})", interval_s=0.05)
-            job_id, worker_name, _ = found[0]
+        while sum(kills.values()) < 10:
+            wait_for(a_live_attempt_runs, 120, f"a running job to kill (kill {sum(kills.values()) + 1})",
+                     interval_s=0.05)
+            job_id, worker_name, _, attempt = found[0]
             node, _, child_pid = worker_name.rpartition(":")
-            if round_ % 2 == 0:  # the pool child: Celery's main process sees it die and starts another
-                os.kill(int(child_pid), signal.SIGKILL)
-            else:  # the main process: its child dies with it (PR_SET_PDEATHSIG); a new worker replaces it
-                worker = stack.workers.pop(node)
-                os.kill(worker.process.pid, signal.SIGKILL)
-                worker.process.wait(30)
-                stack.start_worker()
-            killed.append(job_id)
+            dead.add((job_id, attempt))
+            try:
+                if sum(kills.values()) % 2 == 0:  # the pool child: Celery's main process starts another
+                    os.kill(int(child_pid), signal.SIGKILL)
+                else:  # the main process: its child dies with it (PR_SET_PDEATHSIG); a new worker replaces it
+                    worker = stack.workers.pop(node)
+                    os.kill(worker.process.pid, signal.SIGKILL)
+                    worker.process.wait(30)
+                    stack.start_worker()
+            except (ProcessLookupError, KeyError):
+                continue  # that attempt ended just now: pick another one
+            kills[job_id] += 1
         statuses = ledger.wait_terminal(job_ids, 240)
         assert set(statuses.values()) == {"succeeded"}, statuses
         attempts = ledger.assert_exactly_once(job_ids)
-        for job_id in killed:
-            assert attempts[job_id] >= 2, (job_id, attempts[job_id])  # it was killed, then ran again
+        for job_id, times in kills.items():
+            assert attempts[job_id] >= times + 1, (job_id, attempts[job_id])  # killed, then ran again
     ledger.close()
 
 
