@@ -158,11 +158,11 @@ def test_postgresql_stopped_for_ten_seconds_under_load(system_redis_url: str, ti
 def test_sigterm_mid_job_gives_the_job_back_or_lets_it_finish(
     fresh_pg_url: str, system_redis_url: str, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    grace_s = 2
+    grace_s = 1
     env = fast_env(tmp_path, fresh_pg_url, system_redis_url, tiny_model_dir, WORKER_SOFT_SHUTDOWN_S=str(grace_s))
     ledger = Ledger(fresh_pg_url, tmp_path / "storage")
     long_job = {"user_id": "u-term", "prompt": "the whole family at the table",
-                "params": {"width": 64, "height": 64, "steps": 100}}
+                "params": {"width": 128, "height": 128, "steps": 100}}  # several times the grace period
     short_job = {**long_job, "params": {"width": 64, "height": 64, "steps": 8}}
     with processes(env, tmp_path, tmp_path / "logs") as procs:
         stack = Stack(procs, env, tmp_path).start()
