@@ -13,7 +13,8 @@ from api import submit
 from api.auth import current_principal, require
 from api.body import json_body
 from api.errors import not_found, validation_error
-from api.openapi import Returns, operation
+from api.idempotency import idempotent, record
+from api.openapi import IDEMPOTENCY_KEY, Returns, operation
 from api.services import services
 from api.views import job_out
 from shared import jobs
@@ -30,9 +31,10 @@ def batch_path(batch_id: str) -> str:
 
 @bp.post("")
 @require("generate")
-@operation("Submit a batch of illustration jobs", tags=["batches"], body=BatchRequest,
+@operation("Submit a batch of illustration jobs", tags=["batches"], body=BatchRequest, headers=[IDEMPOTENCY_KEY],
            responses={202: Returns("Accepted: every job, queued.", BatchCreated, headers=("Location",))},
            errors=(409,))
+@idempotent
 def create_batch() -> tuple[Response, int, dict[str, str]]:
     body = json_body(BatchRequest)
     if body.webhook_url is not None:
@@ -46,12 +48,17 @@ def create_batch() -> tuple[Response, int, dict[str, str]]:
         session.flush()
         rows = submit.accept(session, svc, principal, body.requests, batch_id=batch.id, priorities=priorities,
                              prefixes=[f"requests.{i}." for i in range(len(body.requests))])
-        queued = [(job.id, job.queue) for job in rows]
         batch_id = batch.id
+        created = BatchCreated(id=batch_id, job_ids=[job.id for job in rows], links={"self": batch_path(batch_id)})
+        headers = {"Location": batch_path(batch_id)}
+        users = {job.user_id for job in rows}
+        # What a retry with the same Idempotency-Key gets (committed with the jobs). One user: deleting them removes
+        # the record; a batch for several users names none (the record holds only ids).
+        record(session, 202, created.model_dump(mode="json"), headers,
+               user_id=next(iter(users)) if len(users) == 1 else None)
+        queued = submit.publishable(session, svc, rows)
     submit.publish(svc, queued)
-    created = BatchCreated(id=batch_id, job_ids=[job_id for job_id, _ in queued],
-                           links={"self": batch_path(batch_id)})
-    return jsonify(created.model_dump(mode="json")), 202, {"Location": batch_path(batch_id)}
+    return jsonify(created.model_dump(mode="json")), 202, headers
 
 
 @bp.get("/<batch_id>")

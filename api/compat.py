@@ -20,8 +20,9 @@ from api import submit
 from api.auth import current_principal, require
 from api.body import json_body
 from api.errors import ApiError, fields_of, validation_error
+from api.idempotency import idempotent, record
 from api.illustrations import owned_job, wait_for
-from api.openapi import PREFER, Returns, operation
+from api.openapi import IDEMPOTENCY_KEY, PREFER, Returns, operation
 from api.services import Services, services
 from api.views import base_url, job_path
 from api.waiting import prefer_wait
@@ -93,22 +94,30 @@ def _read(svc: Services, job_id: str) -> tuple[Response, int, dict[str, str]]:
 @bp.post("/generate")
 @require("generate")
 @operation(
-    "AutoBio's generate call (waits for the image)", tags=["autobio"], body=GenerateRequest, headers=[PREFER],
+    "AutoBio's generate call (waits for the image)", tags=["autobio"], body=GenerateRequest,
+    headers=[PREFER, IDEMPOTENCY_KEY],
     responses={200: Returns("The image is ready.", GenerateResult, headers=("Location",)),
                202: Returns("Not ready within the wait: poll statusUrl.", GeneratePending, headers=("Location",))},
     errors=(409, 422, 503),
 )
+@idempotent
 def generate() -> tuple[Response, int, dict[str, str]]:
     body = _translate(json_body(GenerateRequest))
     svc = services()
     try:
         with svc.db.begin() as session:
             (job,) = submit.accept(session, svc, current_principal(), [body])
-            job_id, queue = job.id, job.queue
+            job_id = job.id
+            # A retry with the same Idempotency-Key gets the generation as accepted (committed with the job) and
+            # follows statusUrl from there: never a second job.
+            pending = GeneratePending(generation_id=job.id, status=job.status, status_url=status_path(job.id))
+            record(session, 202, pending.model_dump(mode="json", by_alias=True),
+                   {"Location": status_path(job.id)}, user_id=body.user_id)
+            queued = submit.publishable(session, svc, [job])
     except ApiError as exc:
         exc.errors = [type(error)(field=v1_field(error.field), message=error.message) for error in exc.errors]
         raise
-    submit.publish(svc, [(job_id, queue)])
+    submit.publish(svc, queued)
     wait_for(svc, job_id, _wait_s(svc))
     return _read(svc, job_id)
 

@@ -11,7 +11,8 @@ from api import submit
 from api.auth import current_principal, require
 from api.body import json_body, query_args
 from api.errors import ApiError, not_found
-from api.openapi import PREFER, Returns, operation
+from api.idempotency import idempotent, record
+from api.openapi import IDEMPOTENCY_KEY, PREFER, Returns, operation
 from api.pagination import after_cursor, make_cursor
 from api.services import Services, services
 from api.views import job_out, job_path
@@ -59,12 +60,14 @@ def read_job(svc: Services, job_id: str) -> JobOut:
 @bp.post("")
 @require("generate")
 @operation(
-    "Submit an illustration job", tags=["illustrations"], body=IllustrationRequest, headers=[PREFER],
+    "Submit an illustration job", tags=["illustrations"], body=IllustrationRequest,
+    headers=[PREFER, IDEMPOTENCY_KEY],
     responses={202: Returns("Accepted: the job, queued.", JobOut, headers=("Location",)),
                200: Returns("With `Prefer: wait`: the job finished within the wait.", JobOut,
                             headers=("Location", "Preference-Applied"))},
     errors=(409,),
 )
+@idempotent
 def create_illustration() -> tuple[Response, int, dict[str, str]]:
     body = json_body(IllustrationRequest)
     svc = services()
@@ -72,8 +75,11 @@ def create_illustration() -> tuple[Response, int, dict[str, str]]:
     with svc.db.begin() as session:
         (job,) = submit.accept(session, svc, current_principal(), [body])
         view = job_out(job)
-    submit.publish(svc, [(job.id, job.queue)])
-    headers = {"Location": job_path(job.id)}
+        headers = {"Location": job_path(job.id)}
+        # What a retry with the same Idempotency-Key gets: the job as accepted (committed with the job).
+        record(session, 202, view.model_dump(mode="json"), headers, user_id=body.user_id)
+        publishable = submit.publishable(session, svc, [job])
+    submit.publish(svc, publishable)
     if wait is None:
         return jsonify(view.model_dump(mode="json")), 202, headers
     headers["Preference-Applied"] = f"wait={wait:g}"

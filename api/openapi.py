@@ -39,7 +39,8 @@ ERROR_DESCRIPTIONS: Final[dict[int, str]] = {
     401: "No API key, or a key that is unknown, revoked or expired.",
     403: "The key lacks the scope this route needs.",
     404: "Unknown, or not this client's (or not this user's when `user_id` is given).",
-    409: "Conflict: the user's data is being deleted, or the name exists (`if_exists=error`).",
+    409: "Conflict: the user's data is being deleted, the name exists (`if_exists=error`), or a request with this "
+         "`Idempotency-Key` is still being processed.",
     413: "The body is larger than the request limit.",
     415: "Wrong content type.",
     422: "Validation failed; `errors` names each bad field.",
@@ -72,6 +73,14 @@ RESPONSE_HEADERS: Final[dict[str, dict[str, Any]]] = {
                     "schema": {"type": "string", "pattern": "^[0-9]+$"}},
     "Preference-Applied": {"description": "The `wait` preference honoured.", "schema": {"type": "string"}},
 }
+
+IDEMPOTENCY_KEY: Final = Header(
+    "Idempotency-Key",
+    "At most 255 printable ASCII characters, per client, kept at least 24 h: the same key with the same body answers "
+    "the first request's status and job again (`Idempotent-Replayed: true`); with another body 422; while the first "
+    "request is still being processed 409.",
+    {"type": "string", "minLength": 1, "maxLength": 255},
+)
 
 PREFER: Final = Header(
     "Prefer",

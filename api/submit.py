@@ -7,6 +7,7 @@ quota (429), write the rows. After the commit, ``publish`` sends only the ids (o
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Sequence
 from typing import Any
@@ -24,6 +25,8 @@ from shared.prompts import build_prompt
 from shared.schemas import IllustrationRequest, ImageRef, SubjectRef
 from shared.states import JobStatus
 from shared.subjects import latest_version, reference
+
+log = logging.getLogger(__name__)
 
 
 def _stored(session: Session, client_id: str, user_id: str, *, subject_id: str | None = None,
@@ -159,10 +162,30 @@ def accept(session: Session, svc: Services, principal: Principal, bodies: Sequen
     return rows
 
 
+def publishable(session: Session, svc: Services, rows: Sequence[Job]) -> list[tuple[str, str]]:
+    """Which new jobs to publish at once: over the client's publish cap (per queue) they wait in PostgreSQL and the
+    relay publishes them as the client gets room (``ILLUSTRATIONS_CLIENT_PUBLISH_CAP``)."""
+    cap = svc.settings.client_publish_cap
+    chosen: list[tuple[str, str]] = []
+    room: dict[str, bool] = {}
+    for row in rows:
+        if row.queue not in room:
+            room[row.queue] = jobs.has_room(session, row.client_id, row.queue, cap)
+        if room[row.queue]:
+            chosen.append((row.id, row.queue))
+    return chosen
+
+
 def publish(svc: Services, queued: Sequence[tuple[str, str]]) -> None:
-    """After the commit: publish each (job id, queue); what fails waits for the relay."""
+    """After the commit (outbox): publish each (job id, queue) and mark it; a failed publish, or a database lost
+    between publish and mark, leaves the job to the relay (a twin message is dropped at the claim)."""
     published = [job_id for job_id, queue in queued if svc.publisher.publish(job_id, queue)]
-    if published:
+    if not published:
+        return
+    try:
         with svc.db.begin() as session:
             for job_id in published:
                 jobs.mark_published(session, job_id)
+    except Exception as exc:
+        log.warning("%d job(s) published but not marked (%s); the relay will publish them again", len(published),
+                    type(exc).__name__)

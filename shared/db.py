@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import TIMESTAMP, Engine, create_engine, event
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -138,6 +139,14 @@ class Database:
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether an error says the database cannot be reached now (down, restarting, connection lost): a fault
+    to wait out and retry, unlike a bad statement."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
 @functools.cache

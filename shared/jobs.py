@@ -21,8 +21,9 @@ from sqlalchemy.orm import Session
 from shared import notify
 from shared.db import utcnow
 from shared.errors import CancelReason, ErrorCode
-from shared.models import Job, JobImage
+from shared.models import Job, JobImage, JobTransition
 from shared.states import JobStatus, check_transition
+from shared.tasks import QUEUE_BATCH, QUEUE_INTERACTIVE
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,12 @@ class ClaimRefused(StrEnum):
     DEADLINE = "deadline"  # cancel_after passed before it started: now canceled
 
 
+def _log(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Record transitions in the audit trail (same transaction as the UPDATE that made them)."""
+    if rows:
+        session.execute(insert(JobTransition), list(rows))
+
+
 def _move(
     session: Session,
     job_id: str,
@@ -61,6 +68,7 @@ def _move(
     target: JobStatus,
     *,
     attempt: int | None = None,
+    reason: str | None = None,
     where: Sequence[ColumnElement[bool]] = (),
     **values: Any,
 ) -> bool:
@@ -68,20 +76,26 @@ def _move(
     stmt = update(Job).where(Job.id == job_id, Job.status == source.value, *where)
     if attempt is not None:
         stmt = stmt.where(Job.attempt == attempt)
-    result = session.execute(
-        stmt.values(status=target.value, **values).execution_options(synchronize_session=False)
-    )
-    moved = bool(result.rowcount == 1)  # type: ignore[attr-defined]
-    if moved and target.is_terminal():
+    moved = session.execute(
+        stmt.values(status=target.value, **values).returning(Job.attempt, Job.worker)
+        .execution_options(synchronize_session=False)
+    ).one_or_none()
+    if moved is None:
+        return False
+    _log(session, [{"job_id": job_id, "attempt": moved.attempt, "from_status": source.value,
+                    "to_status": target.value, "reason": reason, "worker": moved.worker}])
+    if target.is_terminal():
         notify.job_finished(session, job_id)  # wakes requests waiting with Prefer: wait (on commit)
-    return moved
+    return True
 
 
 # --- (new) -> queued ------------------------------------------------------------------------------------------------
 def new_job(**columns: Any) -> Job:
     """A job row born ``queued`` (the caller adds it to a session and commits before publishing)."""
     check_transition(None, JobStatus.QUEUED)
-    return Job(status=JobStatus.QUEUED.value, attempt=0, **columns)
+    birth = JobTransition(attempt=0, from_status=None, to_status=JobStatus.QUEUED.value)
+    # images=[]: a new job has none, and saying so spares the view a SELECT for them.
+    return Job(status=JobStatus.QUEUED.value, attempt=0, transitions=[birth], images=[], **columns)
 
 
 def mark_published(session: Session, job_id: str) -> bool:
@@ -95,16 +109,45 @@ def mark_published(session: Session, job_id: str) -> bool:
     return bool(session.execute(stmt).rowcount == 1)  # type: ignore[attr-defined]
 
 
-def unpublished(session: Session, older_than_s: float, limit: int = 500) -> list[tuple[str, str]]:
-    """Queued jobs whose publish is missing (created over ``older_than_s`` ago): ``(id, queue)`` oldest first."""
+def unpublished(session: Session, older_than_s: float, limit: int = 500, cap: int = 0) -> list[tuple[str, str]]:
+    """Queued jobs to publish now: ``(id, queue)``, fairly interleaved between clients.
+
+    A job is due when it has no publish on record, was created over ``older_than_s`` ago (the API's own publish
+    may still be on its way) and its retry backoff (``not_before``) has passed. With ``cap`` > 0 a client has at
+    most ``cap`` published jobs waiting in each queue; the rest stay here until it has room. Jobs come out round
+    robin between clients (each client's oldest, then each one's second oldest, ...), so one client's backlog does
+    not push everybody else's work behind it.
+    """
+    due = and_(
+        Job.status == JobStatus.QUEUED.value,
+        Job.published_at.is_(None),
+        Job.created_at < utcnow(-older_than_s),
+        or_(Job.not_before.is_(None), Job.not_before <= utcnow()),
+    )
+    rank = func.row_number().over(partition_by=(Job.client_id, Job.queue), order_by=(Job.created_at, Job.id))
+    candidates = select(Job.id, Job.queue, Job.client_id, Job.created_at, rank.label("rank")).where(due).subquery()
+    query = select(candidates.c.id, candidates.c.queue)
+    if cap > 0:
+        waiting = (
+            select(Job.client_id, Job.queue, func.count().label("waiting"))
+            .where(Job.status == JobStatus.QUEUED.value, Job.published_at.is_not(None))
+            .group_by(Job.client_id, Job.queue)
+            .subquery()
+        )
+        query = query.outerjoin(
+            waiting, and_(waiting.c.client_id == candidates.c.client_id, waiting.c.queue == candidates.c.queue)
+        ).where(candidates.c.rank + func.coalesce(waiting.c.waiting, 0) <= cap)
+    rows = session.execute(query.order_by(candidates.c.rank, candidates.c.created_at).limit(limit))
+    return [(row.id, row.queue) for row in rows]
+
+
+def stale(session: Session, published_before_s: float, limit: int = 500) -> list[tuple[str, str]]:
+    """Queued jobs published over ``published_before_s`` ago: their message may be gone (fetched by a worker that
+    died before it claimed the job). Publishing again is safe: a twin message is dropped at the claim."""
     rows = session.execute(
         select(Job.id, Job.queue)
-        .where(
-            Job.status == JobStatus.QUEUED.value,
-            Job.published_at.is_(None),
-            Job.created_at < utcnow(-older_than_s),
-        )
-        .order_by(Job.created_at)
+        .where(Job.status == JobStatus.QUEUED.value, Job.published_at < utcnow(-published_before_s))
+        .order_by(Job.published_at)
         .limit(limit)
     )
     return [(row.id, row.queue) for row in rows]
@@ -126,7 +169,44 @@ def prepared(session: Session, job_id: str, prepare_queue: str, gpu_queue: str, 
 def preparation_failed(session: Session, job_id: str, prepare_queue: str, code: ErrorCode, message: str) -> bool:
     """A reference URL could not be used: the job fails before it reaches a GPU."""
     return _move(session, job_id, JobStatus.QUEUED, JobStatus.FAILED, where=[Job.queue == prepare_queue],
-                 finished_at=utcnow(), error_code=code.value, error_message=message)
+                 reason=code.value, finished_at=utcnow(), error_code=code.value, error_message=message)
+
+
+def has_room(session: Session, client_id: str, queue: str, cap: int) -> bool:
+    """Whether a client may have one more published job waiting in ``queue`` (``cap`` 0: always)."""
+    if cap <= 0:
+        return True
+    waiting = session.execute(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.client_id == client_id, Job.queue == queue, Job.status == JobStatus.QUEUED.value,
+               Job.published_at.is_not(None))
+    ).scalar_one()
+    return int(waiting) < cap
+
+
+def mark_all_published(session: Session, job_ids: Sequence[str]) -> int:
+    """The outbox mark for a batch the relay has just published."""
+    if not job_ids:
+        return 0
+    stmt = (
+        update(Job)
+        .where(Job.id.in_(job_ids), Job.status == JobStatus.QUEUED.value)
+        .values(published_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return int(session.execute(stmt).rowcount)  # type: ignore[attr-defined]
+
+
+def forget_publishes(session: Session) -> int:
+    """The broker lost its data: every queued job counts as unpublished again, so the relay publishes it."""
+    stmt = (
+        update(Job)
+        .where(Job.status == JobStatus.QUEUED.value, Job.published_at.is_not(None))
+        .values(published_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    return int(session.execute(stmt).rowcount)  # type: ignore[attr-defined]
 
 
 # --- queued -> running ----------------------------------------------------------------------------------------------
@@ -156,6 +236,8 @@ def started(session: Session, job_id: str, worker: str, lease_s: float,
     )
     row = session.execute(stmt).one_or_none()
     if row is not None:
+        _log(session, [{"job_id": job_id, "attempt": row[0], "from_status": JobStatus.QUEUED.value,
+                        "to_status": JobStatus.RUNNING.value, "reason": None, "worker": worker}])
         return Claim(job_id, row[0], row if read else None)
     status = session.execute(select(Job.status).where(Job.id == job_id)).scalar_one_or_none()
     if status is None:
@@ -204,7 +286,8 @@ def succeeded(
         values["prompt_used"] = prompt_used
     if warnings is not None:
         values["warnings"] = warnings
-    if not _move(session, claim.job_id, JobStatus.RUNNING, JobStatus.SUCCEEDED, attempt=claim.attempt, **values):
+    if not _move(session, claim.job_id, JobStatus.RUNNING, JobStatus.SUCCEEDED, attempt=claim.attempt,
+                 **values):
         return False
     if images:  # a Core INSERT: the ORM's unit of work costs a few ms on a busy CPU, per job
         session.execute(insert(JobImage), [{"job_id": claim.job_id, **asdict(image)} for image in images])
@@ -226,7 +309,8 @@ def failed(
         values["timings"] = timings
     if model is not None:
         values["model"] = model
-    return _move(session, claim.job_id, JobStatus.RUNNING, JobStatus.FAILED, attempt=claim.attempt, **values)
+    return _move(session, claim.job_id, JobStatus.RUNNING, JobStatus.FAILED, attempt=claim.attempt,
+                 reason=code.value, **values)
 
 
 def failed_on_worker(session: Session, job_id: str, worker_prefix: str, code: ErrorCode, message: str) -> bool:
@@ -254,8 +338,9 @@ def canceled(session: Session, job_id: str, reason: CancelReason, claim: Claim |
         "error_message": _CANCEL_MESSAGES[reason],
     }
     if claim is None:
-        return _move(session, job_id, JobStatus.QUEUED, JobStatus.CANCELED, **values)
-    return _move(session, job_id, JobStatus.RUNNING, JobStatus.CANCELED, attempt=claim.attempt, **values)
+        return _move(session, job_id, JobStatus.QUEUED, JobStatus.CANCELED, reason=reason.value, **values)
+    return _move(session, job_id, JobStatus.RUNNING, JobStatus.CANCELED, attempt=claim.attempt, reason=reason.value,
+                 **values)
 
 
 _CANCEL_MESSAGES = {
@@ -277,18 +362,20 @@ def request_cancel(session: Session, job_id: str) -> bool:
 
 
 # --- running -> queued ----------------------------------------------------------------------------------------------
-def requeued(session: Session, claim: Claim) -> bool:
-    """Give the job back (worker stopping, transient fault); the outbox relay publishes it again."""
+def requeued(session: Session, claim: Claim, reason: str, delay_s: float = 0.0) -> bool:
+    """Give the job back (worker stopping, transient fault); the relay publishes it again after ``delay_s``."""
     return _move(
         session,
         claim.job_id,
         JobStatus.RUNNING,
         JobStatus.QUEUED,
         attempt=claim.attempt,
+        reason=reason,
         lease_until=None,
         worker=None,
         published_at=None,
         progress_step=None,
+        not_before=utcnow(delay_s) if delay_s > 0 else None,
     )
 
 
@@ -297,14 +384,15 @@ def expire_leases(session: Session, max_attempts: int) -> tuple[list[str], list[
     check_transition(JobStatus.RUNNING, JobStatus.QUEUED)
     check_transition(JobStatus.RUNNING, JobStatus.FAILED)
     expired = and_(Job.status == JobStatus.RUNNING.value, Job.lease_until < utcnow())
-    requeued_ids = session.execute(
+    requeued_rows = session.execute(
         update(Job)
         .where(expired, Job.attempt < max_attempts)
-        .values(status=JobStatus.QUEUED.value, lease_until=None, worker=None, published_at=None, progress_step=None)
-        .returning(Job.id)
+        .values(status=JobStatus.QUEUED.value, lease_until=None, worker=None, published_at=None, progress_step=None,
+                not_before=None)
+        .returning(Job.id, Job.attempt)
         .execution_options(synchronize_session=False)
-    ).scalars().all()
-    failed_ids = session.execute(
+    ).all()
+    failed_rows = session.execute(
         update(Job)
         .where(expired, Job.attempt >= max_attempts)
         .values(
@@ -314,21 +402,73 @@ def expire_leases(session: Session, max_attempts: int) -> tuple[list[str], list[
             error_code=ErrorCode.WORKER_LOST.value,
             error_message=f"the worker stopped responding {max_attempts} times",
         )
-        .returning(Job.id)
+        .returning(Job.id, Job.attempt, Job.worker)
         .execution_options(synchronize_session=False)
-    ).scalars().all()
-    notify.jobs_finished(session, list(failed_ids))
-    return list(requeued_ids), list(failed_ids)
+    ).all()
+    _log(session, [{"job_id": row.id, "attempt": row.attempt, "from_status": JobStatus.RUNNING.value,
+                    "to_status": JobStatus.QUEUED.value, "reason": "lease_expired", "worker": None}
+                   for row in requeued_rows])
+    _log(session, [{"job_id": row.id, "attempt": row.attempt, "from_status": JobStatus.RUNNING.value,
+                    "to_status": JobStatus.FAILED.value, "reason": ErrorCode.WORKER_LOST.value,
+                    "worker": row.worker} for row in failed_rows])
+    notify.jobs_finished(session, [row.id for row in failed_rows])
+    return [row.id for row in requeued_rows], [row.id for row in failed_rows]
+
+
+# --- queued -> canceled (deadline) ----------------------------------------------------------------------------------
+def expire_deadlines(session: Session, limit: int = 1000) -> list[str]:
+    """Queued jobs whose ``cancel_after`` passed before any worker started them end ``canceled``/``deadline``."""
+    check_transition(JobStatus.QUEUED, JobStatus.CANCELED)
+    due = (
+        select(Job.id)
+        .where(Job.status == JobStatus.QUEUED.value, Job.cancel_after.is_not(None), Job.cancel_after <= utcnow())
+        .limit(limit)
+        .scalar_subquery()
+    )
+    rows = session.execute(
+        update(Job)
+        .where(Job.id.in_(due), Job.status == JobStatus.QUEUED.value)
+        .values(
+            status=JobStatus.CANCELED.value,
+            finished_at=utcnow(),
+            lease_until=None,
+            error_code=CancelReason.DEADLINE.value,
+            error_message=_CANCEL_MESSAGES[CancelReason.DEADLINE],
+        )
+        .returning(Job.id, Job.attempt)
+        .execution_options(synchronize_session=False)
+    ).all()
+    _log(session, [{"job_id": row.id, "attempt": row.attempt, "from_status": JobStatus.QUEUED.value,
+                    "to_status": JobStatus.CANCELED.value, "reason": CancelReason.DEADLINE.value, "worker": None}
+                   for row in rows])
+    notify.jobs_finished(session, [row.id for row in rows])
+    return [row.id for row in rows]
 
 
 # --- reads ----------------------------------------------------------------------------------------------------------
 def queue_position(session: Session, job: Job) -> int | None:
-    """How many queued jobs of the same queue were accepted before this one (0 = next)."""
+    """How many queued jobs a worker takes before this one (0 = next); None unless queued.
+
+    Interactive work goes strictly first: an interactive job counts the interactive jobs accepted before it; a
+    batch job counts every queued interactive job and the batch jobs accepted before it. (Approximate under the
+    per-client cap, which may hold a client's jobs back.)
+    """
     if job.status != JobStatus.QUEUED.value:
         return None
+    ahead = and_(Job.queue == job.queue, Job.created_at < job.created_at)
+    if job.queue == QUEUE_BATCH:
+        ahead = or_(ahead, Job.queue == QUEUE_INTERACTIVE)
     count = session.execute(
-        select(func.count())
-        .select_from(Job)
-        .where(Job.status == JobStatus.QUEUED.value, Job.queue == job.queue, Job.created_at < job.created_at)
+        select(func.count()).select_from(Job).where(Job.status == JobStatus.QUEUED.value, ahead)
     ).scalar_one()
     return int(count)
+
+
+def transitions(session: Session, job_id: str) -> list[tuple[str | None, str, int, str | None]]:
+    """The job's audit trail, oldest first: ``(from, to, attempt, reason)``."""
+    rows = session.execute(
+        select(JobTransition.from_status, JobTransition.to_status, JobTransition.attempt, JobTransition.reason)
+        .where(JobTransition.job_id == job_id)
+        .order_by(JobTransition.id)
+    )
+    return [(row.from_status, row.to_status, row.attempt, row.reason) for row in rows]

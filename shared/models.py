@@ -129,6 +129,8 @@ class Job(Base):
         Index("ix_jobs_status_queue_created", "status", "queue", "created_at"),
         Index("ix_jobs_status_lease", "status", "lease_until"),
         Index("ix_jobs_client_user_created", "client_id", "user_id", "created_at"),
+        # The per-client cap of the relay and the API counts a client's published queued jobs per queue.
+        Index("ix_jobs_client_queue_status_published", "client_id", "queue", "status", "published_at"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -153,6 +155,8 @@ class Job(Base):
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=utcnow())
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Earliest time the relay publishes the job again (backoff after a transient fault); None = now.
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime())
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -167,6 +171,10 @@ class Job(Base):
 
     images: Mapped[list[JobImage]] = relationship(
         back_populates="job", order_by="JobImage.index", cascade="all, delete-orphan", lazy="selectin"
+    )
+    # Written with the row, never loaded with it (``shared.jobs`` adds the later transitions by statement).
+    transitions: Mapped[list[JobTransition]] = relationship(
+        back_populates="job", cascade="all, delete-orphan", passive_deletes=True, lazy="raise"
     )
 
 
@@ -319,3 +327,43 @@ class GenerationMetric(Base):
     device: Mapped[str | None] = mapped_column(String(120))
     model_load_s: Mapped[float | None] = mapped_column(Float)  # the worker's one-time pipeline load
     peak_gpu_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)  # null on CPU
+class JobTransition(Base):
+    """The audit trail of a job: one row per state change, written in the transaction that made it.
+
+    It is how "exactly one terminal transition per job" is checked, and what ops read to see why a job ran twice.
+    """
+
+    __tablename__ = "job_transitions"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    from_status: Mapped[str | None] = mapped_column(String(16))
+    to_status: Mapped[str] = mapped_column(String(16))
+    # An error or cancel code, or why a job went back to the queue (lease_expired, shutdown, a fault's code).
+    reason: Mapped[str | None] = mapped_column(String(32))
+    worker: Mapped[str | None] = mapped_column(String(255))
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=utcnow())
+
+    job: Mapped[Job] = relationship(back_populates="transitions")
+
+
+class IdempotencyKey(Base):
+    """A client's ``Idempotency-Key``: held while its first request runs, then the response it got, kept >= 24 h."""
+
+    __tablename__ = "idempotency_keys"
+
+    client_id: Mapped[str] = mapped_column(ForeignKey("clients.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    # SHA-256 of the method, route and canonical body: the same key with another request is a 422.
+    request_hash: Mapped[str] = mapped_column(String(64))
+    # The user the recorded answer is about (its body may hold their prompt): user deletion removes these rows.
+    user_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    # Who holds the key while the first request runs (a random token), and until when.
+    holder: Mapped[str | None] = mapped_column(String(36))
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    response_status: Mapped[int | None] = mapped_column(Integer)
+    response_headers: Mapped[dict[str, str] | None] = mapped_column(JsonType)
+    response_body: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=utcnow(), index=True)

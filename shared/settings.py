@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     heartbeat_s: float = Field(15.0, gt=0, description="How often a running job renews its lease.")
     relay_interval_s: float = Field(5.0, gt=0, description="How often beat runs the outbox relay and lease sweep.")
     relay_delay_s: float = Field(10.0, ge=0, description="Age after which an unpublished job is re-published.")
+    republish_after_s: float = Field(
+        1800.0, gt=0, description="A job published this long ago and still queued is published again (its message "
+        "may have died with a worker that had fetched it); a twin message is dropped at the claim."
+    )
     max_attempts: int = Field(3, ge=1, description="Attempts before a job fails with worker_lost.")
     task_soft_time_limit_s: int = Field(600, ge=1, description="Soft time limit of one generation.")
     task_time_limit_s: int = Field(660, ge=1, description="Hard time limit of one generation (kills the child).")
@@ -98,6 +102,30 @@ class Settings(BaseSettings):
     )
     progress_interval_s: float = Field(0.5, ge=0, description="Minimum time between progress writes.")
     worker_prefetch_multiplier: int = Field(1, ge=1)
+    worker_soft_shutdown_s: float = Field(
+        20.0, ge=0, description="Grace period after SIGTERM: a running job may finish, then it is given back "
+        "(Celery soft shutdown; keep it below the orchestrator's kill timeout minus a few seconds; 0 = off)."
+    )
+    retry_backoff_s: float = Field(5.0, ge=0, description="First wait before a job given back after a transient "
+                                   "fault runs again; doubled per attempt, with jitter.")
+    retry_backoff_max_s: float = Field(300.0, ge=0, description="Longest wait between two attempts of a job.")
+    db_retry_s: float = Field(2.0, gt=0, description="First wait of a worker that finds the database down "
+                              "before it retries (doubled per try, with jitter).")
+    db_retry_max_s: float = Field(30.0, gt=0, description="Longest wait of a worker between two database tries.")
+    client_publish_cap: int = Field(
+        100, ge=0, description="Most jobs of one client waiting in one broker queue; the rest wait in the "
+        "database and the relay publishes them as room frees (fairness between clients; 0 = no cap)."
+    )
+    idempotency_ttl_s: float = Field(
+        90_000.0, gt=0, description="How long an Idempotency-Key is remembered (the contract promises >= 24 h)."
+    )
+    idempotency_lock_s: float = Field(
+        120.0, gt=0, description="How long a request holds its Idempotency-Key while in flight; a request that "
+        "died holding it frees it after this (keep it above the API timeout)."
+    )
+    maintenance_interval_s: float = Field(
+        300.0, gt=0, description="How often beat runs slow upkeep (forgetting expired idempotency keys)."
+    )
 
     # --- The v1 contract: waiting, quotas, rate limits, fetching, deletion, prompts --------------------------------
     prefer_wait_max_s: float = Field(
@@ -118,7 +146,7 @@ class Settings(BaseSettings):
     )
     quota_retry_after_s: int = Field(30, ge=1, description="Retry-After of a 429 for a full queue quota.")
     rate_limit: str = Field(
-        "600/minute", description="Requests per API key (flask-limiter syntax, e.g. '10/second;600/minute'); "
+        "300/second", description="Requests per API key (flask-limiter syntax, e.g. '10/second;600/minute'); "
         "empty = no limit."
     )
     rate_limit_storage_url: str | None = Field(
@@ -164,6 +192,9 @@ class Settings(BaseSettings):
             )
         if self.task_time_limit_s <= self.task_soft_time_limit_s:
             raise ValueError("ILLUSTRATIONS_TASK_TIME_LIMIT_S must be above ILLUSTRATIONS_TASK_SOFT_TIME_LIMIT_S")
+        if self.idempotency_lock_s <= self.api_timeout_s:
+            raise ValueError("ILLUSTRATIONS_IDEMPOTENCY_LOCK_S must be above ILLUSTRATIONS_API_TIMEOUT_S, or a slow "
+                             "first request loses its key to a retry")
         if self.visibility_timeout_s <= self.task_time_limit_s:
             raise ValueError(
                 "ILLUSTRATIONS_VISIBILITY_TIMEOUT_S must be above ILLUSTRATIONS_TASK_TIME_LIMIT_S, "

@@ -13,8 +13,9 @@ QUEUE_PREPARE: Final = "illustrations.prepare"
 GENERATE: Final = "illustrations.generate"
 PREPARE: Final = "illustrations.prepare"
 RELAY: Final = "illustrations.maintenance.relay"
-SWEEP_LEASES: Final = "illustrations.maintenance.sweep_leases"
 DELETE_USER: Final = "illustrations.maintenance.delete_user"
+SWEEP: Final = "illustrations.maintenance.sweep"  # expired leases and passed deadlines
+UPKEEP: Final = "illustrations.maintenance.upkeep"  # slow housekeeping (expired idempotency keys)
 
 Priority = Literal["interactive", "batch"]
 

@@ -1,13 +1,13 @@
 """Reference embeddings computed once per image and kept in storage (and a few in memory), as safetensors.
 
-Key: ``embeddings/<encoder revision>/<adapter>/<image sha256>.safetensors``. The encoder revision names the weights
+Key: ``embeddings/<image sha256>/<encoder revision>/<adapter>.safetensors``. The encoder revision names the weights
 and the dtype (``Engine.encoder_revision``), so a new model or another device type never reads a stale embedding.
 A hit skips both the image read and the image encoder; since the engine encodes every reference on its own, a
 cached embedding gives exactly the image the uncached one gives.
 
 The cache only ever saves work: a store that fails to read or write is logged and the embedding is computed. The
-objects are keyed by image content, not by user: deleting a user must delete the embeddings of the images only
-they referenced (``embedding_keys`` names them).
+objects are keyed by image content, not by user: deleting a user deletes ``embeddings/<sha256>/`` of every image
+only they referenced (``shared.deletion.embeddings``), whatever the revisions.
 
 (``cachetools.LRUCache`` was considered for the memory layer; an ``OrderedDict`` does it in a few lines.)
 """
@@ -33,8 +33,13 @@ ADAPTER_NAMES = {IDENTITY: "identity", STYLE: "style"}
 TENSOR_NAME = "embedding"
 
 
+def embedding_prefix(sha256: str) -> str:
+    """Every embedding of one image, under every encoder revision (what a user deletion removes)."""
+    return f"embeddings/{sha256}/"
+
+
 def embedding_key(encoder_revision: str, adapter: int, sha256: str) -> str:
-    return f"embeddings/{encoder_revision}/{ADAPTER_NAMES[adapter]}/{sha256}.safetensors"
+    return f"{embedding_prefix(sha256)}{encoder_revision}/{ADAPTER_NAMES[adapter]}.safetensors"
 
 
 def embedding_keys(encoder_revision: str, sha256: str) -> list[str]:

@@ -7,30 +7,38 @@ database, storage and the engine, so it is testable without Celery. Every attemp
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import io
 import logging
+import random
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import PIL.Image
 from billiard.exceptions import SoftTimeLimitExceeded
 from PIL.PngImagePlugin import PngInfo
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential, wait_random
 
 from shared import jobs, styles
+from shared.db import is_unavailable
 from shared.errors import CancelReason, ErrorCode, JobFailure
 from shared.models import GenerationMetric, Job
+from shared.settings import Settings
 from shared.storage import ObjectNotFound, StorageError
 from worker.runtime import Runtime, SetupFailed
 
 if TYPE_CHECKING:
     from worker.pipeline.engine import GenerationRequest, GenerationResult
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +83,8 @@ class Watch:
     """Renews the lease on a timer and records progress at most every ``interval``; says when to stop.
 
     ``stop_reason`` becomes ``"canceled"`` when the client asked to cancel, ``"lost"`` when another attempt owns
-    the job now (the lease expired and it was re-queued): in both cases the run stops at its next step.
+    the job now (the lease expired and it was re-queued), ``"shutdown"`` when the worker is stopping (Celery's soft
+    shutdown ran out of grace and cancelled the task): in each case the run stops at its next step.
     """
 
     def __init__(self, runtime: Runtime, claim: jobs.Claim) -> None:
@@ -118,6 +127,8 @@ class Watch:
         if step < total and now - self._last_progress >= self.runtime.settings.progress_interval_s:
             self._last_progress = now
             self._renew(step)
+        if self.stop_reason is None and self.runtime.stopping.is_set():
+            self.stop_reason = "shutdown"
         return self.stop_reason is None
 
 
@@ -344,6 +355,50 @@ def _free_gpu_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def _forget_earlier_attempts(runtime: Runtime, claim: jobs.Claim) -> None:
+    """An earlier attempt that died between storing its images and finishing left them behind: the winner removes
+    them, so a job keeps one image set (best effort; a failure only leaves orphans)."""
+    for attempt in range(1, claim.attempt):
+        try:
+            runtime.storage.delete_prefix(f"jobs/{claim.job_id}/{attempt}/")
+        except StorageError:
+            log.warning("job %s: images of attempt %d could not be removed", claim.job_id, attempt)
+
+
+def write(runtime: Runtime, change: Callable[[Session], T]) -> T:
+    """Run one transaction, waiting out a database outage (with backoff) for at most a lease.
+
+    A finished generation is worth waiting for: its fenced write still lands if the lease holds; if the outage
+    outlasts the lease, the sweep re-queues the job and this attempt's write loses the fence, as it should.
+    """
+    settings = runtime.settings
+    retrying = Retrying(
+        retry=retry_if_exception(is_unavailable),
+        wait=wait_exponential(multiplier=settings.db_retry_s, max=settings.db_retry_max_s)
+        + wait_random(0, settings.db_retry_s),
+        stop=stop_after_delay(settings.lease_s),
+        reraise=True,
+    )
+    for attempt in retrying:
+        with attempt, runtime.db.begin() as session:
+            return change(session)
+    raise AssertionError("unreachable: tenacity re-raises the last error")
+
+
+def retry_delay(settings: Settings, attempt: int) -> float:
+    """Backoff before attempt ``attempt + 1`` of a job: doubled per attempt, capped, with jitter."""
+    base = min(settings.retry_backoff_max_s, settings.retry_backoff_s * 2 ** max(0, attempt - 1))
+    return float(base * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not a secret
+
+
+@contextlib.contextmanager
+def _not_busy_after(runtime: Runtime) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        runtime.busy = False
+
+
 def run_generation(job_id: str, runtime: Runtime) -> str:
     """Run one job to its end (or give it back); returns what happened, for the worker log."""
     from worker.pipeline.engine import Interrupted
@@ -365,55 +420,81 @@ def run_generation(job_id: str, runtime: Runtime) -> str:
             values["inference_s"] = round(attempt.inference_s, 3)
         return values
 
+    def finish(change: Callable[[Session], bool], outcome: str, code: str | None = None) -> bool:
+        """One fenced transition and, if it won, the attempt's metrics row: one transaction, outage-tolerant."""
+        def transaction(session: Session) -> bool:
+            moved = change(session)
+            if moved:
+                _record(session, runtime, claim, job, attempt, outcome, code)
+            return moved
+
+        return write(runtime, transaction)
+
     def fail(code: ErrorCode, message: str) -> str:
-        with runtime.db.begin() as session:
-            if jobs.failed(session, claim, code, message, timings=timings()):
-                _record(session, runtime, claim, job, attempt, "failed", code.value)
+        finish(lambda session: jobs.failed(session, claim, code, message, timings=timings()), "failed", code.value)
         log.warning("job %s failed: %s", job_id, code.value)
         return f"failed:{code.value}"
 
+    def give_back(why: str, *, backoff: bool = True) -> str:
+        delay = retry_delay(settings, claim.attempt) if backoff else 0.0
+        finish(lambda session: jobs.requeued(session, claim, why, delay), "requeued", why)
+        log.warning("job %s given back (%s); runs again in %.1f s at the earliest", job_id, why, delay)
+        return f"requeued:{why}"
+
+    def transient(why: str, code: ErrorCode, message: str) -> str:
+        """A fault that may pass: another attempt after a backoff, unless this was the last one."""
+        if claim.attempt < settings.max_attempts:
+            return give_back(why)
+        return fail(code, message)
+
     out_of_memory = False
-    with Watch(runtime, claim) as watch:
+    runtime.busy = True
+    with _not_busy_after(runtime), Watch(runtime, claim) as watch:
         try:
             # 2. Run the pipeline (references come from storage or the embedding cache; no network).
             result = _generate(runtime, job, watch, attempt)
             # 3. Store under this attempt's keys, then 4. finish, fenced by the attempt, with the metrics row.
             stored_at = time.monotonic()
             stored = _store(runtime, claim, job, result.images)
-            with runtime.db.begin() as session:
-                won = jobs.succeeded(session, claim, stored, timings=timings(), model=_model_info(runtime, job))
+            model = _model_info(runtime, job)
+
+            def succeed(session: Session) -> bool:
+                won = jobs.succeeded(session, claim, stored, timings=timings(), model=model)
                 attempt.store_s = time.monotonic() - stored_at
                 _record(session, runtime, claim, job, attempt, "succeeded" if won else "lost")
-            if not won:
+                return won
+
+            if not write(runtime, succeed):
                 runtime.storage.delete_prefix(f"jobs/{job_id}/{claim.attempt}/")
                 log.warning("job %s: attempt %d lost the job before finishing", job_id, claim.attempt)
                 return "lost"
+            _forget_earlier_attempts(runtime, claim)
             log.info("job %s succeeded in %.2f s (attempt %d)", job_id, attempt.inference_s, claim.attempt)
             return "succeeded"
         except Interrupted:
-            with runtime.db.begin() as session:
-                if watch.stop_reason == "canceled":
-                    if jobs.canceled(session, job_id, CancelReason.CANCELED_BY_CLIENT, claim):
-                        _record(session, runtime, claim, job, attempt, "canceled",
-                                CancelReason.CANCELED_BY_CLIENT.value)
-                    return "canceled"
-                _record(session, runtime, claim, job, attempt, "lost")
+            if watch.stop_reason == "canceled":
+                finish(lambda session: jobs.canceled(session, job_id, CancelReason.CANCELED_BY_CLIENT, claim),
+                       "canceled", CancelReason.CANCELED_BY_CLIENT.value)
+                return "canceled"
+            if watch.stop_reason == "shutdown":
+                return give_back("shutdown", backoff=False)  # not the job's fault: it runs again at once
+            write(runtime, lambda session: _record(session, runtime, claim, job, attempt, "lost"))
             return "lost"
         except SetupFailed as exc:
             return fail(ErrorCode.SETUP_FAILED, str(exc))
         except SoftTimeLimitExceeded:
             return fail(ErrorCode.TIME_LIMIT, f"the generation took longer than {settings.task_soft_time_limit_s} s")
         except JobFailure as exc:
-            if exc.transient and claim.attempt < settings.max_attempts:
-                return _give_back(runtime, claim, job, attempt, exc.code.value)
-            return fail(exc.code, exc.message)
+            if exc.transient:
+                return transient(exc.code.value, exc.code, exc.message)
+            return fail(exc.code, exc.message)  # permanent (invalid input, unknown style): no retry
         except StorageError:
-            if claim.attempt < settings.max_attempts:
-                return _give_back(runtime, claim, job, attempt, "storage")
-            return fail(ErrorCode.INTERNAL, "the image store kept failing")
+            return transient("storage", ErrorCode.INTERNAL, "the image store kept failing")
         except Exception as exc:
+            if is_unavailable(exc):
+                return transient("database", ErrorCode.INTERNAL, "the database kept failing")
             if not _is_out_of_memory(exc):
-                # The exception type only: a message could echo the prompt.
+                # The exception type only: a message could echo the prompt. A poison job ends here, never loops.
                 log.error("job %s: unexpected %s", job_id, type(exc).__name__,
                           exc_info=settings.log_level == "DEBUG")
                 return fail(ErrorCode.INTERNAL, "an unexpected error occurred while generating")
@@ -422,14 +503,6 @@ def run_generation(job_id: str, runtime: Runtime) -> str:
     assert out_of_memory
     _free_gpu_memory()
     return fail(ErrorCode.OUT_OF_MEMORY, "the GPU ran out of memory for this size and batch")
-
-
-def _give_back(runtime: Runtime, claim: jobs.Claim, job: JobInput, attempt: Attempt, why: str) -> str:
-    with runtime.db.begin() as session:
-        if jobs.requeued(session, claim):
-            _record(session, runtime, claim, job, attempt, "requeued", why)
-    log.warning("job %s re-queued after a transient fault (%s)", claim.job_id, why)
-    return f"requeued:{why}"
 
 
 def fail_after_hard_time_limit(runtime: Runtime, job_id: str, hostname: str) -> bool:

@@ -1,10 +1,19 @@
-"""Maintenance logic run by beat through the maintenance tasks: the outbox relay and the lease sweep."""
+"""Maintenance logic run by beat through the maintenance tasks: the outbox relay, the sweep and upkeep.
+
+- ``relay_unpublished``: publishes queued jobs that have no publish on record (broker down at submit, jobs given
+  back, jobs held back by the per-client cap), all queued jobs when the broker lost its data, and jobs whose
+  publish is so old that their message may have died with a worker (``republish_after_s``).
+- ``sweep``: expired leases back to the queue (or ``failed``/``worker_lost``), queued jobs past ``cancel_after``
+  to ``canceled``/``deadline``.
+- ``upkeep``: forgets idempotency keys older than their retention.
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 
-from shared import jobs
+from shared import idempotency, jobs
 from shared.db import Database
 from shared.queue import Publisher
 from shared.settings import Settings
@@ -12,26 +21,54 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def sweep_leases(db: Database, settings: Settings) -> tuple[list[str], list[str]]:
-    """Running jobs whose worker stopped renewing the lease go back to the queue (or fail after the last try)."""
+@dataclass
+class Sweep:
+    requeued: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    deadline: list[str] = field(default_factory=list)
+
+
+def sweep(db: Database, settings: Settings) -> Sweep:
+    """Expired leases and passed deadlines, each one fenced transition per job."""
     with db.begin() as session:
         requeued, failed = jobs.expire_leases(session, settings.max_attempts)
+        deadline = jobs.expire_deadlines(session)
     if requeued or failed:
         log.warning("lease sweep: %d job(s) re-queued, %d failed worker_lost", len(requeued), len(failed))
-    return requeued, failed
+    if deadline:
+        log.info("deadline sweep: %d queued job(s) canceled (cancel_after passed)", len(deadline))
+    return Sweep(requeued, failed, deadline)
 
 
 def relay_unpublished(db: Database, settings: Settings, publisher: Publisher, batch: int = 500) -> int:
-    """Publish queued jobs that have no publish on record (broker down at submit, re-queued jobs)."""
+    """Publish what is due (see ``jobs.unpublished``); first, if the broker lost its data, forget every publish."""
+    if publisher.broker_lost_data(lambda: _forget_publishes(db)) is None:
+        return 0  # the broker is down: the next round tries again
     with db.begin() as session:
-        pending = jobs.unpublished(session, settings.relay_delay_s, limit=batch)
-    published = 0
+        pending = jobs.unpublished(session, settings.relay_delay_s, limit=batch, cap=settings.client_publish_cap)
+        pending += jobs.stale(session, settings.republish_after_s, limit=batch)
+    published: list[str] = []
     for job_id, queue in pending:
         if not publisher.publish(job_id, queue):
-            break  # the broker is still down: the next round tries again
-        with db.begin() as session:
-            jobs.mark_published(session, job_id)
-        published += 1
+            break  # the broker is down again: what was published is marked below, the rest waits
+        published.append(job_id)
+    with db.begin() as session:
+        jobs.mark_all_published(session, published)
     if published:
-        log.info("relay: published %d job(s)", published)
-    return published
+        log.info("relay: published %d job(s)", len(published))
+    return len(published)
+
+
+def _forget_publishes(db: Database) -> None:
+    with db.begin() as session:
+        count = jobs.forget_publishes(session)
+    log.warning("the broker lost its data (new server or emptied): %d queued job(s) will be published again", count)
+
+
+def upkeep(db: Database, settings: Settings) -> int:
+    """Slow upkeep: forget idempotency keys past their retention."""
+    with db.begin() as session:
+        forgotten = idempotency.purge(session, settings.idempotency_ttl_s)
+    if forgotten:
+        log.info("upkeep: forgot %d expired idempotency key(s)", forgotten)
+    return forgotten

@@ -34,6 +34,12 @@ class Runtime:
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}"  # the task sets Celery's node name
         self.gpu = os.environ.get("CUDA_VISIBLE_DEVICES")  # pinned by `illustrations worker --gpus`
         self.setup_error: str | None = None
+        # Set when the worker is stopping and the running job must be given back (worker.lifecycle).
+        self.stopping = threading.Event()
+        self.busy = False  # a job is running in this process
+        self.stop_handler_installed = False
+        # Consecutive claims that found the database down (the task shell backs off on it).
+        self.db_failures = 0
         self.load_seconds: float | None = None
         self._engine: Engine | None = None
         self._embeddings: EmbeddingCache | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from typing import Any
 
 import click
@@ -69,7 +70,14 @@ def api(settings: Settings, bind: str | None) -> None:
 @click.pass_obj
 def worker(settings: Settings, queues: str, gpus: str | None, concurrency: int | None, pool: str | None,
            hostname: str | None) -> None:
-    """Run a Celery worker: per GPU for the generation queues; --queues illustrations.maintenance for a CPU worker."""
+    """Run a Celery worker: per GPU for the generation queues; --queues illustrations.maintenance for a CPU worker.
+
+    With the prefork pool, SIGTERM starts Celery's soft shutdown: the running job has
+    ILLUSTRATIONS_WORKER_SOFT_SHUTDOWN_S to finish, then it is given back to the queue; the worker exits. Thread and
+    solo pools (maintenance) keep Celery's warm shutdown: their tasks take milliseconds.
+    """
+    if (pool or "prefork") == "prefork":  # the cancel at the end of a soft shutdown signals pool children
+        _remap_sigterm()
     _prepare(settings)
     if not set(queues.split(",")) & set(tasks.GPU_QUEUES):
         if gpus is not None:
@@ -110,6 +118,17 @@ def _celery_worker(settings: Settings, queues: str, concurrency: int, pool: str,
     if hostname:
         argv += ["--hostname", hostname]
     app.worker_main(argv)
+
+
+def _remap_sigterm() -> None:
+    """SIGTERM means "soft shutdown" (Celery >= 5.5): billiard reads REMAP_SIGTERM when it is first imported."""
+    if os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT") != "SIGQUIT":
+        return  # ops chose otherwise (REMAP_SIGTERM set to something else): their call
+    if "billiard.common" in sys.modules:
+        import billiard.common
+
+        if billiard.common.REMAP_SIGTERM != "SIGQUIT":
+            raise click.ClickException("billiard was imported before REMAP_SIGTERM could be set")
 
 
 @click.command()

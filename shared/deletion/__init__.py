@@ -30,7 +30,12 @@ from shared.storage import Storage
 PartFunction = Callable[[Session, Storage, str, str], int]
 
 # Modules that register parts; each area appends its own (importing it registers its parts).
-PART_MODULES: Final[list[str]] = ["shared.deletion.jobs", "shared.deletion.subjects"]
+PART_MODULES: Final[list[str]] = [
+    "shared.deletion.jobs",
+    "shared.deletion.subjects",
+    "shared.deletion.engine",
+    "shared.deletion.idempotency",
+]
 ACTIVE: Final = ("queued", "running")
 
 

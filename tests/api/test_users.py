@@ -16,7 +16,15 @@ from shared.db import Database
 from shared.deletion import PART_MODULES, parts
 from shared.deletion.run import relay_deletions, run_deletion
 from shared.errors import CancelReason
-from shared.models import Job, JobImage, Subject, SubjectVersion, UserDeletion
+from shared.models import (
+    GenerationMetric,
+    IdempotencyKey,
+    Job,
+    JobImage,
+    Subject,
+    SubjectVersion,
+    UserDeletion,
+)
 from shared.settings import Settings
 from tests.api.test_illustrations import VALID, png, upload
 from tests.conftest import make_key
@@ -55,6 +63,25 @@ def test_deleting_a_user_leaves_nothing_of_theirs_and_others_untouched(
         # A cache hit of u-kept shares the image object of one of u-gone's jobs: the object must stay.
         session.add(JobImage(job_id=kept_job["id"], index=1, storage_key=shared_job["key"], content_type="image/png",
                              width=64, height=64, sha256="ef" * 32, size_bytes=1))
+        client_id = session.get_one(Job, gone_job["id"]).client_id
+        # What the engine and the lifecycle kept of each user: metrics rows and recorded idempotent answers.
+        for user_id, job in (("u-gone", gone_job), ("u-kept", kept_job)):
+            session.add(GenerationMetric(job_id=job["id"], client_id=client_id, user_id=user_id, attempt=1,
+                                         outcome="succeeded", queue="illustrations.interactive", queue_wait_s=0,
+                                         total_s=1, steps=2, width=64, height=64, num_images=1, identity_refs=0,
+                                         style_ref=False, embeddings_cached=0))
+            session.add(IdempotencyKey(client_id=client_id, key=f"key-{user_id}", request_hash="0" * 64,
+                                       user_id=user_id, response_status=202, response_body="{}"))
+    # Embeddings are stored by image content: u-gone's own photo goes; one u-kept also has as a subject stays.
+    only_gone = "aa" * 32
+    with db.begin() as session:
+        version = session.execute(select(SubjectVersion).where(SubjectVersion.subject_id == gone_subject["id"])
+                                  ).scalar_one()
+        version.sha256 = only_gone
+    assert gone_subject["sha256"] == kept_subject["sha256"]  # the same photo, uploaded by both users
+    for sha256 in (only_gone, kept_subject["sha256"]):
+        for revision in ("tiny-1-float32", "sdxl-2-bfloat16"):
+            storage.put(f"embeddings/{sha256}/{revision}/identity.safetensors", b"x", "application/octet-stream")
 
     response = client.delete("/v1/users/u-gone", headers=auth)
     assert response.status_code == 202
@@ -88,7 +115,7 @@ def test_deleting_a_user_leaves_nothing_of_theirs_and_others_untouched(
 
     status: Any = client.get(deletion["links"]["self"], headers=auth).json
     assert status["status"] == "succeeded" and status["finished_at"] is not None
-    assert status["parts"] == {"jobs": 4, "subjects": 1}
+    assert status["parts"] == {"embeddings": 2, "jobs": 4, "subjects": 1, "metrics": 1, "idempotency": 1}
 
     # Nothing of u-gone can be fetched ...
     for job in (gone_job, shared_job, queued, running):
@@ -105,6 +132,13 @@ def test_deleting_a_user_leaves_nothing_of_theirs_and_others_untouched(
         assert session.execute(select(Subject).where(Subject.user_id == "u-gone")).first() is None
         assert session.execute(select(SubjectVersion).where(SubjectVersion.subject_id == gone_subject["id"])).first() \
             is None
+        assert session.execute(select(GenerationMetric).where(GenerationMetric.user_id == "u-gone")).first() is None
+        assert session.execute(select(IdempotencyKey).where(IdempotencyKey.user_id == "u-gone")).first() is None
+        assert session.execute(select(GenerationMetric).where(GenerationMetric.user_id == "u-kept")).first()
+        assert session.execute(select(IdempotencyKey).where(IdempotencyKey.user_id == "u-kept")).first()
+    assert not storage.exists(f"embeddings/{only_gone}/tiny-1-float32/identity.safetensors")
+    assert not storage.exists(f"embeddings/{only_gone}/sdxl-2-bfloat16/identity.safetensors")
+    assert storage.exists(f"embeddings/{kept_subject['sha256']}/tiny-1-float32/identity.safetensors")
     # ... the object another job still lists stays, and u-kept is untouched.
     assert storage.exists(shared_job["key"])
     assert storage.exists(kept_job["key"]) and storage.exists(f"subjects/{kept_subject['id']}/v1.png")

@@ -134,7 +134,7 @@ def test_requeue_clears_the_publish_mark(any_db: Database) -> None:
         assert job_id not in unpublished_ids(session, 0)
     got = claim(any_db, job_id)
     with any_db.begin() as session:
-        assert jobs.requeued(session, got)
+        assert jobs.requeued(session, got, "test")
         assert job_id in unpublished_ids(session, 0)
     assert load(any_db, job_id).status == "queued"
 

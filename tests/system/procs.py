@@ -92,8 +92,9 @@ class Processes:
         self.started: list[Proc] = []
         log_dir.mkdir(parents=True, exist_ok=True)
 
-    def start(self, name: str, *args: str) -> Proc:
-        proc = Proc(name, cli(*args), self.env, self.cwd, self.log_dir)
+    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> Proc:
+        """Start ``illustrations ARGS``; ``env`` adds or overrides variables for this process only."""
+        proc = Proc(name, cli(*args), {**self.env, **(env or {})}, self.cwd, self.log_dir)
         self.started.append(proc)
         return proc
 

@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +19,11 @@ from PIL import Image
 from sqlalchemy import select
 
 from shared import jobs, styles
-from shared.db import Database
+from shared.db import Database, is_unavailable
 from shared.models import Client, GenerationMetric, JobImage
 from shared.settings import Settings
 from tests.shared.test_jobs import add_job, load
-from worker.generation import fail_after_hard_time_limit, run_generation
+from worker.generation import fail_after_hard_time_limit, retry_delay, run_generation
 from worker.runtime import Runtime
 
 pytestmark = pytest.mark.filterwarnings(
@@ -249,7 +250,7 @@ def test_cached_embeddings_reproduce_the_uncached_image_exactly(runtime: Runtime
     assert run_generation(cold, runtime) == "succeeded"
     revision = runtime.engine().encoder_revision
     for adapter, ref in (("identity", face), ("style", scene)):
-        assert runtime.storage.exists(f"embeddings/{revision}/{adapter}/{ref['sha256']}.safetensors")
+        assert runtime.storage.exists(f"embeddings/{ref['sha256']}/{revision}/{adapter}.safetensors")
     # A fresh process: only the stored embeddings (no memory), and the photos themselves are gone.
     fresh = Runtime(runtime.settings)
     runtime.storage.delete(str(face["storage_key"]))
@@ -375,3 +376,39 @@ def test_a_metrics_row_says_where_the_time_went(runtime: Runtime, db: Database) 
     assert (row.identity_refs, row.style_ref, row.lora, row.embeddings_cached) == (0, False, None, 0)
     assert row.queue_wait_s >= 0 and row.load_s is not None and row.inference_s is not None
     assert row.store_s is not None and row.total_s >= row.inference_s + row.load_s + row.store_s
+
+
+def test_a_storage_fault_is_retried_with_backoff_then_fails_on_the_last_attempt(runtime: Runtime,
+                                                                                 db: Database) -> None:
+    runtime.settings = runtime.settings.model_copy(update={"max_attempts": 2, "retry_backoff_s": 30.0})
+    job_id = add_job(db, request=request_doc())
+    # A real fault of the store: a file where the job's folder must go (no mock; root ignores permissions).
+    blocker = Path(runtime.settings.effective_storage_url) / "jobs" / job_id
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_bytes(b"")
+    assert run_generation(job_id, runtime) == "requeued:storage"
+    job = load(db, job_id)
+    assert job.status == "queued" and job.attempt == 1 and job.published_at is None
+    assert job.not_before is not None and job.not_before > datetime.now(UTC) + timedelta(seconds=10)  # backoff
+    assert run_generation(job_id, runtime) == "failed:internal"  # the last attempt: no loop
+    job = load(db, job_id)
+    assert job.status == "failed" and job.error_code == "internal" and job.attempt == 2
+    with db.begin() as session:
+        assert [step[1] for step in jobs.transitions(session, job_id)] == ["queued", "running", "queued",
+                                                                           "running", "failed"]
+
+
+def test_the_backoff_doubles_and_is_capped(settings: Settings) -> None:
+    tuned = settings.model_copy(update={"retry_backoff_s": 2.0, "retry_backoff_max_s": 10.0})
+    for attempt, base in ((1, 2.0), (2, 4.0), (3, 8.0), (4, 10.0), (9, 10.0)):
+        assert base / 2 <= retry_delay(tuned, attempt) <= base
+
+
+def test_a_database_down_at_the_claim_raises_for_the_task_to_hand_back(settings: Settings,
+                                                                        tiny_model_dir: Path) -> None:
+    down = Runtime(settings.model_copy(update={"database_url": "postgresql+psycopg2://postgres@127.0.0.1:1/x",
+                                               "model_dir": tiny_model_dir}))
+    with pytest.raises(Exception) as caught:
+        run_generation("any-job", down)
+    assert is_unavailable(caught.value)
+    down.db.engine.dispose()

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import UTC, datetime, timedelta
 
 import redis
 
 from shared import jobs
 from shared.db import Database
-from shared.queue import Publisher, make_celery
+from shared.models import Job
+from shared.queue import BROKER_EPOCH_KEY, Publisher, make_celery
 from shared.settings import Settings
 from tests.shared.test_jobs import add_job, claim, load, unpublished_ids
-from worker.maintenance import relay_unpublished, sweep_leases
+from worker.maintenance import relay_unpublished, sweep
 
 
 def queued_ids(client: redis.Redis, queue: str) -> list[str]:
-    return [json.loads(base64.b64decode(json.loads(raw)["body"]))[0][0] for raw in client.lrange(queue, 0, -1)]
+    """Job ids in the order a worker takes them (kombu pushes on the left, workers pop on the right)."""
+    raws = reversed(client.lrange(queue, 0, -1))
+    return [json.loads(base64.b64decode(json.loads(raw)["body"]))[0][0] for raw in raws]
 
 
 def test_relay_publishes_what_was_not_published_once(any_db: Database, settings: Settings) -> None:
@@ -52,11 +56,61 @@ def test_relay_leaves_young_rows_and_survives_a_dead_broker(any_db: Database, se
 def test_sweep_requeues_expired_leases_then_fails_worker_lost(any_db: Database, settings: Settings) -> None:
     job_id = add_job(any_db)
     claim(any_db, job_id, lease_s=-1)
-    requeued, failed = sweep_leases(any_db, settings.model_copy(update={"max_attempts": 2}))
-    assert job_id in requeued and job_id not in failed
+    result = sweep(any_db, settings.model_copy(update={"max_attempts": 2}))
+    assert job_id in result.requeued and job_id not in result.failed
     assert load(any_db, job_id).status == "queued"
     claim(any_db, job_id, lease_s=-1)
-    requeued, failed = sweep_leases(any_db, settings.model_copy(update={"max_attempts": 2}))
-    assert job_id in failed
+    result = sweep(any_db, settings.model_copy(update={"max_attempts": 2}))
+    assert job_id in result.failed
     job = load(any_db, job_id)
     assert job.status == "failed" and job.error_code == "worker_lost"
+
+
+def test_a_broker_that_lost_its_data_gets_every_queued_job_again(db: Database, settings: Settings) -> None:
+    queue = "illustrations.test-epoch"
+    broker = redis.Redis.from_url(settings.broker_url)
+    broker.delete(queue, BROKER_EPOCH_KEY)
+    relaxed = settings.model_copy(update={"relay_delay_s": 0.0, "client_publish_cap": 0})
+    publisher = Publisher(make_celery(settings, producer=True))
+    job_id = add_job(db, queue=queue)
+    relay_unpublished(db, relaxed, publisher, batch=100_000)
+    assert queued_ids(broker, queue) == [job_id]
+    relay_unpublished(db, relaxed, publisher, batch=100_000)
+    assert queued_ids(broker, queue) == [job_id]  # same server, marker in place: nothing again
+
+    broker.delete(queue, BROKER_EPOCH_KEY)  # what a restart without persistence (or a flush) leaves
+    relay_unpublished(db, relaxed, publisher, batch=100_000)
+    assert queued_ids(broker, queue) == [job_id]  # published again
+    run_id = broker.info("server")["run_id"]
+    assert broker.get(BROKER_EPOCH_KEY) == run_id.encode()
+
+    broker.set(BROKER_EPOCH_KEY, "an-earlier-run")  # a restart that kept the data may still have lost the tail
+    relay_unpublished(db, relaxed, publisher, batch=100_000)
+    assert queued_ids(broker, queue) == [job_id, job_id]  # a twin: dropped at the claim, never run twice
+    broker.delete(queue)
+
+
+def test_the_relay_holds_jobs_over_the_clients_cap(db: Database, settings: Settings) -> None:
+    queue = "illustrations.test-cap"
+    broker = redis.Redis.from_url(settings.broker_url)
+    broker.delete(queue)
+    capped = settings.model_copy(update={"relay_delay_s": 0.0, "client_publish_cap": 2})
+    publisher = Publisher(make_celery(settings, producer=True))
+    ids = [add_job(db, queue=queue) for _ in range(1)]
+    with db.begin() as session:
+        client_id = session.get_one(Job, ids[0]).client_id
+    ids += [add_job(db, queue=queue, client_id=client_id) for _ in range(3)]
+    relay_unpublished(db, capped, publisher, batch=100_000)
+    assert queued_ids(broker, queue) == ids[:2]
+    relay_unpublished(db, capped, publisher, batch=100_000)
+    assert queued_ids(broker, queue) == ids[:2]  # still full
+    claim(db, ids[0])
+    relay_unpublished(db, capped, publisher, batch=100_000)
+    assert queued_ids(broker, queue) == [*ids[:3]]
+    broker.delete(queue)
+
+
+def test_the_sweep_cancels_overdue_queued_jobs(db: Database, settings: Settings) -> None:
+    job_id = add_job(db, cancel_after=datetime.now(UTC) - timedelta(seconds=1))
+    assert job_id in sweep(db, settings).deadline
+    assert load(db, job_id).error_code == "deadline"

@@ -1,4 +1,10 @@
-"""Maintenance tasks scheduled by beat (any CPU worker on the maintenance queue runs them)."""
+"""Maintenance tasks scheduled by beat (any CPU worker on the maintenance queue runs them).
+
+They ack on receipt (``acks_late=False``, unlike generation): beat sends each one again every interval and each is
+idempotent, so a late ack buys nothing, while a worker holding an unacked message when the broker connection drops
+can crash in kombu 5.7 (``Channel.close`` restores unacked messages after it dropped its connection pool:
+``AttributeError: 'NoneType' object has no attribute 'hostname'``), which would stop the relay until restarted.
+"""
 
 from __future__ import annotations
 
@@ -10,19 +16,25 @@ from worker.celery_app import app
 from worker.runtime import get_runtime
 
 
-@app.task(name=tasks.SWEEP_LEASES, ignore_result=True)
-def sweep_leases() -> dict[str, int]:
+@app.task(name=tasks.SWEEP, ignore_result=True, acks_late=False)
+def sweep() -> dict[str, int]:
     runtime = get_runtime()
-    requeued, failed = maintenance.sweep_leases(runtime.db, runtime.settings)
-    return {"requeued": len(requeued), "failed": len(failed)}
+    result = maintenance.sweep(runtime.db, runtime.settings)
+    return {"requeued": len(result.requeued), "failed": len(result.failed), "deadline": len(result.deadline)}
 
 
-@app.task(name=tasks.RELAY, ignore_result=True)
+@app.task(name=tasks.RELAY, ignore_result=True, acks_late=False)
 def relay() -> int:
     runtime = get_runtime()
     publisher = Publisher(app)
     published = maintenance.relay_unpublished(runtime.db, runtime.settings, publisher)
     return published + relay_deletions(runtime.db, publisher)
+
+
+@app.task(name=tasks.UPKEEP, ignore_result=True, acks_late=False)
+def upkeep() -> int:
+    runtime = get_runtime()
+    return maintenance.upkeep(runtime.db, runtime.settings)
 
 
 @app.task(name=tasks.DELETE_USER, ignore_result=True)
