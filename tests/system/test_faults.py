@@ -28,9 +28,10 @@ pytestmark = pytest.mark.system
 
 
 def test_kill_9_mid_job_ten_times_alternating_pool_child_and_main_process(
-    fresh_pg_url: str, system_redis_url: str, tiny_model_dir: Path, tmp_path: Path
+    fresh_pg_url: str, system_broker_url: str, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    env = fast_env(tmp_path, fresh_pg_url, system_redis_url, tiny_model_dir)
+    """On Redis and on RabbitMQ (the tested alternative broker)."""
+    env = fast_env(tmp_path, fresh_pg_url, system_broker_url, tiny_model_dir)
     ledger = Ledger(fresh_pg_url, tmp_path / "storage")
     long_job = {"user_id": "u-kill", "prompt": "a long walk home", "params": {"width": 64, "height": 64,
                                                                               "steps": 24}}
