@@ -52,6 +52,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_create_missing_queues": True,
         "task_soft_time_limit": settings.task_soft_time_limit_s,
         "task_time_limit": settings.task_time_limit_s,
+        # A style training runs for hours, a generation for minutes: the training task has its own limits.
+        "task_annotations": {tasks.TRAIN: {"soft_time_limit": settings.training_soft_time_limit_s,
+                                           "time_limit": settings.training_time_limit_s}},
         # Loading a pipeline in the pool child takes seconds; Celery's default (4 s) would kill the child.
         "worker_proc_alive_timeout": settings.worker_proc_alive_timeout_s,
         # Events feed Flower's task list; payloads are job ids only, so nothing personal shows there.

@@ -88,7 +88,7 @@ def test_deleting_a_user_leaves_nothing_of_theirs_and_others_untouched(
 
     status: Any = client.get(deletion["links"]["self"], headers=auth).json
     assert status["status"] == "succeeded" and status["finished_at"] is not None
-    assert status["parts"] == {"jobs": 4, "subjects": 1}
+    assert status["parts"] == {"jobs": 4, "subjects": 1, "training_images": 0}
 
     # Nothing of u-gone can be fetched ...
     for job in (gone_job, shared_job, queued, running):
