@@ -15,6 +15,7 @@ from api import (
     illustrations,
     openapi,
     ratelimit,
+    styles,
     subjects,
     users,
 )
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     health.init_app(app)
     illustrations.init_app(app)
     subjects.init_app(app)
+    styles.init_app(app)
     batches.init_app(app)
     users.init_app(app)
     compat.init_app(app)

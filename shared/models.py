@@ -1,5 +1,5 @@
 """SQLAlchemy 2 typed models: clients, API keys, subjects, jobs (with their images), batches, user deletions,
-styles, generation metrics.
+styles (versions, training images), generation metrics.
 
 The job state machine that moves ``Job.status`` lives in ``shared.jobs``; nothing else updates it.
 """
@@ -17,6 +17,7 @@ from sqlalchemy import (
     CheckConstraint,
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     MetaData,
@@ -264,6 +265,7 @@ class StyleVersion(Base):
             "status IN ('queued', 'running', 'ready', 'failed', 'canceled')",
             name="status_known",
         ),
+        Index("ix_style_versions_status_lease", "status", "lease_until"),
     )
 
     style_id: Mapped[str] = mapped_column(ForeignKey("styles.id", ondelete="CASCADE"), primary_key=True)
@@ -282,7 +284,58 @@ class StyleVersion(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=utcnow())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
+    # --- A trained version is its own training job (``shared.training`` moves it; imports leave these empty) ---
+    job_id: Mapped[str | None] = mapped_column(String(36), unique=True)  # what the queue message carries
+    queue: Mapped[str | None] = mapped_column(String(64))  # illustrations.prepare, then illustrations.training
+    attempt: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    requeues: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))  # SIGTERM give-backs
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    worker: Mapped[str | None] = mapped_column(String(255))
+    cancel_reason: Mapped[str | None] = mapped_column(String(32))  # set: the running training stops, canceled
+    progress_step: Mapped[int | None] = mapped_column(Integer)
+    progress_total: Mapped[int | None] = mapped_column(Integer)
+    loss: Mapped[float | None] = mapped_column(Float)  # mean loss of the steps since the previous progress write
+    checkpoint_step: Mapped[int | None] = mapped_column(Integer)  # the step of the checkpoint in storage
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    # A user whose pictures it was trained on was deleted: their pictures are gone, the weights remain.
+    training_data_deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
     style: Mapped[Style] = relationship(back_populates="versions")
+    images: Mapped[list[TrainingImage]] = relationship(
+        back_populates="style_version", order_by="TrainingImage.index", cascade="all, delete-orphan",
+        passive_deletes=True,
+    )
+
+
+class TrainingImage(Base):
+    """One captioned picture of a version's training set, and the user it came from (user deletion removes it).
+
+    Uploads are stored at submit; pictures named by URL, subject or illustration are copied into the training set
+    by the preparation step (``storage_key`` is empty until then), so the set never changes under a training.
+    """
+
+    __tablename__ = "training_images"
+    __table_args__ = (
+        ForeignKeyConstraint(["style_id", "version"], ["style_versions.style_id", "style_versions.version"],
+                             ondelete="CASCADE"),
+    )
+
+    style_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source: Mapped[str] = mapped_column(String(16))  # upload, url, subject, illustration
+    source_ref: Mapped[str | None] = mapped_column(Text)  # the URL, subject id, or "<illustration id>/<index>"
+    user_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    caption: Mapped[str] = mapped_column(Text)
+    storage_key: Mapped[str | None] = mapped_column(String(512))
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=utcnow())
+
+    style_version: Mapped[StyleVersion] = relationship(back_populates="images")
 
 
 class GenerationMetric(Base):

@@ -66,6 +66,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # shutdown: the running job may finish within this grace period, then it is cancelled and gives its job
         # back (worker.lifecycle); without it a warm shutdown waits for the job however long it takes.
         "worker_soft_shutdown_timeout": settings.worker_soft_shutdown_s,
+        # A style training runs for hours, a generation for minutes: the training task has its own limits.
+        "task_annotations": {tasks.TRAIN: {"soft_time_limit": settings.training_soft_time_limit_s,
+                                           "time_limit": settings.training_time_limit_s}},
         # Loading a pipeline in the pool child takes seconds; Celery's default (4 s) would kill the child.
         "worker_proc_alive_timeout": settings.worker_proc_alive_timeout_s,
         # Events feed Flower's task list; payloads are job ids only, so nothing personal shows there.

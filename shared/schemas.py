@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -312,3 +313,137 @@ class DeletionOut(Out):
     created_at: dt.datetime
     finished_at: dt.datetime | None
     links: dict[str, str]
+
+
+# --- Styles (LoRA training) -------------------------------------------------------------------------------------------
+StyleName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=limits.NAME_MAX_CHARS, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$"),
+]
+Caption = Annotated[str, StringConstraints(max_length=limits.CAPTION_MAX_CHARS)]
+
+
+class TrainingParams(Strict):
+    """How a style version is trained; every field has a default."""
+
+    rank: int = Field(limits.DEFAULT_TRAINING_RANK, ge=limits.TRAINING_RANK_MIN, le=limits.TRAINING_RANK_MAX,
+                      description="LoRA rank (size of the adapter).")
+    alpha: int | None = Field(None, ge=1, le=limits.TRAINING_ALPHA_MAX,
+                                description="LoRA alpha (the weights are scaled by alpha / rank); default: rank.")
+    steps: int = Field(limits.DEFAULT_TRAINING_STEPS, ge=limits.TRAINING_STEPS_MIN, le=limits.TRAINING_STEPS_MAX,
+                       description="Optimizer steps.")
+    learning_rate: float = Field(limits.DEFAULT_TRAINING_LEARNING_RATE, ge=limits.TRAINING_LEARNING_RATE_MIN,
+                                 le=limits.TRAINING_LEARNING_RATE_MAX, description="AdamW learning rate (constant).")
+    resolution: int = Field(limits.DEFAULT_TRAINING_RESOLUTION, ge=limits.TRAINING_RESOLUTION_MIN,
+                            le=limits.TRAINING_RESOLUTION_MAX, multiple_of=limits.SIZE_MULTIPLE,
+                            description="Pictures are scaled (shorter side) and centre-cropped to this square.")
+    seed: int | None = Field(None, ge=0, le=limits.SEED_MAX, description="Drawn and recorded if absent.")
+    batch_size: int = Field(1, ge=1, le=limits.TRAINING_BATCH_MAX, description="Pictures per step.")
+
+
+class TrainingImageRef(Strict):
+    """A picture of the training set: a URL (fetched safely), a stored subject, or an image of an illustration."""
+
+    image_url: HttpUrl | None = None
+    subject_id: Identifier | None = None
+    illustration_id: Identifier | None = None
+    index: int | None = Field(None, ge=0, le=limits.NUM_IMAGES_MAX - 1,
+                              description="Which image of the illustration (from 0).")
+
+    @model_validator(mode="after")
+    def _one_way(self) -> TrainingImageRef:
+        given = [value is not None for value in (self.image_url, self.subject_id, self.illustration_id)]
+        if sum(given) != 1:
+            raise ValueError("give exactly one of image_url, subject_id, or illustration_id with index")
+        if (self.illustration_id is None) != (self.index is None):
+            raise ValueError("illustration_id and index go together")
+        return self
+
+
+def _count_matches(captions: list[str], info: ValidationInfo) -> list[str]:
+    images = info.data.get("images")
+    if images is not None and len(captions) != len(images):
+        raise ValueError(f"give one caption per image: {len(images)} images, {len(captions)} captions")
+    return captions
+
+
+class StyleTrainingRequest(Strict):
+    """``POST /v1/styles`` as JSON: a new version of style ``name`` trained on these captioned pictures."""
+
+    name: StyleName
+    images: list[TrainingImageRef] = Field(min_length=limits.TRAINING_IMAGES_MIN,
+                                           max_length=limits.TRAINING_IMAGES_MAX)
+    captions: Annotated[list[Caption], AfterValidator(_count_matches)] = Field(
+        max_length=limits.TRAINING_IMAGES_MAX, description="One per image, in the same order.")
+    params: TrainingParams = Field(default_factory=TrainingParams)
+    webhook_url: HttpUrl | None = None
+    user_id: UserId | None = Field(None, description="The user the pictures given by URL come from, if any "
+                                                     "(subjects and illustrations name their own).")
+
+
+class StyleUpload(BaseModel):
+    """``POST /v1/styles`` as multipart/form-data (documentation of the form; ``image`` repeats, as ``caption``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: StyleName
+    image: list[bytes] = Field(
+        min_length=limits.TRAINING_IMAGES_MIN, max_length=limits.TRAINING_IMAGES_MAX,
+        json_schema_extra={"items": {"type": "string", "contentMediaType": "application/octet-stream"}},
+        description=f"PNG, JPEG or WebP files; each at most {limits.UPLOAD_MAX_BYTES} bytes and "
+        f"{limits.UPLOAD_MAX_PIXELS} pixels, and the whole body at most {limits.REQUEST_BODY_MAX_BYTES} bytes.",
+    )
+    caption: list[Caption] = Field(max_length=limits.TRAINING_IMAGES_MAX, description="One per image, in order.")
+    params: str | None = Field(None, description="TrainingParams as a JSON object.")
+    webhook_url: HttpUrl | None = None
+    user_id: UserId | None = Field(None, description="The user the uploaded pictures come from, if any.")
+
+
+class StyleCreated(Out):
+    name: str
+    version: int
+    status: Literal["queued"]
+    job_id: str
+    links: dict[str, str]
+
+
+StyleState = Literal["queued", "running", "ready", "failed", "canceled"]
+
+
+class StyleVersionOut(Out):
+    version: int
+    status: StyleState
+    source: str = Field(description="training, or import (a LoRA file added with `illustrations styles import`).")
+    progress: Progress | None
+    loss: float | None = Field(description="Mean training loss of the steps since the previous progress update.")
+    error: JobErrorOut | None
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    params: dict[str, Any] | None
+    job_id: str | None
+    attempts: int
+    rank: int | None
+    alpha: float | None
+    base_profile: str
+    images: int = Field(description="Pictures in its training set.")
+    training_data_deleted_at: dt.datetime | None = Field(
+        description="When pictures of a deleted user were removed from its training set (the weights remain).")
+
+
+class StyleOut(Out):
+    name: str
+    active_version: int | None
+    created_at: dt.datetime
+    versions: list[StyleVersionOut]
+    links: dict[str, str]
+
+
+class StyleList(Out):
+    items: list[StyleOut]
+    next_cursor: str | None
+
+
+class StyleListQuery(Query):
+    limit: int = Field(limits.LIST_LIMIT_DEFAULT, ge=1, le=limits.LIST_LIMIT_MAX)
+    cursor: Cursor | None = Field(None, description="next_cursor of the previous page.")

@@ -168,6 +168,24 @@ class Settings(BaseSettings):
         "<model_dir>/base/tokenizer. Missing: token counts are estimated."
     )
 
+    # --- Style training -----------------------------------------------------------------------------------------
+    training_checkpoint_every: int = Field(
+        250, ge=1, description="A training writes a checkpoint (LoRA and optimizer state) to storage every N steps, "
+        "and when it is stopped by SIGTERM; a killed training resumes from the last one."
+    )
+    training_gradient_checkpointing: bool = Field(
+        True, description="Recompute activations in the backward pass: much less GPU memory, slower steps."
+    )
+    training_mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        "auto", description="accelerate's mixed precision: auto = bf16 on a GPU that has it, none on a CPU."
+    )
+    training_soft_time_limit_s: int = Field(
+        6 * 3600, ge=1, description="A training running longer fails with time_limit."
+    )
+    training_time_limit_s: int = Field(
+        6 * 3600 + 300, ge=1, description="Hard time limit of a training (Celery kills the pool child)."
+    )
+
     # --- Embedded Redis -----------------------------------------------------------------------------------------
     embedded_redis_start_timeout_s: float = Field(10.0, gt=0)
 
@@ -195,6 +213,10 @@ class Settings(BaseSettings):
         if self.idempotency_lock_s <= self.api_timeout_s:
             raise ValueError("ILLUSTRATIONS_IDEMPOTENCY_LOCK_S must be above ILLUSTRATIONS_API_TIMEOUT_S, or a slow "
                              "first request loses its key to a retry")
+        if self.training_time_limit_s <= self.training_soft_time_limit_s:
+            raise ValueError(
+                "ILLUSTRATIONS_TRAINING_TIME_LIMIT_S must be above ILLUSTRATIONS_TRAINING_SOFT_TIME_LIMIT_S"
+            )
         if self.visibility_timeout_s <= self.task_time_limit_s:
             raise ValueError(
                 "ILLUSTRATIONS_VISIBILITY_TIMEOUT_S must be above ILLUSTRATIONS_TASK_TIME_LIMIT_S, "

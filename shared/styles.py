@@ -5,8 +5,10 @@ name is checked (an unknown style, or one with no ready version, is a 422); when
 up again, so a style removed in between fails the job with ``style_not_found`` and ``model.style_lora`` records the
 version that ran (``name@version``).
 
-Versions are added by ``illustrations styles import`` (a LoRA file, ready at once) and, later, by training. A version
-that becomes ready becomes active. LoRA files live in storage under ``styles/<style id>/<version>/lora.safetensors``.
+Versions are added by ``illustrations styles import`` (a LoRA file, ready at once) and by training
+(``POST /v1/styles``, ``shared.training``). A version that becomes ready becomes active. A version's objects live
+under ``styles/<style id>/<version>/``: ``lora.safetensors``, and for a trained one its training pictures
+(``images/<n>.png``) and, while it trains, ``checkpoint.safetensors``.
 """
 
 from __future__ import annotations
@@ -116,15 +118,13 @@ def storage_key(style_id: str, version: int) -> str:
     return f"styles/{style_id}/{version}/lora.safetensors"
 
 
-def import_version(session: Session, storage: Storage, client_id: str, name: str, path: Path,
-                   base_profile: str) -> StyleVersion:
-    """Register ``path`` (a LoRA file) as the next ready version of ``name`` and make it active.
+def next_version(session: Session, client_id: str, name: str) -> tuple[Style, int]:
+    """The style ``name`` of this client (created if absent) and the number its next version takes.
 
-    The file is checked (``InvalidLoraFile``) and stored before the version row is written; the caller commits.
+    The style row is locked until the caller's transaction ends (PostgreSQL), so two new versions of one style at
+    once get different numbers; SQLite serialises writers already.
     """
     validate_name(name)
-    info = inspect_lora(path)
-    data = path.read_bytes()
     style = find_style(session, client_id, name)
     if style is None:
         style = Style(client_id=client_id, name=name)
@@ -134,10 +134,23 @@ def import_version(session: Session, storage: Storage, client_id: str, name: str
         except IntegrityError:  # created by someone else meanwhile
             style = find_style(session, client_id, name)
             assert style is not None
+    session.execute(select(Style.id).where(Style.id == style.id).with_for_update())
     latest = session.execute(
         select(func.max(StyleVersion.version)).where(StyleVersion.style_id == style.id)
     ).scalar_one()
-    number = (latest or 0) + 1
+    return style, (latest or 0) + 1
+
+
+def import_version(session: Session, storage: Storage, client_id: str, name: str, path: Path,
+                   base_profile: str) -> StyleVersion:
+    """Register ``path`` (a LoRA file) as the next ready version of ``name`` and make it active.
+
+    The file is checked (``InvalidLoraFile``) and stored before the version row is written; the caller commits.
+    """
+    validate_name(name)
+    info = inspect_lora(path)
+    data = path.read_bytes()
+    style, number = next_version(session, client_id, name)
     key = storage_key(style.id, number)
     storage.put(key, data, LORA_CONTENT_TYPE)
     version = StyleVersion(
@@ -161,10 +174,12 @@ def import_version(session: Session, storage: Storage, client_id: str, name: str
 
 
 def remove(session: Session, client_id: str, name: str, version: int | None = None) -> list[str]:
-    """Remove a style (or one version of it); return the storage keys to delete once the caller has committed.
+    """Remove a style (or one version of it); return the storage prefixes to delete once the caller has committed
+    (each version's ``styles/<style id>/<version>/``: its LoRA file, training pictures and checkpoint).
 
     Removing the active version leaves the style with the newest other ready version active, or none.
-    Jobs that named it and have not run yet fail with ``style_not_found``.
+    Jobs that named it and have not run yet fail with ``style_not_found``; a training of it stops (its attempt no
+    longer holds a row).
     """
     style = find_style(session, client_id, name)
     if style is None:
@@ -172,7 +187,7 @@ def remove(session: Session, client_id: str, name: str, version: int | None = No
     doomed = [v for v in style.versions if version is None or v.version == version]
     if version is not None and not doomed:
         raise StyleNotFound(f"style {name!r} has no version {version}")
-    keys = [v.storage_key for v in doomed if v.storage_key]
+    prefixes = [version_prefix(style.id, v.version) for v in doomed]
     if version is None:
         session.delete(style)
     else:
@@ -181,4 +196,9 @@ def remove(session: Session, client_id: str, name: str, version: int | None = No
             ready = [v.version for v in style.versions if v.status == READY]
             style.active_version = max(ready) if ready else None
     session.flush()
-    return keys
+    return prefixes
+
+
+def version_prefix(style_id: str, version: int) -> str:
+    """Every object of one version lives under this prefix."""
+    return f"styles/{style_id}/{version}/"

@@ -9,6 +9,8 @@ QUEUE_BATCH: Final = "illustrations.batch"
 QUEUE_MAINTENANCE: Final = "illustrations.maintenance"
 # CPU work a job needs before a GPU: fetching URL references (the GPU workers never touch the network).
 QUEUE_PREPARE: Final = "illustrations.prepare"
+# Style LoRA training: long jobs on their own workers (`illustrations worker --queues illustrations.training`).
+QUEUE_TRAINING: Final = "illustrations.training"
 
 GENERATE: Final = "illustrations.generate"
 PREPARE: Final = "illustrations.prepare"
@@ -16,6 +18,9 @@ RELAY: Final = "illustrations.maintenance.relay"
 DELETE_USER: Final = "illustrations.maintenance.delete_user"
 SWEEP: Final = "illustrations.maintenance.sweep"  # expired leases and passed deadlines
 UPKEEP: Final = "illustrations.maintenance.upkeep"  # slow housekeeping (expired idempotency keys)
+TRAIN: Final = "illustrations.train"
+# Copies a training set's pictures named by URL, subject or illustration into storage (CPU worker, prepare queue).
+PREPARE_STYLE: Final = "illustrations.prepare_style"
 
 Priority = Literal["interactive", "batch"]
 
@@ -25,3 +30,5 @@ GPU_QUEUES: Final = (QUEUE_INTERACTIVE, QUEUE_BATCH)
 CPU_QUEUES: Final = (QUEUE_MAINTENANCE, QUEUE_PREPARE)
 # A job row's `queue` says where it waits; the task that runs it there follows from it.
 TASK_BY_QUEUE: Final[dict[str, str]] = {QUEUE_INTERACTIVE: GENERATE, QUEUE_BATCH: GENERATE, QUEUE_PREPARE: PREPARE}
+# A style version's `queue` says where it waits; the task that runs it there follows from it.
+STYLE_TASK_BY_QUEUE: Final[dict[str, str]] = {QUEUE_PREPARE: PREPARE_STYLE, QUEUE_TRAINING: TRAIN}

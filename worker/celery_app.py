@@ -11,8 +11,10 @@ from celery import Celery
 from shared.queue import celery_config
 from shared.settings import get_settings
 
-app = Celery("illustrations", include=["worker.tasks.generate", "worker.tasks.maintenance", "worker.tasks.prepare"])
+app = Celery("illustrations", include=["worker.tasks.generate", "worker.tasks.maintenance", "worker.tasks.prepare",
+                                       "worker.tasks.prepare_style", "worker.tasks.train"])
 app.add_defaults(lambda: celery_config(get_settings()))
 
-# Signals that set up the process (pipeline loaded in the pool child).
-import worker.lifecycle  # noqa: E402,F401
+# Signals that set up the process (pipeline loaded in the pool child; a training worker's SIGTERM handling).
+import worker.lifecycle  # noqa: E402
+import worker.training.stop  # noqa: E402,F401

@@ -72,11 +72,14 @@ def worker(settings: Settings, queues: str, gpus: str | None, concurrency: int |
            hostname: str | None) -> None:
     """Run a Celery worker: per GPU for the generation queues; --queues illustrations.maintenance for a CPU worker.
 
-    With the prefork pool, SIGTERM starts Celery's soft shutdown: the running job has
-    ILLUSTRATIONS_WORKER_SOFT_SHUTDOWN_S to finish, then it is given back to the queue; the worker exits. Thread and
-    solo pools (maintenance) keep Celery's warm shutdown: their tasks take milliseconds.
+    Generation workers (prefork): SIGTERM starts Celery's soft shutdown: the running job has
+    ILLUSTRATIONS_WORKER_SOFT_SHUTDOWN_S to finish, then it is given back to the queue; the worker exits. Training
+    workers keep Celery's warm shutdown, and their SIGTERM reaches the training, which checkpoints and goes back to
+    the queue at once (worker.training.stop). Thread and solo pools (maintenance) keep the warm shutdown: their
+    tasks take milliseconds.
     """
-    if (pool or "prefork") == "prefork":  # the cancel at the end of a soft shutdown signals pool children
+    generation = bool(set(queues.split(",")) & set(tasks.GPU_QUEUES))
+    if generation and (pool or "prefork") == "prefork":  # the cancel at the end of a soft shutdown signals children
         _remap_sigterm()
     _prepare(settings)
     if not set(queues.split(",")) & set(tasks.GPU_QUEUES):

@@ -1,9 +1,9 @@
 """The embedded stack on one machine: ``up``, ``down``, ``status`` and ``demo``.
 
-``up`` starts the API, a generation worker, a maintenance worker, beat and Flower as background processes (logs in
-``var/log``, pids in ``var/run``), each sharing the embedded Redis and SQLite under ``var/``. ``down`` stops them and
-the embedded Redis. A small supervisor of our own: the processes are the same commands ops run one by one, and the
-embedded Redis needs one owner (``shared.embedded``).
+``up`` starts the API, a generation worker, a maintenance worker, a training worker, beat and Flower as background
+processes (logs in ``var/log``, pids in ``var/run``), each sharing the embedded Redis and SQLite under ``var/``.
+``down`` stops them and the embedded Redis. A small supervisor of our own: the processes are the same commands ops
+run one by one, and the embedded Redis needs one owner (``shared.embedded``).
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ def _processes(settings: Settings, api_bind: str, flower_port: int) -> dict[str,
         "worker": [*cli, "worker"],  # one per visible GPU (gpu<N>@host), else cpu@host
         "maintenance": [*cli, "worker", "--queues", ",".join(tasks.CPU_QUEUES), "--pool", "threads",
                         "--concurrency", "2", "--hostname", "maintenance@%h"],
+        # Style training (POST /v1/styles): idle until a training comes; torch is loaded for the first one.
+        "training": [*cli, "worker", "--queues", tasks.QUEUE_TRAINING, "--hostname", "train@%h"],
         "beat": [*cli, "beat"],
         "flower": [*cli, "flower", "--port", str(flower_port)],
     }
@@ -175,7 +177,7 @@ def status(settings: Settings) -> None:
     """Show which processes of the embedded stack run."""
     from shared.embedded import is_running
 
-    for name in ("api", "worker", "maintenance", "beat", "flower"):
+    for name in ("api", "worker", "maintenance", "training", "beat", "flower"):
         pid = _pid(settings, name)
         click.echo(f"{name:12} {'running pid ' + str(pid) if pid else 'stopped'}")
     click.echo(f"{'redis':12} {'running' if is_running(settings) else 'stopped'}")

@@ -89,22 +89,24 @@ def styles_list(settings: Settings, client_name: str) -> None:
 @click.option("--version", type=click.IntRange(min=1), default=None, help="Only this version (default: the style).")
 @click.pass_obj
 def styles_remove(settings: Settings, name: str, client_name: str, version: int | None) -> None:
-    """Remove a style or one version, and its files. Queued jobs naming it fail with style_not_found."""
+    """Remove a style or one version, and its files. Queued jobs naming it fail with style_not_found; a training
+    of it stops."""
     from shared import styles as registry
     from shared.storage import open_storage
 
     database = _database(settings)
     try:
         with database.begin() as session:
-            keys = registry.remove(session, _client_id(session, client_name), name, version)
+            prefixes = registry.remove(session, _client_id(session, client_name), name, version)
     except registry.StyleNotFound as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         database.engine.dispose()
     storage = open_storage(settings)
-    for key in keys:  # after the commit: a failed commit leaves the files of the rows it kept
-        storage.delete(key)
-    click.echo(f"removed {name}" + (f"@{version}" if version else "") + f" ({len(keys)} file(s))")
+    removed = 0
+    for prefix in prefixes:  # after the commit: a failed commit leaves the files of the rows it kept
+        removed += storage.delete_prefix(prefix)
+    click.echo(f"removed {name}" + (f"@{version}" if version else "") + f" ({removed} file(s))")
 
 
 def register(group: click.Group) -> None:

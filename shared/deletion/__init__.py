@@ -4,8 +4,10 @@ Each area that keeps something of a user registers a *part* here: a function ``(
 user_id) -> count`` that removes that user's rows and the storage objects only they reference, in the caller's
 transaction (objects first: a retry after a failure finds the rows and tries again). The parts of this module's
 area are ``jobs`` (rows, their images reference-counted by ``storage_key``, fetched style references) and
-``subjects`` (rows, versions and their photos). Another area adds its module to ``PART_MODULES`` and decorates
-its function with ``@part("name", order=N)``; lower orders run first (jobs go before what hangs off them).
+``subjects`` (rows, versions and their photos); ``training_images`` (``shared.deletion.training``) removes the
+user's pictures from training sets and marks the style versions trained on them. Another area adds its module to
+``PART_MODULES`` and decorates its function with ``@part("name", order=N)``; lower orders run first (jobs go
+before what hangs off them).
 
 The run (``shared.deletion.run``, a maintenance task): cancel the user's queued jobs (``user_deleted``), flag the
 running ones and come back after ``deletion_retry_s`` until none runs, then every part in order, then ``succeeded``.
@@ -35,6 +37,7 @@ PART_MODULES: Final[list[str]] = [
     "shared.deletion.subjects",
     "shared.deletion.engine",
     "shared.deletion.idempotency",
+    "shared.deletion.training",
 ]
 ACTIVE: Final = ("queued", "running")
 

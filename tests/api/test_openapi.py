@@ -26,6 +26,8 @@ CONTRACT = {
     ("delete", "/v1/subjects/{subject_id}"), ("post", "/v1/batches"), ("get", "/v1/batches/{batch_id}"),
     ("delete", "/v1/users/{user_id}"), ("get", "/v1/users/{user_id}/deletions/{deletion_id}"),
     ("post", "/api/illustrations/generate"), ("get", "/api/illustrations/{generation_id}"),
+    ("post", "/v1/styles"), ("get", "/v1/styles"), ("get", "/v1/styles/{name}"),
+    ("post", "/v1/styles/{name}/versions/{version}/cancel"),
 }
 
 
@@ -61,6 +63,11 @@ def test_the_document_covers_every_route_with_its_limits(client: FlaskClient, ap
     assert set(schemas[result]["properties"]) >= {"imageUrl", "generationId", "metadata"}
     assert set(doc["paths"]["/v1/subjects"]["post"]["requestBody"]["content"]) == {"multipart/form-data",
                                                                                    "application/json"}
+    training = doc["paths"]["/v1/styles"]["post"]
+    assert "Scope: `styles`" in training["description"] and set(training["requestBody"]["content"]) == {
+        "multipart/form-data", "application/json"}
+    assert schemas["StyleTrainingRequest"]["properties"]["images"]["minItems"] == limits.TRAINING_IMAGES_MIN
+    assert schemas["TrainingParams"]["properties"]["rank"]["maximum"] == limits.TRAINING_RANK_MAX
 
 
 def test_docs_render_the_document_from_the_package(client: FlaskClient) -> None:
@@ -92,7 +99,7 @@ def fuzz_app(settings: Settings) -> Iterator[Flask]:
 @pytest.fixture
 def fuzz_auth(fuzz_app: Flask) -> dict[str, str]:
     db: Database = fuzz_app.extensions["illustrations"].db
-    return {"Authorization": f"Bearer {make_key(db, scopes=('generate', 'admin'))}"}
+    return {"Authorization": f"Bearer {make_key(db, scopes=('generate', 'admin', 'styles'))}"}
 
 
 EXAMPLES_PER_OPERATION = {schemathesis.GenerationMode.POSITIVE: 40, schemathesis.GenerationMode.NEGATIVE: 20}

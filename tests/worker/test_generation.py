@@ -216,9 +216,9 @@ def test_a_style_removed_before_the_job_runs_fails_style_not_found(runtime: Runt
     client_id = client_with_style(runtime, db, lora_file)
     job_id = add_job(db, request=styled_doc(), seed=3, client_id=client_id)
     with db.begin() as session:
-        keys = styles.remove(session, client_id, "watercolor")
-    for key in keys:
-        runtime.storage.delete(key)
+        prefixes = styles.remove(session, client_id, "watercolor")
+    for prefix in prefixes:
+        runtime.storage.delete_prefix(prefix)
     assert run_generation(job_id, runtime) == "failed:style_not_found"
     job = load(db, job_id)
     assert job.error_code == "style_not_found" and job.error_message == "no style named 'watercolor'"

@@ -1,0 +1,1 @@
+"""Style LoRA training: the trainer (torch), its checkpoints (safetensors + JSON), and the job that runs it."""
