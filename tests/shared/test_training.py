@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from shared import tasks, training
 from shared.db import Database, utcnow
@@ -100,11 +101,18 @@ def test_a_failure_leaves_the_previous_version_active_and_an_older_one_never_rep
     assert active_of(any_db, style_id) == 2 and version_of(any_db, one).status == "ready"
 
 
+def sweep_of(session: Session, job_id: str, max_attempts: int) -> tuple[bool, bool]:
+    """What the lease sweep did to this training: (re-queued, failed). The database is shared by the session's
+    tests, so other trainings may be swept too."""
+    requeued, failed = training.expire_leases(session, max_attempts=max_attempts)
+    return job_id in requeued, job_id in failed
+
+
 def test_only_the_attempt_holding_the_lease_records_anything(any_db: Database) -> None:
     job_id = queue_training(any_db, new_client(any_db))
     old = claim(any_db, job_id, lease_s=-1)  # already expired
     with any_db.begin() as session:
-        assert training.expire_leases(session, max_attempts=3) == ([job_id], [])
+        assert sweep_of(session, job_id, 3) == (True, False)
     new = claim(any_db, job_id)
     assert new.attempt == 2
     with any_db.begin() as session:
@@ -129,10 +137,10 @@ def test_checkpoint_then_give_back_on_sigterm_resumes_and_is_not_a_lost_attempt(
     held = claim(any_db, job_id, lease_s=-1)
     assert version_of(any_db, job_id).progress_step == 5  # the count continues from the checkpoint
     with any_db.begin() as session:
-        assert training.expire_leases(session, max_attempts=2) == ([job_id], [])  # 1 lost attempt so far
+        assert sweep_of(session, job_id, 2) == (True, False)  # 1 lost attempt so far
     claim(any_db, job_id, lease_s=-1)
     with any_db.begin() as session:
-        assert training.expire_leases(session, max_attempts=2) == ([], [job_id])
+        assert sweep_of(session, job_id, 2) == (False, True)
     row = version_of(any_db, job_id)
     assert (row.status, row.error_code, row.checkpoint_step) == ("failed", "worker_lost", None)
 

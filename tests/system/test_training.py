@@ -88,9 +88,9 @@ def trainer(procs: Processes, name: str) -> Proc:
 
 
 def test_train_generate_cancel_kill_and_sigterm_through_real_workers(
-        pg_url: str, system_redis_url: str, s3_server: S3Server, tiny_model_dir: Path, tmp_path: Path) -> None:
+        fresh_pg_url: str, system_redis_url: str, s3_server: S3Server, tiny_model_dir: Path, tmp_path: Path) -> None:
     env = clean_env(
-        VAR_DIR=str(tmp_path / "var"), DATABASE_URL=pg_url, BROKER_URL=system_redis_url,
+        VAR_DIR=str(tmp_path / "var"), DATABASE_URL=fresh_pg_url, BROKER_URL=system_redis_url,
         STORAGE_URL=f"s3://{s3_server.bucket}/training-{uuid.uuid4().hex[:8]}", S3_ENDPOINT_URL=s3_server.endpoint,
         S3_ACCESS_KEY_ID=s3_server.access_key, S3_SECRET_ACCESS_KEY=s3_server.secret_key,
         MODEL_DIR=str(tiny_model_dir), TORCH_THREADS="1", API_WORKERS="1",
@@ -102,7 +102,7 @@ def test_train_generate_cancel_kill_and_sigterm_through_real_workers(
     headers = {"Authorization": f"Bearer {key}"}
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    db = Database(Settings(database_url=pg_url))
+    db = Database(Settings(database_url=fresh_pg_url))
     with processes(env, tmp_path, tmp_path / "logs") as procs:
         first_trainer = trainer(procs, "first")
         procs.start("gpu", "worker", "--hostname", "gpu0@training-test")

@@ -412,3 +412,11 @@ def test_a_database_down_at_the_claim_raises_for_the_task_to_hand_back(settings:
         run_generation("any-job", down)
     assert is_unavailable(caught.value)
     down.db.engine.dispose()
+
+
+def test_a_job_with_a_malformed_request_fails_internal_once(runtime: Runtime, db: Database) -> None:
+    job_id = add_job(db, request={"prompt": "p", "params": {"steps": 2}})  # no size, no scales: a poison job
+    assert run_generation(job_id, runtime) == "failed:internal"
+    job = load(db, job_id)
+    assert job.status == "failed" and job.error_code == "internal" and job.attempt == 1
+    assert [(m.outcome, m.error_code, m.width) for m in metrics(db, job_id)] == [("failed", "internal", 0)]
