@@ -251,13 +251,13 @@ def started(session: Session, job_id: str, worker: str, lease_s: float,
         return ClaimRefused.MISSING
     if JobStatus(status).is_terminal():
         return ClaimRefused.TERMINAL
-    if status == JobStatus.QUEUED.value and canceled(session, job_id, CancelReason.DEADLINE):
-        return ClaimRefused.DEADLINE
     if status == JobStatus.QUEUED.value and session.execute(
         update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED.value, ~not_paused())
         .values(published_at=None).execution_options(synchronize_session=False)
     ).rowcount:  # type: ignore[attr-defined]
         return ClaimRefused.PAUSED  # the relay publishes it again once its client is resumed
+    if status == JobStatus.QUEUED.value and canceled(session, job_id, CancelReason.DEADLINE):
+        return ClaimRefused.DEADLINE  # the only other reason a queued job is not claimed: cancel_after passed
     return ClaimRefused.LEASED
 
 
