@@ -15,6 +15,7 @@ the metrics live in prometheus_client's default registry.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -25,6 +26,8 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
     from prometheus_client.registry import Collector, CollectorRegistry
+
+log = logging.getLogger(__name__)
 
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 # Set by a process that owns the folder for the processes it starts (they inherit, never wipe, never serve).
@@ -89,7 +92,12 @@ def serve(port: int, address: str) -> None:
     """Serve this process tree's metrics (every process's samples) on ``address:port`` from a daemon thread."""
     from prometheus_client import start_http_server
 
-    start_http_server(port, addr=address, registry=scrape_registry())
+    try:
+        start_http_server(port, addr=address, registry=scrape_registry())
+    except OSError as exc:  # a busy port must not stop a worker from working
+        log.error("metrics exporter not started on %s:%d (%s)", address, port, exc)
+        return
+    log.info("metrics on http://%s:%d/metrics", address, port)
 
 
 def mark_dead(pid: int) -> None:

@@ -44,8 +44,9 @@ def parse_range(text: str) -> timedelta:
     return timedelta(hours=count) if match["unit"] == "h" else timedelta(days=count)
 
 
-def percentiles(session: Session, value: ColumnElement[Any] | InstrumentedAttribute[Any], groups: Sequence[ColumnElement[Any]],
-                where: Sequence[ColumnElement[bool]], ps: Sequence[float] = PERCENTILES) -> dict[Group, list[float]]:
+def percentiles(session: Session, value: ColumnElement[Any] | InstrumentedAttribute[Any],
+                groups: Sequence[ColumnElement[Any]], where: Sequence[ColumnElement[bool]],
+                ps: Sequence[float] = PERCENTILES) -> dict[Group, list[float]]:
     """``percentile_cont(p)`` of ``value`` for each p, per group (rows with a null value are left out)."""
     column: ColumnElement[Any] = value.expression if isinstance(value, InstrumentedAttribute) else value
     conditions = [column.is_not(None), *where]

@@ -172,7 +172,16 @@ def beat(settings: Settings) -> None:
 @click.option("--address", default=None)
 @click.pass_obj
 def flower(settings: Settings, port: int | None, address: str | None) -> None:
-    """Run Flower, the Celery monitor (its /metrics and /healthcheck are open: bind it privately)."""
+    """Run Flower, the Celery monitor (its /metrics and /healthcheck are open: bind it privately).
+
+    Basic auth (ILLUSTRATIONS_FLOWER_BASIC_AUTH=user:password) is required outside the embedded mode (a broker URL is
+    configured): without it Flower refuses to start, unless ILLUSTRATIONS_FLOWER_UNAUTHENTICATED says it runs
+    behind an authenticating proxy. The embedded demo (no broker URL, loopback only) runs without auth.
+    """
+    if not settings.flower_basic_auth and not settings.embedded_broker and not settings.flower_unauthenticated:
+        raise click.ClickException(
+            "Flower needs Basic auth outside the embedded demo: set ILLUSTRATIONS_FLOWER_BASIC_AUTH=user:password "
+            "(or ILLUSTRATIONS_FLOWER_UNAUTHENTICATED=true behind an authenticating proxy)")
     _prepare(settings)
     from worker.celery_app import app
 

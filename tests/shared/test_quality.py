@@ -18,7 +18,8 @@ OLD = NOW - timedelta(days=10)
 
 
 def _metric(client_id: str, profile: str, variant: str, queue_wait_s: float, total_s: float,
-            inference_s: float | None = None, outcome: str = "succeeded", created_at: datetime = NOW) -> GenerationMetric:
+            inference_s: float | None = None, outcome: str = "succeeded",
+            created_at: datetime = NOW) -> GenerationMetric:
     return GenerationMetric(
         job_id=str(uuid.uuid4()), client_id=client_id, user_id="u", attempt=1, outcome=outcome, queue="q",
         queue_wait_s=queue_wait_s, total_s=total_s, inference_s=inference_s, steps=2, width=64, height=64,
@@ -69,7 +70,7 @@ def test_quality_numbers_match_hand_computed_answers(seeded: tuple[Database, str
     groups = {(g.profile, g.variant): g for g in out.groups if g.profile == profile}
     assert set(groups) == {(profile, "a"), (profile, "b")}
     a, b = groups[(profile, "a")], groups[(profile, "b")]
-    # Variant a: queue waits 1, 2, 3, 4, 10 → p50 = 3; p95 at 0.95·4 = 3.8 → 4 + 0.8·(10 − 4) = 8.8.
+    # Variant a: queue waits 1, 2, 3, 4, 10 → p50 = 3; p95 at 0.95·4 = 3.8 → 4 + 0.8·(10 - 4) = 8.8.
     assert a.queue_wait_s.p50 == pytest.approx(3.0) and a.queue_wait_s.p95 == pytest.approx(8.8)
     # Times on the worker 2, 4, 0, 0, 0 → sorted 0, 0, 0, 2, 4: p50 = 0; p95 at 3.8 → 2 + 0.8·2 = 3.6.
     assert a.generation_s.p50 == pytest.approx(0.0) and a.generation_s.p95 == pytest.approx(3.6)
@@ -86,7 +87,7 @@ def test_quality_numbers_match_hand_computed_answers(seeded: tuple[Database, str
     with database.begin() as session:
         longer = {(g.profile, g.variant): g for g in quality.quality(session, "30d").groups if g.profile == profile}
     assert longer[(profile, "a")].failures == {"internal": 1, "out_of_memory": 1}
-    # Queue waits 1, 2, 3, 4, 10, 1000: p95 at 0.95·5 = 4.75 → 10 + 0.75·(1000 − 10) = 752.5.
+    # Queue waits 1, 2, 3, 4, 10, 1000: p95 at 0.95·5 = 4.75 → 10 + 0.75·(1000 - 10) = 752.5.
     assert longer[(profile, "a")].queue_wait_s.p95 == pytest.approx(752.5)
 
 
@@ -101,7 +102,7 @@ def test_the_percentile_helper_interpolates_like_percentile_cont(any_db: Databas
     with any_db.begin() as session:
         found = quality.percentiles(session, GenerationMetric.queue_wait_s, [GenerationMetric.variant],
                                     [GenerationMetric.profile == profile], ps)
-    expected = {  # position p·(n − 1), interpolated between its floor and floor + 1 in sorted order
+    expected = {  # position p·(n - 1), interpolated between its floor and floor + 1 in sorted order
         "even": [1.0, 1.75, 2.5, 3.7, 4.0],
         "odd": [1.0, 2.0, 3.0, 6.2, 7.0],
         "ties": [2.0, 2.0, 2.0, 6.9, 9.0],
