@@ -14,7 +14,7 @@ import binascii
 from typing import Any, Final
 
 from flask import Blueprint, Flask, Response, redirect, render_template, request, send_file
-from pydantic import Field
+from pydantic import Field, model_validator
 from sqlalchemy import select
 from werkzeug.wrappers import Response as WerkzeugResponse
 
@@ -40,6 +40,14 @@ class OpsPageQuery(Query):
     code: str | None = Field(None, max_length=32, pattern=r"^[a-z_]+$", description="An error code.")
     variant: str | None = Field(None, max_length=16, pattern=r"^[A-Za-z0-9._-]+$")
     cursor: Cursor | None = Field(None, description="The next page's cursor.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blank_is_absent(cls, data: Any) -> Any:
+        """The page's form sends every field; an empty one means "any"."""
+        if isinstance(data, dict):
+            return {name: value for name, value in data.items() if value != ""}
+        return data
 
 
 def _authenticate() -> None:

@@ -53,7 +53,8 @@ def api(settings: Settings, bind: str | None) -> None:
                 "timeout": settings.api_timeout_s,
                 "graceful_timeout": settings.api_graceful_timeout_s,
                 "accesslog": "-",
-                "access_log_format": '%(h)s "%(r)s" %(s)s %(b)s %(M)sms',
+                # The request id (X-Request-ID, api.logs) names the request in the access line too.
+                "access_log_format": '%(h)s "%(r)s" %(s)s %(b)s %(M)sms request_id=%({x-request-id}o)s',
                 "logconfig_dict": logs.gunicorn_logconfig(settings.log_level, settings.log_format),
                 "child_exit": child_exit,
             }
