@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo up down status test lint typecheck pytest clean
+.PHONY: venv demo up down status test lint typecheck pytest clean chromium
 
 # (Re)create the virtualenv when it is missing or pyproject.toml changed.
 $(STAMP): pyproject.toml Makefile
@@ -39,7 +39,13 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-pytest: venv
+## Debian's Chromium for the /ops page test (playwright drives it; no browser download). Installed once, as root.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing Debian's chromium (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+
+pytest: venv chromium
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## Lint, type-check, then the whole suite against PostgreSQL and Redis on their standard loopback ports.

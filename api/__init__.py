@@ -11,9 +11,14 @@ from api import (
     body,
     compat,
     errors,
+    feedback,
     health,
     illustrations,
+    logs,
+    metrics,
     openapi,
+    ops_page,
+    quality,
     ratelimit,
     styles,
     subjects,
@@ -50,6 +55,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         waiter=JobWaiter(db, settings),
         fetcher=Fetcher.from_settings(settings),
     )
+    logs.init_app(app)  # first: every later hook and handler logs with the request id
+    metrics.init_app(app)  # then: every request is counted, even one refused by a later hook
     errors.init_app(app)
     body.init_app(app)
     ratelimit.init_app(app, settings)
@@ -60,5 +67,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     batches.init_app(app)
     users.init_app(app)
     compat.init_app(app)
+    feedback.init_app(app)
+    quality.init_app(app)
+    ops_page.init_app(app)
     openapi.init_app(app)
     return app

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from api.errors import ApiError, validation_error
 from api.services import Services
-from shared import deletion, jobs, limits, styles, tasks
+from shared import deletion, experiments, jobs, limits, styles, tasks
 from shared.fetch import FetchBlocked, check_url
 from shared.keys import Principal
 from shared.models import Client, Job, Subject
@@ -126,6 +126,29 @@ def _check_quota(session: Session, svc: Services, client_id: str, adding: int) -
                        headers={"Retry-After": str(svc.settings.quota_retry_after_s)})
 
 
+def apply_variant(session: Session, svc: Services, client_id: str,
+                  body: IllustrationRequest) -> tuple[IllustrationRequest, str]:
+    """The user's A/B variant (``shared.experiments``) and the request with its overrides applied.
+
+    An override changes only a parameter the request left at its default; a style the client does not have (or
+    has no ready version of) is not applied, so an experiment never turns a valid request into a 422.
+    """
+    experiment = svc.settings.experiment
+    variant = experiments.assign(experiment, client_id, body.user_id)
+    if experiment is None or variant == experiments.CONTROL:
+        return body, variant
+    given = body.params.model_fields_set
+    overrides = {name: value for name, value in experiment.overrides().items() if name not in given}
+    if "style_lora" in overrides:
+        try:
+            styles.resolve(session, client_id, styles.parse_ref(overrides["style_lora"]))
+        except (ValueError, styles.StyleNotFound):
+            del overrides["style_lora"]
+    if not overrides:
+        return body, variant
+    return body.model_copy(update={"params": body.params.model_copy(update=overrides)}), variant
+
+
 def accept(session: Session, svc: Services, principal: Principal, bodies: Sequence[IllustrationRequest], *,
            batch_id: str | None = None, priorities: Sequence[str] | None = None,
            prefixes: Sequence[str] | None = None) -> list[Job]:
@@ -135,6 +158,8 @@ def accept(session: Session, svc: Services, principal: Principal, bodies: Sequen
     rows: list[Job] = []
     for i, body in enumerate(bodies):
         prefix = prefixes[i] if prefixes is not None else ""
+        # The A/B variant is decided before anything is written (and before a result cache looks at the request).
+        body, variant = apply_variant(session, svc, principal.client_id, body)
         resolved = resolve_references(session, svc, principal.client_id, body, prefix, errors)
         if errors:
             continue
@@ -146,6 +171,9 @@ def accept(session: Session, svc: Services, principal: Principal, bodies: Sequen
         request_doc["params"]["seed"] = seed
         request_doc["priority"] = priority
         request_doc["resolved"] = resolved
+        request_doc["variant"] = variant
+        if svc.settings.experiment is not None:
+            request_doc["experiment"] = svc.settings.experiment.name
         if batch_id is not None:
             request_doc["batch_index"] = i  # a batch lists its jobs in request order
         rows.append(jobs.new_job(
@@ -164,11 +192,17 @@ def accept(session: Session, svc: Services, principal: Principal, bodies: Sequen
 
 def publishable(session: Session, svc: Services, rows: Sequence[Job]) -> list[tuple[str, str]]:
     """Which new jobs to publish at once: over the client's publish cap (per queue) they wait in PostgreSQL and the
-    relay publishes them as the client gets room (``ILLUSTRATIONS_CLIENT_PUBLISH_CAP``)."""
+    relay publishes them as the client gets room (``ILLUSTRATIONS_CLIENT_PUBLISH_CAP``); a paused client's jobs wait
+    until it is resumed (``illustrations ops pause-client``)."""
     cap = svc.settings.client_publish_cap
     chosen: list[tuple[str, str]] = []
+    paused = set(session.execute(
+        select(Client.id).where(Client.id.in_({row.client_id for row in rows}), Client.paused_at.is_not(None))
+    ).scalars())
     room: dict[str, bool] = {}
     for row in rows:
+        if row.client_id in paused:
+            continue  # a paused client's jobs wait in PostgreSQL; the relay publishes them after resume-client
         if row.queue not in room:
             room[row.queue] = jobs.has_room(session, row.client_id, row.queue, cap)
         if room[row.queue]:

@@ -3,6 +3,8 @@
 - ``utcnow()`` / ``utcnow(seconds)``: the database's clock (the one clock every process shares), optionally offset.
   PostgreSQL: ``statement_timestamp()``; SQLite: ``strftime`` with microseconds (SQLAlchemy's SQLite DATETIME
   reads six fractional digits).
+- ``seconds_since(expr)``: seconds from a timestamp expression to the database's now (PostgreSQL ``EXTRACT(EPOCH
+  ...)``, SQLite ``julianday`` arithmetic).
 - ``UTCDateTime``: timezone-aware UTC datetimes on both (SQLite stores naive UTC text).
 - SQLite: WAL, a busy timeout, foreign keys, and ``BEGIN IMMEDIATE`` for every transaction, so that a transaction
   that reads then writes waits for the lock instead of failing with ``SQLITE_BUSY`` when another writer got in
@@ -18,7 +20,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import TIMESTAMP, Engine, create_engine, event
+from sqlalchemy import TIMESTAMP, Engine, Float, create_engine, event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.compiler import compiles
@@ -73,6 +75,24 @@ def _utcnow_sqlite(element: utcnow, compiler: SQLCompiler, **kw: Any) -> str:
         return "strftime('%Y-%m-%d %H:%M:%f000', 'now')"
     offset = compiler.process(element.clauses, **kw)
     return f"strftime('%Y-%m-%d %H:%M:%f000', 'now', printf('%+.6f seconds', {offset}))"
+
+
+class seconds_since(FunctionElement[float]):
+    """Seconds from a timestamp expression to the database's current time: ``seconds_since(func.min(col))``."""
+
+    type = Float()
+    inherit_cache = True
+    name = "seconds_since"
+
+
+@compiles(seconds_since, "postgresql")
+def _seconds_since_postgresql(element: seconds_since, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"EXTRACT(EPOCH FROM (statement_timestamp() - {compiler.process(element.clauses, **kw)}))"
+
+
+@compiles(seconds_since, "sqlite")
+def _seconds_since_sqlite(element: seconds_since, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"((julianday('now') - julianday({compiler.process(element.clauses, **kw)})) * 86400.0)"
 
 
 def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:

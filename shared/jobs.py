@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from shared import notify
 from shared.db import utcnow
 from shared.errors import CancelReason, ErrorCode
-from shared.models import Job, JobImage, JobTransition
+from shared.models import Client, Job, JobImage, JobTransition
 from shared.states import JobStatus, check_transition
 from shared.tasks import QUEUE_BATCH, QUEUE_INTERACTIVE
 
@@ -53,6 +53,12 @@ class ClaimRefused(StrEnum):
     TERMINAL = "terminal"  # already finished
     LEASED = "leased"  # another attempt holds a live lease
     DEADLINE = "deadline"  # cancel_after passed before it started: now canceled
+    PAUSED = "paused"  # its client is paused: it stays queued, unpublished, until the client is resumed
+
+
+def not_paused() -> ColumnElement[bool]:
+    """The job's client is not paused (``illustrations ops pause-client``): its jobs are neither published nor run."""
+    return Job.client_id.not_in(select(Client.id).where(Client.paused_at.is_not(None)))
 
 
 def _log(session: Session, rows: Sequence[dict[str, Any]]) -> None:
@@ -123,6 +129,7 @@ def unpublished(session: Session, older_than_s: float, limit: int = 500, cap: in
         Job.published_at.is_(None),
         Job.created_at < utcnow(-older_than_s),
         or_(Job.not_before.is_(None), Job.not_before <= utcnow()),
+        not_paused(),
     )
     rank = func.row_number().over(partition_by=(Job.client_id, Job.queue), order_by=(Job.created_at, Job.id))
     candidates = select(Job.id, Job.queue, Job.client_id, Job.created_at, rank.label("rank")).where(due).subquery()
@@ -146,7 +153,7 @@ def stale(session: Session, published_before_s: float, limit: int = 500) -> list
     died before it claimed the job). Publishing again is safe: a twin message is dropped at the claim."""
     rows = session.execute(
         select(Job.id, Job.queue)
-        .where(Job.status == JobStatus.QUEUED.value, Job.published_at < utcnow(-published_before_s))
+        .where(Job.status == JobStatus.QUEUED.value, Job.published_at < utcnow(-published_before_s), not_paused())
         .order_by(Job.published_at)
         .limit(limit)
     )
@@ -221,7 +228,7 @@ def started(session: Session, job_id: str, worker: str, lease_s: float,
     not_expired = or_(Job.cancel_after.is_(None), Job.cancel_after > utcnow())
     stmt = (
         update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value, not_expired)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value, not_expired, not_paused())
         .values(
             status=JobStatus.RUNNING.value,
             attempt=Job.attempt + 1,
@@ -244,8 +251,13 @@ def started(session: Session, job_id: str, worker: str, lease_s: float,
         return ClaimRefused.MISSING
     if JobStatus(status).is_terminal():
         return ClaimRefused.TERMINAL
+    if status == JobStatus.QUEUED.value and session.execute(
+        update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED.value, ~not_paused())
+        .values(published_at=None).execution_options(synchronize_session=False)
+    ).rowcount:  # type: ignore[attr-defined]
+        return ClaimRefused.PAUSED  # the relay publishes it again once its client is resumed
     if status == JobStatus.QUEUED.value and canceled(session, job_id, CancelReason.DEADLINE):
-        return ClaimRefused.DEADLINE
+        return ClaimRefused.DEADLINE  # the only other reason a queued job is not claimed: cancel_after passed
     return ClaimRefused.LEASED
 
 
@@ -329,13 +341,14 @@ def failed_on_worker(session: Session, job_id: str, worker_prefix: str, code: Er
     )
 
 
-def canceled(session: Session, job_id: str, reason: CancelReason, claim: Claim | None = None) -> bool:
+def canceled(session: Session, job_id: str, reason: CancelReason, claim: Claim | None = None, *,
+             message: str | None = None) -> bool:
     """Cancel a queued job (no claim), or a running one by the attempt that holds it."""
     values: dict[str, Any] = {
         "finished_at": utcnow(),
         "lease_until": None,
         "error_code": reason.value,
-        "error_message": _CANCEL_MESSAGES[reason],
+        "error_message": message or _CANCEL_MESSAGES[reason],
     }
     if claim is None:
         return _move(session, job_id, JobStatus.QUEUED, JobStatus.CANCELED, reason=reason.value, **values)

@@ -1,5 +1,5 @@
 """SQLAlchemy 2 typed models: clients, API keys, subjects, jobs (with their images), batches, user deletions,
-styles (versions, training images), generation metrics.
+styles (versions, training images), generation metrics, feedback, paused queues.
 
 The job state machine that moves ``Job.status`` lives in ``shared.jobs``; nothing else updates it.
 """
@@ -62,6 +62,9 @@ class Client(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=utcnow())
     # Queued jobs this client may have before submissions get 429; None = the setting max_queued_jobs_per_client.
     max_queued_jobs: Mapped[int | None] = mapped_column(Integer)
+    # Set by `illustrations ops pause-client`: its jobs are accepted and wait in PostgreSQL (nothing is published,
+    # a message already in the broker is handed back at the claim) until `resume-client`.
+    paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     keys: Mapped[list[ApiKey]] = relationship(back_populates="client")
 
@@ -380,6 +383,42 @@ class GenerationMetric(Base):
     device: Mapped[str | None] = mapped_column(String(120))
     model_load_s: Mapped[float | None] = mapped_column(Float)  # the worker's one-time pipeline load
     peak_gpu_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)  # null on CPU
+    variant: Mapped[str | None] = mapped_column(String(16))  # the A/B variant the job ran with (request "variant")
+
+
+class Feedback(Base):
+    """A user's rating of a finished illustration (``POST /v1/illustrations/{id}/feedback``): one per job, the
+    latest replaces the earlier. Profile and variant are copied from the job so quality numbers need no join and
+    outlive the job; ``user_id`` is kept so that deleting a user removes their feedback (``shared.deletion``)."""
+
+    __tablename__ = "feedback"
+    __mapper_args__ = {"eager_defaults": True}
+    __table_args__ = (
+        CheckConstraint("rating BETWEEN 1 AND 5", name="rating_range"),
+        Index("ix_feedback_created", "created_at"),
+        Index("ix_feedback_client_user", "client_id", "user_id"),
+    )
+
+    job_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(36))
+    user_id: Mapped[str] = mapped_column(String(255))
+    rating: Mapped[int] = mapped_column(Integer)
+    comment: Mapped[str | None] = mapped_column(Text)
+    profile: Mapped[str | None] = mapped_column(String(32))
+    variant: Mapped[str | None] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=utcnow())
+
+
+class PausedQueue(Base):
+    """A queue paused by ``illustrations ops pause QUEUE``: workers stop consuming it, and a worker that starts
+    while it is paused does not consume it either (``worker.ops_control``). Messages wait in the broker."""
+
+    __tablename__ = "paused_queues"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=utcnow())
+
+
 class JobTransition(Base):
     """The audit trail of a job: one row per state change, written in the transaction that made it.
 

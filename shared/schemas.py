@@ -447,3 +447,60 @@ class StyleList(Out):
 class StyleListQuery(Query):
     limit: int = Field(limits.LIST_LIMIT_DEFAULT, ge=1, le=limits.LIST_LIMIT_MAX)
     cursor: Cursor | None = Field(None, description="next_cursor of the previous page.")
+
+
+# --- Operations: feedback and quality numbers -------------------------------------------------------------------------
+class FeedbackRequest(Strict):
+    """``POST /v1/illustrations/{id}/feedback``: a rating of a succeeded job (the latest replaces an earlier one)."""
+
+    rating: int = Field(ge=limits.FEEDBACK_RATING_MIN, le=limits.FEEDBACK_RATING_MAX)
+    comment: Annotated[str, StringConstraints(max_length=limits.FEEDBACK_COMMENT_MAX_CHARS)] | None = None
+    user_id: UserId | None = Field(None, description="Answer 404 unless the job belongs to this user.")
+
+
+class FeedbackOut(Out):
+    job_id: str
+    user_id: str
+    rating: int
+    comment: str | None
+    created_at: dt.datetime
+
+
+QualityRange = Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]{0,3}[hd]$")]
+
+
+class QualityQuery(Query):
+    range: QualityRange = Field("7d", description="How far back: N hours (`24h`) or N days (`7d`), at most "
+                                                  f"{limits.QUALITY_RANGE_MAX_DAYS} days.")
+
+
+class Percentiles(Out):
+    p50: float | None
+    p95: float | None
+
+
+class FeedbackSummary(Out):
+    count: int
+    mean_rating: float | None
+
+
+class QualityGroup(Out):
+    profile: str = Field(description="Model profile (`none`: jobs that ended before reaching a worker).")
+    variant: str
+    jobs: int = Field(description="Jobs finished in the range.")
+    succeeded: int
+    failed: int
+    canceled: int
+    success_rate: float | None = Field(description="succeeded / (succeeded + failed); cancels are not counted.")
+    failures: dict[str, int] = Field(description="Failed jobs by error code.")
+    queue_wait_s: Percentiles = Field(description="Time from submit to a worker's claim (succeeded attempts).")
+    generation_s: Percentiles = Field(description="Time on the worker: load, inference, store (succeeded attempts).")
+    inference_s: Percentiles = Field(description="The pipeline call alone (succeeded attempts).")
+    feedback: FeedbackSummary
+
+
+class QualityOut(Out):
+    range: str
+    since: dt.datetime
+    until: dt.datetime
+    groups: list[QualityGroup]

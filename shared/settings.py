@@ -18,6 +18,8 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.experiments import Experiment
+
 ENV_PREFIX = "ILLUSTRATIONS_"
 
 
@@ -194,8 +196,35 @@ class Settings(BaseSettings):
     flower_port: int = Field(5555, ge=1, le=65535)
     flower_basic_auth: str | None = Field(None, description="user:password for Flower's UI and API.")
 
+    flower_unauthenticated: bool = Field(
+        False, description="Let `illustrations flower` start without Basic auth outside the embedded mode (only "
+        "behind an authenticating proxy). Without it, a non-embedded Flower refuses to start without "
+        "ILLUSTRATIONS_FLOWER_BASIC_AUTH."
+    )
+
+    # --- Operations: metrics, experiments -------------------------------------------------------------------------
+    metrics_dir: Path | None = Field(
+        None, description="Parent of the prometheus_client multiprocess folders (PROMETHEUS_MULTIPROC_DIR of the "
+        "API and of each worker); default var_dir/prometheus. Each process tree wipes its own folder at start."
+    )
+    worker_metrics_port: int = Field(
+        0, ge=0, le=65535, description="Port of a worker host's Prometheus exporter (0 = none); a multi-GPU "
+        "`illustrations worker` serves one for all its per-GPU workers."
+    )
+    worker_metrics_address: str = Field("0.0.0.0", description="Address the worker exporter binds.")  # noqa: S104
+    experiment: Experiment | None = Field(
+        None, description='The A/B experiment (JSON): {"name": "steps-20", "share": 0.5, "steps": 20} gives half '
+        "of the users (stably, by a hash of client and user) variant b with 20 steps; also guidance_scale, "
+        "style_lora, lora_scale. None: every job is variant a."
+    )
+    ops_page_size: int = Field(48, ge=1, le=500, description="Jobs shown on one /ops gallery page.")
+
     # --- Logging ------------------------------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = Field(
+        "json", description="json: one JSON object per line (with job_id and request_id where known); text: for "
+        "reading in a terminal."
+    )
 
     @field_validator("database_url", "broker_url", "storage_url")
     @classmethod
@@ -260,6 +289,10 @@ class Settings(BaseSettings):
     @property
     def effective_model_dir(self) -> Path:
         return (self.model_dir or self.var_dir / "models" / self.model_profile).resolve()
+
+    @property
+    def effective_metrics_dir(self) -> Path:
+        return (self.metrics_dir or self.var_dir / "prometheus").resolve()
 
     @property
     def effective_tokenizer_dir(self) -> Path:

@@ -17,4 +17,6 @@ app.add_defaults(lambda: celery_config(get_settings()))
 
 # Signals that set up the process (pipeline loaded in the pool child; a training worker's SIGTERM handling).
 import worker.lifecycle  # noqa: E402
+import worker.observability  # noqa: E402  (metrics, log context)
+import worker.ops_control  # noqa: E402  (pause/resume of queues)
 import worker.training.stop  # noqa: E402,F401

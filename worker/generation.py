@@ -33,6 +33,7 @@ from shared.errors import CancelReason, ErrorCode, JobFailure
 from shared.models import GenerationMetric, Job
 from shared.settings import Settings
 from shared.storage import ObjectNotFound, StorageError
+from worker import observability
 from worker.runtime import Runtime, SetupFailed
 
 if TYPE_CHECKING:
@@ -64,6 +65,11 @@ class JobInput:
     @property
     def params(self) -> dict[str, Any]:
         return dict(self.request["params"])
+
+    @property
+    def variant(self) -> str:
+        """The A/B variant decided at submit (``shared.experiments``); jobs from before experiments are ``a``."""
+        return str(self.request.get("variant") or "a")
 
 
 @dataclass
@@ -294,7 +300,7 @@ def _model_info(runtime: Runtime, job: JobInput) -> dict[str, Any]:
         "device": engine.device,
         "dtype": str(engine.dtype).removeprefix("torch."),
         "style_lora": job.style.label if job.style else None,
-        "variant": "a",
+        "variant": job.variant,
     }
 
 
@@ -339,6 +345,7 @@ def _metric(runtime: Runtime, claim: jobs.Claim, job: JobInput, attempt: Attempt
         "device": engine.device_name if engine else None,
         "model_load_s": runtime.load_seconds,
         "peak_gpu_memory_bytes": attempt.peak_memory_bytes,
+        "variant": job.variant,
     }
 
 
@@ -394,10 +401,13 @@ def retry_delay(settings: Settings, attempt: int) -> float:
 
 @contextlib.contextmanager
 def _not_busy_after(runtime: Runtime) -> Iterator[None]:
+    busy = observability.BUSY.labels(observability.gpu_label())
+    busy.set(1)
     try:
         yield
     finally:
         runtime.busy = False
+        busy.set(0)
 
 
 def run_generation(job_id: str, runtime: Runtime) -> str:
@@ -470,6 +480,9 @@ def run_generation(job_id: str, runtime: Runtime) -> str:
                 log.warning("job %s: attempt %d lost the job before finishing", job_id, claim.attempt)
                 return "lost"
             _forget_earlier_attempts(runtime, claim)
+            observability.succeeded(model["profile"], job.queue, (job.started_at - job.created_at).total_seconds(),
+                                    time.monotonic() - attempt.started, attempt.inference_s,
+                                    attempt.peak_memory_bytes)
             log.info("job %s succeeded in %.2f s (attempt %d)", job_id, attempt.inference_s, claim.attempt)
             return "succeeded"
         except Interrupted:

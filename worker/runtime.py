@@ -91,11 +91,23 @@ class Runtime:
             log.exception("pipeline setup failed")
             self.setup_error = f"the model could not be loaded ({type(exc).__name__}); see the worker log"
         self.load_seconds = time.monotonic() - started
+        self._report_load(profile.name)
         if self.setup_error:
             log.error("worker setup failed: %s", self.setup_error)
         elif self._engine is not None:
             log.info("pipeline %s loaded in %.2f s: revision %s on %s (CUDA_VISIBLE_DEVICES=%s)", profile.name,
                      self.load_seconds, self._engine.revision, self._engine.device_name, self.gpu)
+
+    def _report_load(self, profile: str) -> None:
+        from worker import observability
+
+        total = None
+        if self._engine is not None and self._engine.device.startswith("cuda"):
+            import torch
+
+            total = int(torch.cuda.get_device_properties(0).total_memory)
+        observability.pipeline_loaded(profile, self.load_seconds or 0.0, self.setup_error is not None, total)
+
 
 class SetupFailed(RuntimeError):
     pass

@@ -6,8 +6,6 @@ what it needs when it runs, so ``illustrations api`` never imports torch.
 
 from __future__ import annotations
 
-import logging
-
 import click
 
 from shared.cli import admin, client, models, ops, serve, stack, styles
@@ -22,9 +20,9 @@ def main(ctx: click.Context) -> None:
         settings = get_settings()
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
-    )
+    from shared import logs
+
+    logs.configure(settings.log_level, settings.log_format)
     ctx.obj = settings
 
 

@@ -29,23 +29,34 @@ def _prepare(settings: Settings) -> None:
 @click.pass_obj
 def api(settings: Settings, bind: str | None) -> None:
     """Serve the HTTP API under gunicorn (gthread workers)."""
+    from shared import logs, prometheus
+
+    bind = bind or settings.api_bind
+    # Before anything imports prometheus_client: every gunicorn worker writes its samples here (/metrics merges them).
+    prometheus.own_folder(settings.effective_metrics_dir, "api", bind)
     from gunicorn.app.base import BaseApplication
 
     from api import create_app
 
     _prepare(settings)
 
+    def child_exit(_server: Any, worker: Any) -> None:
+        prometheus.mark_dead(worker.pid)
+
     class Server(BaseApplication):
         def load_config(self) -> None:
             options = {
-                "bind": bind or settings.api_bind,
+                "bind": bind,
                 "workers": settings.api_workers,
                 "worker_class": "gthread",
                 "threads": settings.api_threads,
                 "timeout": settings.api_timeout_s,
                 "graceful_timeout": settings.api_graceful_timeout_s,
                 "accesslog": "-",
-                "access_log_format": '%(h)s "%(r)s" %(s)s %(b)s %(M)sms',
+                # The request id (X-Request-ID, api.logs) names the request in the access line too.
+                "access_log_format": '%(h)s "%(r)s" %(s)s %(b)s %(M)sms request_id=%({x-request-id}o)s',
+                "logconfig_dict": logs.gunicorn_logconfig(settings.log_level, settings.log_format),
+                "child_exit": child_exit,
             }
             for key, value in options.items():
                 self.cfg.set(key, value)
@@ -78,7 +89,11 @@ def worker(settings: Settings, queues: str, gpus: str | None, concurrency: int |
     the queue at once (worker.training.stop). Thread and solo pools (maintenance) keep the warm shutdown: their
     tasks take milliseconds.
     """
+    from shared import prometheus
+
     generation = bool(set(queues.split(",")) & set(tasks.GPU_QUEUES))
+    # Before anything imports prometheus_client: this worker tree's samples (a launcher's children inherit it).
+    prometheus.own_folder(settings.effective_metrics_dir, "worker", hostname or f"{queues}@{socket.gethostname()}")
     if generation and (pool or "prefork") == "prefork":  # the cancel at the end of a soft shutdown signals children
         _remap_sigterm()
     _prepare(settings)
@@ -103,6 +118,9 @@ def worker(settings: Settings, queues: str, gpus: str | None, concurrency: int |
         name = hostname if hostname and "@" in hostname else device.hostname(host)
         _celery_worker(settings, queues, concurrency or 1, pool or "prefork", name)
         return
+    if settings.worker_metrics_port and prometheus.serves():
+        prometheus.serve(settings.worker_metrics_port, settings.worker_metrics_address)
+        os.environ[prometheus.INHERITED] = "1"  # the per-GPU workers write to this folder; this process serves it
     supervisor = launcher.Supervisor(
         commands={d.name: launcher.child_command(d, queues, d.hostname(host)) for d in devices},
         environments={d.name: d.environment() for d in devices},
@@ -114,7 +132,11 @@ def worker(settings: Settings, queues: str, gpus: str | None, concurrency: int |
 
 def _celery_worker(settings: Settings, queues: str, concurrency: int, pool: str, hostname: str | None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never a download at job time: weights come from disk
+    from shared import prometheus
     from worker.celery_app import app
+
+    if settings.worker_metrics_port and prometheus.serves():
+        prometheus.serve(settings.worker_metrics_port, settings.worker_metrics_address)
 
     argv = ["worker", "--queues", queues, "--concurrency", str(concurrency), "--pool", pool,
             "--loglevel", settings.log_level, "--without-mingle", "--without-gossip"]
@@ -151,7 +173,16 @@ def beat(settings: Settings) -> None:
 @click.option("--address", default=None)
 @click.pass_obj
 def flower(settings: Settings, port: int | None, address: str | None) -> None:
-    """Run Flower, the Celery monitor (its /metrics and /healthcheck are open: bind it privately)."""
+    """Run Flower, the Celery monitor (its /metrics and /healthcheck are open: bind it privately).
+
+    Basic auth (ILLUSTRATIONS_FLOWER_BASIC_AUTH=user:password) is required outside the embedded mode (a broker URL is
+    configured): without it Flower refuses to start, unless ILLUSTRATIONS_FLOWER_UNAUTHENTICATED says it runs
+    behind an authenticating proxy. The embedded demo (no broker URL, loopback only) runs without auth.
+    """
+    if not settings.flower_basic_auth and not settings.embedded_broker and not settings.flower_unauthenticated:
+        raise click.ClickException(
+            "Flower needs Basic auth outside the embedded demo: set ILLUSTRATIONS_FLOWER_BASIC_AUTH=user:password "
+            "(or ILLUSTRATIONS_FLOWER_UNAUTHENTICATED=true behind an authenticating proxy)")
     _prepare(settings)
     from worker.celery_app import app
 

@@ -1,4 +1,4 @@
-"""The generation engine's parts of a user deletion: reference embeddings, generation metrics rows.
+"""The generation engine's parts of a user deletion: reference embeddings, generation metrics rows, feedback.
 
 Embeddings are stored by image content (``embeddings/<sha256>/...``, see ``worker.embeddings``): the user's are
 those of their subject photos and of their jobs' references; an image another user still has as a subject keeps
@@ -13,7 +13,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from shared.deletion import part
-from shared.models import GenerationMetric, Job, Subject, SubjectVersion
+from shared.models import Feedback, GenerationMetric, Job, Subject, SubjectVersion
 from shared.storage import Storage
 
 
@@ -55,4 +55,11 @@ def delete_metrics(session: Session, storage: Storage, client_id: str, user_id: 
     result = session.execute(
         delete(GenerationMetric).where(GenerationMetric.client_id == client_id, GenerationMetric.user_id == user_id)
     )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+@part("feedback", order=30)
+def delete_feedback(session: Session, storage: Storage, client_id: str, user_id: str) -> int:
+    """The user's ratings and comments of their illustrations (``POST /v1/illustrations/{id}/feedback``)."""
+    result = session.execute(delete(Feedback).where(Feedback.client_id == client_id, Feedback.user_id == user_id))
     return int(result.rowcount)  # type: ignore[attr-defined]

@@ -28,6 +28,8 @@ CONTRACT = {
     ("post", "/api/illustrations/generate"), ("get", "/api/illustrations/{generation_id}"),
     ("post", "/v1/styles"), ("get", "/v1/styles"), ("get", "/v1/styles/{name}"),
     ("post", "/v1/styles/{name}/versions/{version}/cancel"),
+    ("post", "/v1/illustrations/{job_id}/feedback"), ("get", "/v1/metrics/quality"), ("get", "/metrics"),
+    ("get", "/ops"),
 }
 
 
@@ -99,7 +101,7 @@ def fuzz_app(settings: Settings) -> Iterator[Flask]:
 @pytest.fixture
 def fuzz_auth(fuzz_app: Flask) -> dict[str, str]:
     db: Database = fuzz_app.extensions["illustrations"].db
-    return {"Authorization": f"Bearer {make_key(db, scopes=('generate', 'admin', 'styles'))}"}
+    return {"Authorization": f"Bearer {make_key(db, scopes=('generate', 'admin', 'styles', 'ops'))}"}
 
 
 EXAMPLES_PER_OPERATION = {schemathesis.GenerationMode.POSITIVE: 40, schemathesis.GenerationMode.NEGATIVE: 20}

@@ -17,6 +17,7 @@ from shared.deletion import PART_MODULES, parts
 from shared.deletion.run import relay_deletions, run_deletion
 from shared.errors import CancelReason
 from shared.models import (
+    Feedback,
     GenerationMetric,
     IdempotencyKey,
     Job,
@@ -72,6 +73,7 @@ def test_deleting_a_user_leaves_nothing_of_theirs_and_others_untouched(
                                          style_ref=False, embeddings_cached=0))
             session.add(IdempotencyKey(client_id=client_id, key=f"key-{user_id}", request_hash="0" * 64,
                                        user_id=user_id, response_status=202, response_body="{}"))
+            session.add(Feedback(job_id=job["id"], client_id=client_id, user_id=user_id, rating=4, comment="nice"))
     # Embeddings are stored by image content: u-gone's own photo goes; one u-kept also has as a subject stays.
     only_gone = "aa" * 32
     with db.begin() as session:
@@ -116,7 +118,7 @@ def test_deleting_a_user_leaves_nothing_of_theirs_and_others_untouched(
     status: Any = client.get(deletion["links"]["self"], headers=auth).json
     assert status["status"] == "succeeded" and status["finished_at"] is not None
     assert status["parts"] == {"embeddings": 2, "jobs": 4, "subjects": 1, "metrics": 1, "idempotency": 1,
-                               "training_images": 0}
+                               "training_images": 0, "feedback": 1}
 
     # Nothing of u-gone can be fetched ...
     for job in (gone_job, shared_job, queued, running):
@@ -130,6 +132,8 @@ def test_deleting_a_user_leaves_nothing_of_theirs_and_others_untouched(
     assert not storage.exists(f"subjects/{gone_subject['id']}/v1.png")
     with db.begin() as session:
         assert session.execute(select(Job).where(Job.user_id == "u-gone")).first() is None
+        assert session.execute(select(Feedback).where(Feedback.user_id == "u-gone")).first() is None
+        assert session.execute(select(Feedback).where(Feedback.user_id == "u-kept")).first() is not None
         assert session.execute(select(Subject).where(Subject.user_id == "u-gone")).first() is None
         assert session.execute(select(SubjectVersion).where(SubjectVersion.subject_id == gone_subject["id"])).first() \
             is None

@@ -15,7 +15,7 @@ from celery.exceptions import Reject
 
 from shared import tasks
 from shared.db import is_unavailable
-from worker import lifecycle
+from worker import lifecycle, observability
 from worker.celery_app import app
 from worker.lifecycle import watch_for_stop
 from worker.runtime import get_runtime
@@ -58,4 +58,5 @@ def generate(self: Task, job_id: str) -> str:
         time.sleep(delay)
         raise Reject(reason="database unavailable", requeue=True) from None
     runtime.db_failures = 0
+    observability.attempt_ended(outcome)
     return outcome

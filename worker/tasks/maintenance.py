@@ -11,7 +11,7 @@ from __future__ import annotations
 from shared import tasks
 from shared.deletion.run import relay_deletions, run_deletion
 from shared.queue import Publisher
-from worker import maintenance
+from worker import maintenance, observability
 from worker.celery_app import app
 from worker.runtime import get_runtime
 from worker.training_maintenance import relay_trainings, sweep_training_leases
@@ -32,7 +32,10 @@ def relay() -> int:
     publisher = Publisher(app)
     published = maintenance.relay_unpublished(runtime.db, runtime.settings, publisher)
     published += relay_trainings(runtime.db, runtime.settings, publisher)
-    return published + relay_deletions(runtime.db, publisher)
+    published += relay_deletions(runtime.db, publisher)
+    observability.RELAY_RUNS.inc()
+    observability.RELAY_PUBLISHED.inc(published)
+    return published
 
 
 @app.task(name=tasks.UPKEEP, ignore_result=True, acks_late=False)

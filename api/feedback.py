@@ -1,0 +1,55 @@
+"""Feedback: ``POST /v1/illustrations/{id}/feedback`` (``generate``) → 201, a user's rating of an illustration.
+
+One rating per job (a new one replaces the earlier). Only a succeeded job can be rated (409 otherwise). The model
+profile and A/B variant the job ran with are copied onto the row, so the quality numbers
+(``GET /v1/metrics/quality``) compare variants by rating without a join. The comment is never logged.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Flask, Response, jsonify
+from sqlalchemy import delete
+
+from api.auth import require
+from api.body import json_body
+from api.errors import ApiError
+from api.illustrations import owned_job
+from api.openapi import Returns, operation
+from api.services import services
+from shared.models import Feedback
+from shared.schemas import FeedbackOut, FeedbackRequest
+from shared.states import JobStatus
+
+bp = Blueprint("feedback", __name__, url_prefix="/v1/illustrations")
+
+
+@bp.post("/<job_id>/feedback")
+@require("generate")
+@operation(
+    "Rate an illustration", tags=["illustrations"], body=FeedbackRequest,
+    description="A rating from 1 to 5 and an optional comment. One per job: a new one replaces the earlier. Only a "
+                "succeeded job can be rated (409).",
+    responses={201: Returns("Recorded.", FeedbackOut)},
+    errors=(404, 409),
+)
+def create_feedback(job_id: str) -> tuple[Response, int]:
+    body = json_body(FeedbackRequest)
+    svc = services()
+    with svc.db.begin() as session:
+        job = owned_job(session, job_id, body.user_id)
+        if job.status != JobStatus.SUCCEEDED.value:
+            raise ApiError(409, "Conflict", f"only a succeeded illustration can be rated; this one is {job.status}")
+        model = job.model or {}
+        session.execute(delete(Feedback).where(Feedback.job_id == job.id))
+        row = Feedback(job_id=job.id, client_id=job.client_id, user_id=job.user_id, rating=body.rating,
+                       comment=body.comment, profile=model.get("profile"),
+                       variant=model.get("variant") or (job.request or {}).get("variant"))
+        session.add(row)
+        session.flush()
+        out = FeedbackOut(job_id=row.job_id, user_id=row.user_id, rating=row.rating, comment=row.comment,
+                          created_at=row.created_at)
+    return jsonify(out.model_dump(mode="json")), 201
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)

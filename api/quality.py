@@ -1,0 +1,36 @@
+"""Quality numbers: ``GET /v1/metrics/quality?range=7d`` (``ops``), computed in the database (``shared.quality``)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Flask, Response, jsonify
+
+from api.auth import require
+from api.body import query_args
+from api.errors import validation_error
+from api.openapi import Returns, operation
+from api.services import services
+from shared import limits, quality
+from shared.schemas import QualityOut, QualityQuery
+
+bp = Blueprint("quality", __name__, url_prefix="/v1/metrics")
+
+
+@bp.get("/quality")
+@require("ops")
+@operation(
+    "Quality numbers per model profile and A/B variant", tags=["operations"], query=QualityQuery,
+    description="Over every client, for jobs finished in the range: success rate, failures by code, p50/p95 of queue "
+                "wait, time on the worker and inference (succeeded attempts), and the mean feedback rating.",
+    responses={200: Returns("The numbers, one group per profile and variant.", QualityOut)},
+)
+def get_quality() -> Response:
+    args = query_args(QualityQuery)
+    if quality.parse_range(args.range).days > limits.QUALITY_RANGE_MAX_DAYS:
+        raise validation_error([("range", f"at most {limits.QUALITY_RANGE_MAX_DAYS} days")])
+    with services().db.begin() as session:
+        out = quality.quality(session, args.range)
+    return jsonify(out.model_dump(mode="json"))
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)
