@@ -91,8 +91,18 @@ def _move(
     _log(session, [{"job_id": job_id, "attempt": moved.attempt, "from_status": source.value,
                     "to_status": target.value, "reason": reason, "worker": moved.worker}])
     if target.is_terminal():
-        notify.job_finished(session, job_id)  # wakes requests waiting with Prefer: wait (on commit)
+        finished(session, [job_id])
     return True
+
+
+def finished(session: Session, job_ids: Sequence[str]) -> None:
+    """What every terminal transition does in its own transaction, once per job that became terminal.
+
+    The one place that follows a job ending: it wakes requests waiting with ``Prefer: wait`` (on commit). Every
+    path that makes a job terminal (``_move``, bulk expiries, a job born finished) calls this.
+    """
+    if job_ids:
+        notify.jobs_finished(session, list(job_ids))
 
 
 # --- (new) -> queued ------------------------------------------------------------------------------------------------
@@ -424,7 +434,7 @@ def expire_leases(session: Session, max_attempts: int) -> tuple[list[str], list[
     _log(session, [{"job_id": row.id, "attempt": row.attempt, "from_status": JobStatus.RUNNING.value,
                     "to_status": JobStatus.FAILED.value, "reason": ErrorCode.WORKER_LOST.value,
                     "worker": row.worker} for row in failed_rows])
-    notify.jobs_finished(session, [row.id for row in failed_rows])
+    finished(session, [row.id for row in failed_rows])
     return [row.id for row in requeued_rows], [row.id for row in failed_rows]
 
 
@@ -454,7 +464,7 @@ def expire_deadlines(session: Session, limit: int = 1000) -> list[str]:
     _log(session, [{"job_id": row.id, "attempt": row.attempt, "from_status": JobStatus.QUEUED.value,
                     "to_status": JobStatus.CANCELED.value, "reason": CancelReason.DEADLINE.value, "worker": None}
                    for row in rows])
-    notify.jobs_finished(session, [row.id for row in rows])
+    finished(session, [row.id for row in rows])
     return [row.id for row in rows]
 
 
