@@ -34,8 +34,6 @@ from shared.models import Style, StyleVersion, TrainingImage
 from shared.schemas import (
     Caption,
     HttpUrl,
-    JobErrorOut,
-    Progress,
     StyleCreated,
     StyleList,
     StyleListQuery,
@@ -47,6 +45,7 @@ from shared.schemas import (
     TrainingParams,
     UserId,
 )
+from shared.views import style_version_out
 
 bp = Blueprint("styles", __name__, url_prefix="/v1/styles")
 
@@ -193,16 +192,7 @@ def style_path(name: str) -> str:
 
 
 def _version_out(row: StyleVersion, images: int) -> StyleVersionOut:
-    progress = None
-    if row.progress_total:
-        progress = Progress(step=row.progress_step or 0, total=row.progress_total)
-    error = JobErrorOut(code=row.error_code, message=row.error_message or "") if row.error_code else None
-    return StyleVersionOut(
-        version=row.version, status=row.status, source=row.source, progress=progress, loss=row.loss, error=error,
-        created_at=row.created_at, started_at=row.started_at, finished_at=row.finished_at, params=row.params,
-        job_id=row.job_id, attempts=row.attempt, rank=row.rank, alpha=row.alpha, base_profile=row.base_profile,
-        images=images, training_data_deleted_at=row.training_data_deleted_at,
-    )
+    return style_version_out(row, images)
 
 
 def styles_out(session: Session, rows: Sequence[Style]) -> list[StyleOut]:
