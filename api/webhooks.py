@@ -35,8 +35,10 @@ def _need_styles() -> None:
 def _out(session: Session, rows: Sequence[WebhookEvent]) -> list[WebhookDeliveryOut]:
     attempts = events.attempts_of(session, [row.id for row in rows])
     style_ids = {row.style_id for row in rows if row.style_id is not None}
-    names = dict(session.execute(select(Style.id, Style.name).where(Style.id.in_(style_ids))).tuples().all()) \
-        if style_ids else {}
+    names: dict[str, str] = {}
+    if style_ids:
+        names = {row.id: row.name for row in session.execute(select(Style.id, Style.name)
+                                                             .where(Style.id.in_(style_ids)))}
     return [
         WebhookDeliveryOut(
             id=row.id, type=row.type, url=row.url, status=row.state, job_id=row.job_id,

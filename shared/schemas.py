@@ -517,11 +517,12 @@ class WebhookDeliveryQuery(Query):
     limit: int = Field(limits.LIST_LIMIT_DEFAULT, ge=1, le=limits.LIST_LIMIT_MAX)
     cursor: Cursor | None = Field(None, description="next_cursor of the previous page.")
 
-    @model_validator(mode="after")
-    def _one_filter(self) -> WebhookDeliveryQuery:
-        if self.job_id is not None and self.style is not None:
+    @field_validator("style")
+    @classmethod
+    def _one_filter(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("job_id") is not None:
             raise ValueError("give job_id or style, not both")
-        return self
+        return value
 
 
 class WebhookAttemptOut(Out):
