@@ -181,3 +181,22 @@ def client_name(db: Database, event_id: str) -> str:
 
     with db.begin() as session:
         return session.get_one(Client, session.get_one(WebhookEvent, event_id).client_id).name
+
+
+def test_the_backlog_gauge_counts_due_undelivered_events(client: FlaskClient, auth: dict[str, str],
+                                                         db: Database) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    ops = {"Authorization": f"Bearer {make_key(db, scopes=('ops',))}"}
+
+    def backlog() -> float:
+        text = client.get("/metrics", headers=ops).get_data(as_text=True)
+        (family,) = [f for f in text_string_to_metric_families(text) if f.name == "illustrations_webhook_backlog"]
+        return float(family.samples[0].value)
+
+    before = backlog()
+    _, event_id = canceled_with_hook(client, auth)
+    assert backlog() == before + 1
+    with db.begin() as session:
+        events.attempted(session, event_id, 1, events.Answer(200, 1.0), None)
+    assert backlog() == before
