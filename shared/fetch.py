@@ -285,6 +285,7 @@ class Fetcher:
         response = self._open(target, addresses, deadline, method="POST", body=body,
                               headers={"Content-Type": "application/json", "Accept": "*/*", **headers})
         try:
+            self._drain(response, deadline)  # read a short answer, so the receiver does not see a reset
             return Posted(response.status, response.headers.get("Retry-After"))
         finally:
             response.release_conn()
@@ -321,6 +322,21 @@ class Fetcher:
                 failure = f"the host cannot be reached ({type(exc).__name__})"
                 pool.close()
         raise FetchUnreachable(failure)
+
+    def _drain(self, response: urllib3.BaseHTTPResponse, deadline: float, cap: int = 64 * 1024) -> None:
+        """Read and drop at most ``cap`` bytes of an answer whose content does not matter (within the deadline)."""
+        size = 0
+        try:
+            while size < cap and deadline > time.monotonic():
+                sock = getattr(getattr(response, "connection", None), "sock", None)
+                if sock is not None:
+                    sock.settimeout(max(0.001, deadline - time.monotonic()))
+                chunk = response.read1(CHUNK, decode_content=False)
+                if not chunk:
+                    return
+                size += len(chunk)
+        except (Urllib3Error, OSError):
+            return  # the status line is what counts
 
     # 5. Caps while streaming.
     def _read(self, response: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
