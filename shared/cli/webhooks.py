@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 from sqlalchemy import select
 
 from shared.db import Database
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from cryptography.fernet import MultiFernet
 
 
 @click.group()
@@ -30,6 +35,15 @@ def _database(settings: Settings) -> Database:
 
         upgrade(settings)
     return Database(settings)
+
+
+def _cipher(settings: Settings) -> MultiFernet:
+    from shared.webhooks import secrets
+
+    try:
+        return secrets.cipher(settings)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @webhooks.command("url")
@@ -72,7 +86,7 @@ def webhooks_secret(settings: Settings, name: str, rotate: bool) -> None:
 
     database = _database(settings)
     client_id = _client_id(database, name)
-    crypt = secrets.cipher(settings)
+    crypt = _cipher(settings)
     with database.begin() as session:
         if rotate:
             secret = secrets.rotate(session, client_id, crypt, settings.webhook_secret_overlap_s)
@@ -91,7 +105,7 @@ def webhooks_reencrypt(settings: Settings) -> None:
 
     database = _database(settings)
     with database.begin() as session:
-        count = secrets.reencrypt(session, secrets.cipher(settings))
+        count = secrets.reencrypt(session, _cipher(settings))
     click.echo(f"re-encrypted {count} secret(s)")
 
 

@@ -6,7 +6,8 @@ do this; we sign with that library). During a rotation every live secret signs: 
 
 At rest each secret is a Fernet token (``cryptography``). The keys are the setting ``webhook_secret_keys``
 (MultiFernet: the first encrypts, each one decrypts, so a new key goes first and the old one stays until
-``reencrypt`` ran). Without keys, the embedded mode keeps one in a file under ``var_dir`` (mode 0600).
+``reencrypt`` ran). Without keys, the embedded mode (SQLite, one machine) keeps one in a file under ``var_dir``
+(mode 0600); with a database URL the keys must be set (a key file per host would not be shared).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ def cipher(settings: Settings) -> MultiFernet:
     """The MultiFernet of ``webhook_secret_keys``, or of the embedded mode's key file (created once)."""
     keys = list(settings.webhook_secret_keys)
     if not keys:
+        if settings.database_url:  # several hosts: a key file each would make secrets unreadable to the others
+            raise ValueError("set ILLUSTRATIONS_WEBHOOK_SECRET_KEYS (a JSON list of Fernet keys, shared by every "
+                             "process) to sign webhooks outside the embedded mode")
         keys = [_file_key(settings.var_path / KEY_FILE)]
     try:
         return MultiFernet([Fernet(key) for key in keys])
@@ -61,8 +65,7 @@ def _file_key(path: Path) -> str:
         return path.read_text().strip()
     with os.fdopen(fd, "wb") as file:
         file.write(key)
-    log.warning("webhook secrets are encrypted with a key kept in %s; set ILLUSTRATIONS_WEBHOOK_SECRET_KEYS "
-                "outside the embedded mode", path)
+    log.info("webhook secrets are encrypted with a key kept in %s (embedded mode)", path)
     return key.decode()
 
 

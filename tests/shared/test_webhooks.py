@@ -63,9 +63,16 @@ def new_client(db: Database, url: str | None = None) -> str:
 
 
 def test_secrets_are_encrypted_at_rest_and_rotate_with_an_overlap(any_db: Database) -> None:
-    crypt = secrets.cipher(any_db.settings)  # no keys set: the embedded mode's key file
-    key_file = any_db.settings.var_path / secrets.KEY_FILE
-    assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
+    if any_db.dialect == "sqlite":
+        crypt = secrets.cipher(any_db.settings)  # no keys set: the embedded mode's key file
+        key_file = any_db.settings.var_path / secrets.KEY_FILE
+        assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
+        assert secrets.cipher(any_db.settings).decrypt(crypt.encrypt(b"x")) == b"x"  # the same key, read back
+    else:
+        with pytest.raises(ValueError, match="ILLUSTRATIONS_WEBHOOK_SECRET_KEYS"):
+            secrets.cipher(any_db.settings)  # a database URL and no keys: refused, no key file per host
+        crypt = secrets.cipher(any_db.settings.model_copy(
+            update={"webhook_secret_keys": [Fernet.generate_key().decode()]}))
     client_id = new_client(any_db)
     with any_db.begin() as session:
         assert secrets.live_secrets(session, client_id, crypt) == []

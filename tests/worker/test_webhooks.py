@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from cryptography.fernet import Fernet
 from sqlalchemy import select, update
 from standardwebhooks import Webhook
 
@@ -33,7 +34,8 @@ SCHEDULE = [0.0, 0.0, 0.0, 0.0]  # every retry due at once: the test calls deliv
 
 @pytest.fixture
 def hook_settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={"webhook_retry_schedule_s": SCHEDULE, "webhook_retry_jitter": 0.0})
+    return settings.model_copy(update={"webhook_retry_schedule_s": SCHEDULE, "webhook_retry_jitter": 0.0,
+                                       "webhook_secret_keys": [Fernet.generate_key().decode()]})
 
 
 @pytest.fixture
