@@ -225,3 +225,36 @@ def test_the_retry_schedule_with_jitter_and_retry_after() -> None:
     assert events.next_wait(schedule, 1, 0.0, 120, 3600) == 120  # Retry-After asks for longer: honoured
     assert events.next_wait(schedule, 1, 0.0, 99_999, 3600) == 3600  # ... up to the cap
     assert events.next_wait(schedule, 2, 0.0, 1, 3600) == 300  # never sooner than the schedule
+
+
+def test_the_cli_sets_a_default_url_and_prints_and_rotates_the_secret(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from shared.cli import main
+    from shared.settings import get_settings
+
+    monkeypatch.setenv("ILLUSTRATIONS_VAR_DIR", str(tmp_path / "var"))  # the embedded mode: SQLite, a key file
+    get_settings.cache_clear()
+    try:
+        runner = CliRunner()
+
+        def run(*args: str) -> str:
+            result = runner.invoke(main, list(args))
+            assert result.exit_code == 0, result.output
+            return result.output.strip().splitlines()[-1]
+
+        run("keys", "create", "--name", "autobio")
+        refused = runner.invoke(main, ["webhooks", "url", "--name", "autobio", "http://10.0.0.1/hooks"])
+        assert refused.exit_code != 0 and "private address" in refused.output
+        assert runner.invoke(main, ["webhooks", "url", "--name", "nobody", "https://a.example/h"]).exit_code != 0
+        assert run("webhooks", "url", "--name", "autobio", "https://a.example/h").endswith("https://a.example/h")
+        assert run("webhooks", "url", "--name", "autobio").endswith("https://a.example/h")
+        assert run("webhooks", "url", "--name", "autobio", "--clear").endswith("(none)")
+        first = run("webhooks", "secret", "--name", "autobio")
+        assert first.startswith("whsec_") and run("webhooks", "secret", "--name", "autobio") == first
+        rotated = run("webhooks", "secret", "--name", "autobio", "--rotate")
+        assert rotated != first and run("webhooks", "secret", "--name", "autobio") == rotated
+        assert run("webhooks", "reencrypt") == "re-encrypted 2 secret(s)"
+    finally:
+        get_settings.cache_clear()
