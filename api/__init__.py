@@ -23,6 +23,7 @@ from api import (
     styles,
     subjects,
     users,
+    webhooks,
 )
 from api.services import Services
 from api.waiting import JobWaiter
@@ -70,5 +71,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     feedback.init_app(app)
     quality.init_app(app)
     ops_page.init_app(app)
+    webhooks.init_app(app)
     openapi.init_app(app)
     return app

@@ -37,10 +37,12 @@ def batch_path(batch_id: str) -> str:
 @idempotent
 def create_batch() -> tuple[Response, int, dict[str, str]]:
     body = json_body(BatchRequest)
-    if body.webhook_url is not None:
-        raise validation_error([("webhook_url", "webhook delivery is not enabled on this deployment yet")])
     principal = current_principal()
     svc = services()
+    errors: list[tuple[str, str]] = []
+    submit.check_webhook_url(body.webhook_url, "webhook_url", svc, errors)
+    if errors:
+        raise validation_error(errors)
     priorities = [r.priority if "priority" in r.model_fields_set else "batch" for r in body.requests]
     with svc.db.begin() as session:
         batch = Batch(client_id=principal.client_id, webhook_url=body.webhook_url)

@@ -27,15 +27,13 @@ from api.errors import ApiError, fields_of, not_found, validation_error
 from api.openapi import Returns, operation
 from api.pagination import after_cursor, make_cursor
 from api.services import Services, services
-from api.submit import refuse_if_deleting
+from api.submit import check_webhook_url, refuse_if_deleting
 from shared import limits, tasks, training
 from shared.errors import CancelReason
 from shared.models import Style, StyleVersion, TrainingImage
 from shared.schemas import (
     Caption,
     HttpUrl,
-    JobErrorOut,
-    Progress,
     StyleCreated,
     StyleList,
     StyleListQuery,
@@ -47,11 +45,11 @@ from shared.schemas import (
     TrainingParams,
     UserId,
 )
+from shared.views import style_version_out
 
 bp = Blueprint("styles", __name__, url_prefix="/v1/styles")
 
 MULTIPART = ("multipart/form-data", "application/x-www-form-urlencoded")
-WEBHOOKS_NOT_YET = "webhook delivery is not enabled on this deployment yet"
 MAX_VERSION = 2**31 - 1  # versions are INTEGER columns: a larger number is no version, not a database error
 
 
@@ -106,8 +104,7 @@ def _from_form(svc: Services) -> tuple[StyleForm, TrainingParams, list[training_
                                 f"got {len(files)}"))
     if len(form.caption) != len(files):
         errors.append(("caption", f"give one caption per image: {len(files)} images, {len(form.caption)} captions"))
-    if form.webhook_url is not None:
-        errors.append(("webhook_url", WEBHOOKS_NOT_YET))
+    check_webhook_url(form.webhook_url, "webhook_url", svc, errors)
     if errors:
         raise validation_error(errors)
     pictures = training_sets.uploads(files, form.caption, form.user_id, errors)
@@ -126,13 +123,13 @@ def _params(params: TrainingParams) -> dict[str, Any]:
 
 
 def _create(session: Session, svc: Services, name: str, params: TrainingParams,
-            pictures: Sequence[training_sets.Picture], user_id: str | None) -> StyleVersion:
+            pictures: Sequence[training_sets.Picture], user_id: str | None, webhook_url: str | None) -> StyleVersion:
     client_id = current_principal().client_id
     users = {p.user_id for p in pictures if p.user_id is not None} | ({user_id} if user_id else set())
     refuse_if_deleting(session, client_id, users)
     queue = tasks.QUEUE_PREPARE if any(p.needs_preparation for p in pictures) else tasks.QUEUE_TRAINING
     row = training.new_training(session, client_id, name, _params(params), base_profile=svc.settings.model_profile,
-                                queue=queue)
+                                queue=queue, webhook_url=webhook_url)
     training_sets.add_pictures(session, svc.storage, row.style_id, row.version, list(pictures))
     return row
 
@@ -143,8 +140,8 @@ def _create(session: Session, svc: Services, name: str, params: TrainingParams,
     "Train a new version of a style", tags=["styles"],
     body={"multipart/form-data": StyleUpload, "application/json": StyleTrainingRequest},
     description="The version is queued; it becomes the style's active version when it is ready (a failed or "
-                "canceled one leaves the active version as it was). `webhook_url` is refused (422) until webhook "
-                "delivery is enabled.",
+                "canceled one leaves the active version as it was). `webhook_url` (else the client's default) "
+                "gets `style.ready` or `style.failed` (Standard Webhooks); a literally private address is a 422.",
     responses={202: Returns("Accepted: the version, queued.", StyleCreated, headers=("Location",))},
     errors=(409,),
 )
@@ -154,19 +151,18 @@ def create_style() -> tuple[Response, int, dict[str, str]]:
         body = json_body(StyleTrainingRequest)
         name, params, user_id = body.name, body.params, body.user_id
         errors: list[tuple[str, str]] = []
-        if body.webhook_url is not None:
-            errors.append(("webhook_url", WEBHOOKS_NOT_YET))
+        check_webhook_url(body.webhook_url, "webhook_url", svc, errors)
         with svc.db.begin() as session:
             pictures = training_sets.references(session, current_principal().client_id, body.images, body.captions,
                                                 body.user_id, svc.settings.fetch_allowlist, errors)
             if errors:
                 raise validation_error(errors)
-            row = _create(session, svc, name, params, pictures, user_id)
+            row = _create(session, svc, name, params, pictures, user_id, body.webhook_url)
             created = _created(name, row)
     elif request.mimetype in MULTIPART:
         form, params, pictures = _from_form(svc)
         with svc.db.begin() as session:
-            row = _create(session, svc, form.name, params, pictures, form.user_id)
+            row = _create(session, svc, form.name, params, pictures, form.user_id, form.webhook_url)
             created = _created(form.name, row)
     else:
         raise ApiError(415, "Unsupported Media Type", "upload the pictures as multipart/form-data, or send JSON")
@@ -193,16 +189,7 @@ def style_path(name: str) -> str:
 
 
 def _version_out(row: StyleVersion, images: int) -> StyleVersionOut:
-    progress = None
-    if row.progress_total:
-        progress = Progress(step=row.progress_step or 0, total=row.progress_total)
-    error = JobErrorOut(code=row.error_code, message=row.error_message or "") if row.error_code else None
-    return StyleVersionOut(
-        version=row.version, status=row.status, source=row.source, progress=progress, loss=row.loss, error=error,
-        created_at=row.created_at, started_at=row.started_at, finished_at=row.finished_at, params=row.params,
-        job_id=row.job_id, attempts=row.attempt, rank=row.rank, alpha=row.alpha, base_profile=row.base_profile,
-        images=images, training_data_deleted_at=row.training_data_deleted_at,
-    )
+    return style_version_out(row, images)
 
 
 def styles_out(session: Session, rows: Sequence[Style]) -> list[StyleOut]:

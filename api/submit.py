@@ -40,6 +40,12 @@ def _stored(session: Session, client_id: str, user_id: str, *, subject_id: str |
     return reference(subject, version)
 
 
+def check_webhook_url(url: str | None, field: str, svc: Services, errors: list[tuple[str, str]]) -> None:
+    """A webhook URL must pass the safe fetcher's checks that need no DNS (scheme, syntax, a literal address)."""
+    if url is not None:
+        _url(url, field, svc, errors)
+
+
 def _url(url: str, field: str, svc: Services, errors: list[tuple[str, str]]) -> bool:
     try:
         check_url(url, svc.settings.fetch_allowlist)
@@ -78,8 +84,7 @@ def resolve_references(session: Session, svc: Services, client_id: str, body: Il
     style_lora = None
     if body.params.style_lora is not None:
         style_lora = _resolve_style(session, client_id, body.params.style_lora, f"{prefix}params.style_lora", errors)
-    if body.webhook_url is not None:
-        errors.append((f"{prefix}webhook_url", "webhook delivery is not enabled on this deployment yet"))
+    check_webhook_url(body.webhook_url, f"{prefix}webhook_url", svc, errors)  # checked again at delivery (resolved)
     return {"identity": identity, "style": style, "style_lora": style_lora}
 
 

@@ -1,4 +1,4 @@
-"""The one safe URL fetcher (reference photos now, webhooks later): no request ever reaches an address it refused.
+"""The one safe URL fetcher (reference photos, webhook deliveries): no request ever reaches an address it refused.
 
 1. Only ``http``/``https`` URLs without credentials in them.
 2. The host is resolved once (``resolve``, injectable: tests answer with the addresses they need) and *every*
@@ -8,7 +8,7 @@
 3. The connection goes to the address that was checked (urllib3 pool on the IP), with the original name in the
    ``Host`` header and, for https, in SNI and certificate verification: a second DNS answer cannot swap it.
 4. Redirects are not followed by urllib3: each ``Location`` goes through steps 1-3 again, at most
-   ``limits.FETCH_MAX_REDIRECTS`` times.
+   ``limits.FETCH_MAX_REDIRECTS`` times (``get``); ``post`` (webhooks) follows none: a 3xx is the receiver's answer.
 5. Size and time caps hold while streaming (``Content-Length`` is checked first, then every chunk; one deadline
    covers every hop), and the body is never decompressed (``Accept-Encoding: identity``).
 6. ``allowlist`` (setting ``fetch_allowlist``): host names or CIDR networks that may be reached although they are
@@ -195,6 +195,12 @@ class Fetched:
     url: str
 
 
+@dataclass(frozen=True)
+class Posted:
+    status: int
+    retry_after: str | None  # the receiver's Retry-After header, as sent
+
+
 class Fetcher:
     """``Fetcher(...).get(url)`` → the body, or a ``FetchError`` saying why not."""
 
@@ -270,8 +276,24 @@ class Fetcher:
                 raise FetchBlocked(f"the URL resolves to a {kind} address")
         return candidates
 
+    def post(self, url: str, body: bytes, headers: dict[str, str]) -> Posted:
+        """POST ``body`` (a webhook) to a checked address: steps 1-3, one deadline, no redirect followed (the
+        caller sees the 3xx status). The answer's body is not read; only its status and ``Retry-After`` count."""
+        deadline = time.monotonic() + self.timeout_s
+        target = parse_url(url)
+        addresses = self._addresses(target)
+        response = self._open(target, addresses, deadline, method="POST", body=body,
+                              headers={"Content-Type": "application/json", "Accept": "*/*", **headers})
+        try:
+            self._drain(response, deadline)  # read a short answer, so the receiver does not see a reset
+            return Posted(response.status, response.headers.get("Retry-After"))
+        finally:
+            response.release_conn()
+            response.close()
+
     # 3. Connect to a checked address, with the name in Host, SNI and certificate checks.
-    def _open(self, target: Target, addresses: list[IPAddress], deadline: float) -> urllib3.BaseHTTPResponse:
+    def _open(self, target: Target, addresses: list[IPAddress], deadline: float, *, method: str = "GET",
+              body: bytes | None = None, headers: dict[str, str] | None = None) -> urllib3.BaseHTTPResponse:
         failure = "the host cannot be reached"
         for address in addresses:
             remaining = deadline - time.monotonic()
@@ -291,15 +313,30 @@ class Fetcher:
                                                   maxsize=1)
             try:
                 return pool.urlopen(
-                    "GET", target.path, redirect=False, retries=False, preload_content=False,
+                    method, target.path, body=body, redirect=False, retries=False, preload_content=False,
                     assert_same_host=False, release_conn=False,
                     headers={"Host": target.host_header, "User-Agent": USER_AGENT, "Accept": "image/*",
-                             "Accept-Encoding": "identity"},
+                             "Accept-Encoding": "identity", **(headers or {})},
                 )
             except Urllib3Error as exc:
                 failure = f"the host cannot be reached ({type(exc).__name__})"
                 pool.close()
         raise FetchUnreachable(failure)
+
+    def _drain(self, response: urllib3.BaseHTTPResponse, deadline: float, cap: int = 64 * 1024) -> None:
+        """Read and drop at most ``cap`` bytes of an answer whose content does not matter (within the deadline)."""
+        size = 0
+        try:
+            while size < cap and deadline > time.monotonic():
+                sock = getattr(getattr(response, "connection", None), "sock", None)
+                if sock is not None:
+                    sock.settimeout(max(0.001, deadline - time.monotonic()))
+                chunk = response.read1(CHUNK, decode_content=False)
+                if not chunk:
+                    return
+                size += len(chunk)
+        except (Urllib3Error, OSError):
+            return  # the status line is what counts
 
     # 5. Caps while streaming.
     def _read(self, response: urllib3.BaseHTTPResponse, deadline: float) -> bytes:

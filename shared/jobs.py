@@ -24,6 +24,7 @@ from shared.errors import CancelReason, ErrorCode
 from shared.models import Client, Job, JobImage, JobTransition
 from shared.states import JobStatus, check_transition
 from shared.tasks import QUEUE_BATCH, QUEUE_INTERACTIVE
+from shared.webhooks import events as webhook_events
 
 
 @dataclass(frozen=True)
@@ -98,10 +99,12 @@ def _move(
 def finished(session: Session, job_ids: Sequence[str]) -> None:
     """What every terminal transition does in its own transaction, once per job that became terminal.
 
-    The one place that follows a job ending: it wakes requests waiting with ``Prefer: wait`` (on commit). Every
-    path that makes a job terminal (``_move``, bulk expiries, a job born finished) calls this.
+    The one place that follows a job ending: it records the webhook event of each job that has a URL (one INSERT …
+    SELECT; delivery happens later on a CPU worker) and wakes requests waiting with ``Prefer: wait`` (on commit).
+    Every path that makes a job terminal (``_move``, bulk expiries, a job born finished) calls this.
     """
     if job_ids:
+        webhook_events.record_jobs(session, job_ids)
         notify.jobs_finished(session, list(job_ids))
 
 

@@ -1,5 +1,6 @@
 """SQLAlchemy 2 typed models: clients, API keys, subjects, jobs (with their images), batches, user deletions,
-styles (versions, training images), generation metrics, feedback, paused queues.
+styles (versions, training images), generation metrics, feedback, paused queues, webhook secrets, events and
+attempts.
 
 The job state machine that moves ``Job.status`` lives in ``shared.jobs``; nothing else updates it.
 """
@@ -65,6 +66,9 @@ class Client(Base):
     # Set by `illustrations ops pause-client`: its jobs are accepted and wait in PostgreSQL (nothing is published,
     # a message already in the broker is handed back at the claim) until `resume-client`.
     paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Where this client's webhook events go when neither the job, its batch nor the style version names a URL
+    # (`illustrations webhooks url --name CLIENT URL`).
+    webhook_url: Mapped[str | None] = mapped_column(Text)
 
     keys: Mapped[list[ApiKey]] = relationship(back_populates="client")
 
@@ -459,3 +463,70 @@ class IdempotencyKey(Base):
     response_headers: Mapped[dict[str, str] | None] = mapped_column(JsonType)
     response_body: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=utcnow(), index=True)
+
+
+class WebhookSecret(Base):
+    """A client's ``whsec_`` signing secret, encrypted at rest (Fernet, keys from settings). The newest one without
+    ``expires_at`` is current; after a rotation the previous one keeps signing until its ``expires_at``."""
+
+    __tablename__ = "webhook_secrets"
+    __mapper_args__ = {"eager_defaults": True}
+    __table_args__ = (Index("ix_webhook_secrets_client_created", "client_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    client_id: Mapped[str] = mapped_column(ForeignKey("clients.id", ondelete="CASCADE"))
+    encrypted: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=utcnow())
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class WebhookEvent(Base):
+    """One event to deliver (``illustration.succeeded``, ``style.ready``, ...): recorded in the transaction that made
+    its job or style version terminal, delivered by the CPU worker, retried on a schedule kept here.
+
+    ``id`` is the ``webhook-id`` (``msg_`` + the job's id): every attempt sends the same one. ``payload`` is the body,
+    rendered once at the first delivery and frozen, so every retry signs the same bytes. ``user_id`` is kept so that
+    deleting a user removes their events (``shared.deletion``).
+    """
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (
+        CheckConstraint("state IN ('pending', 'delivered', 'stopped', 'failed')", name="state_known"),
+        Index("ix_webhook_events_state_next", "state", "next_attempt_at"),
+        Index("ix_webhook_events_client_created", "client_id", "created_at"),
+        Index("ix_webhook_events_client_user", "client_id", "user_id"),
+        Index("ix_webhook_events_style", "style_id", "style_version"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("clients.id", ondelete="CASCADE"))
+    user_id: Mapped[str | None] = mapped_column(String(255))
+    job_id: Mapped[str | None] = mapped_column(String(36), index=True)  # an illustration job (no foreign key)
+    style_id: Mapped[str | None] = mapped_column(String(36))  # or a style version
+    style_version: Mapped[int | None] = mapped_column(Integer)
+    type: Mapped[str] = mapped_column(String(32))
+    url: Mapped[str] = mapped_column(Text)
+    payload: Mapped[str | None] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), default="pending", server_default=text("'pending'"))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=utcnow())
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Sent to the webhooks queue and not yet answered: beat does not send it again before this.
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # delivered, stopped (410) or failed
+
+
+class WebhookAttempt(Base):
+    """One delivery attempt of a webhook event: when, the receiver's status code, the latency, what failed."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    event_id: Mapped[str] = mapped_column(ForeignKey("webhook_events.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=utcnow())
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from shared.db import Database, seconds_since, utcnow
 from shared.models import Client, Job, PausedQueue
 from shared.states import JobStatus
+from shared.webhooks import events as webhook_events
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,8 @@ NAMES: Final = (
 
 
 def webhook_backlog(session: Session) -> int:
-    """Webhook events due and not yet delivered. Delivery is not built yet (its issue adds the table and counts
-    its due rows here); until then nothing can be waiting."""
-    return 0
+    """Webhook events due now and not delivered (a slow or dead receiver, or no CPU worker on the webhooks queue)."""
+    return webhook_events.backlog(session)
 
 
 class DatabaseCollector:

@@ -504,3 +504,54 @@ class QualityOut(Out):
     since: dt.datetime
     until: dt.datetime
     groups: list[QualityGroup]
+
+
+# --- Webhooks (Standard Webhooks) -------------------------------------------------------------------------------------
+WebhookEventId = Annotated[str, StringConstraints(min_length=1, max_length=40, pattern=r"^msg_[A-Za-z0-9]+$")]
+
+
+class WebhookDeliveryQuery(Query):
+    job_id: Identifier | None = Field(None, description="Only the deliveries of this illustration job.")
+    style: StyleName | None = Field(None, description="Only the deliveries of this style's versions (needs the "
+                                                      "`styles` scope too).")
+    limit: int = Field(limits.LIST_LIMIT_DEFAULT, ge=1, le=limits.LIST_LIMIT_MAX)
+    cursor: Cursor | None = Field(None, description="next_cursor of the previous page.")
+
+    @field_validator("style")
+    @classmethod
+    def _one_filter(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("job_id") is not None:
+            raise ValueError("give job_id or style, not both")
+        return value
+
+
+class WebhookAttemptOut(Out):
+    attempt: int
+    at: dt.datetime
+    status_code: int | None = Field(description="The receiver's answer; null when none came (refused, timed out).")
+    latency_ms: float | None
+    error: str | None
+
+
+class WebhookDeliveryOut(Out):
+    """One event (one `webhook-id`) and every attempt to deliver it, oldest first."""
+
+    id: str = Field(description="The `webhook-id` of every attempt; `POST .../{id}/retry` sends it again.")
+    type: Literal["illustration.succeeded", "illustration.failed", "illustration.canceled", "style.ready",
+                  "style.failed"]
+    url: str
+    status: Literal["pending", "delivered", "stopped", "failed"] = Field(
+        description="pending (will be tried at next_attempt_at), delivered (2xx), stopped (410), failed (the "
+                    "retry schedule ran out).")
+    job_id: str | None
+    style: str | None
+    style_version: int | None
+    created_at: dt.datetime
+    next_attempt_at: dt.datetime | None
+    delivered_at: dt.datetime | None
+    attempts: list[WebhookAttemptOut]
+
+
+class WebhookDeliveryList(Out):
+    items: list[WebhookDeliveryOut]
+    next_cursor: str | None

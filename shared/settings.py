@@ -170,6 +170,37 @@ class Settings(BaseSettings):
         "<model_dir>/base/tokenizer. Missing: token counts are estimated."
     )
 
+    # --- Webhooks (Standard Webhooks) ----------------------------------------------------------------------------
+    webhook_secret_keys: list[str] = Field(
+        default_factory=list, description="Fernet keys (JSON list) that encrypt the clients' webhook secrets at rest; "
+        "the first encrypts, every one decrypts (MultiFernet: add a new key first to rotate). Empty: a key file "
+        "under var_dir (embedded mode only; every process that signs must share the same key)."
+    )
+    webhook_dispatch_interval_s: float = Field(
+        2.0, gt=0, description="How often beat sends the webhook events that are due to the webhooks queue."
+    )
+    webhook_lease_s: float = Field(
+        60.0, gt=0, description="How long a webhook event sent to the queue stays claimed before beat may send it "
+        "again (keep it above the delivery timeout)."
+    )
+    webhook_timeout_s: float = Field(15.0, gt=0, description="Whole-request deadline of one webhook delivery.")
+    webhook_retry_schedule_s: list[float] = Field(
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
+        description="Waits before each retry of an undelivered webhook (JSON list; about a day in all); after the "
+        "last one the event is `failed`.",
+    )
+    webhook_retry_jitter: float = Field(
+        0.1, ge=0, le=1, description="Each wait is stretched or shrunk by up to this fraction (spreads retries)."
+    )
+    webhook_retry_after_max_s: float = Field(
+        3600.0, ge=0, description="Longest Retry-After of a receiver that is honoured."
+    )
+    webhook_secret_overlap_s: float = Field(
+        86_400.0, ge=0, description="After `webhooks secret --rotate`, how long the previous secret still signs "
+        "(both signatures are sent, space-separated)."
+    )
+    webhook_dispatch_batch: int = Field(500, ge=1, description="Most webhook events beat sends in one round.")
+
     # --- Style training -----------------------------------------------------------------------------------------
     training_checkpoint_every: int = Field(
         250, ge=1, description="A training writes a checkpoint (LoRA and optimizer state) to storage every N steps, "
@@ -251,6 +282,11 @@ class Settings(BaseSettings):
                 "ILLUSTRATIONS_VISIBILITY_TIMEOUT_S must be above ILLUSTRATIONS_TASK_TIME_LIMIT_S, "
                 "or Redis delivers a long job twice"
             )
+        if self.webhook_lease_s <= self.webhook_timeout_s:
+            raise ValueError("ILLUSTRATIONS_WEBHOOK_LEASE_S must be above ILLUSTRATIONS_WEBHOOK_TIMEOUT_S, or a slow "
+                             "receiver gets the same event twice at once")
+        if any(wait < 0 for wait in self.webhook_retry_schedule_s):
+            raise ValueError("ILLUSTRATIONS_WEBHOOK_RETRY_SCHEDULE_S: waits must not be negative")
         return self
 
     # --- Derived values -----------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from shared.db import utcnow
 from shared.errors import CancelReason, ErrorCode
 from shared.models import Style, StyleVersion, new_id
 from shared.styles import next_version, version_prefix
+from shared.webhooks import events as webhook_events
 
 QUEUED, RUNNING, READY, FAILED, CANCELED = "queued", "running", "ready", "failed", "canceled"
 TERMINAL: Final = frozenset({READY, FAILED, CANCELED})
@@ -92,11 +93,19 @@ def _check(source: str, target: str) -> None:
 
 def _move(session: Session, where: Sequence[ColumnElement[bool]], source: str, target: str, **values: Any) -> bool:
     _check(source, target)
-    result = session.execute(
+    moved = session.execute(
         update(StyleVersion).where(StyleVersion.status == source, *where)
-        .values(status=target, **values).execution_options(synchronize_session=False)
-    )
-    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+        .values(status=target, **values).returning(StyleVersion.job_id).execution_options(synchronize_session=False)
+    ).scalars().all()
+    if target in TERMINAL:
+        _ended(session, [str(job_id) for job_id in moved if job_id is not None])
+    return len(moved) == 1
+
+
+def _ended(session: Session, job_ids: Sequence[str]) -> None:
+    """What every terminal transition of a training does in its transaction: the ``style.ready`` /
+    ``style.failed`` webhook event of each version that has a URL (one INSERT … SELECT)."""
+    webhook_events.record_styles(session, job_ids)
 
 
 def _mine(claim: TrainingClaim) -> list[ColumnElement[bool]]:
@@ -273,4 +282,5 @@ def expire_leases(session: Session, max_attempts: int) -> tuple[list[str], list[
                 error_message=f"the training worker stopped responding {max_attempts} times")
         .returning(StyleVersion.job_id).execution_options(synchronize_session=False)
     ).scalars().all()
+    _ended(session, [str(i) for i in failed_ids])
     return [str(i) for i in requeued_ids], [str(i) for i in failed_ids]

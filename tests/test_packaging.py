@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = {"api", "worker", "beat", "flower", "db", "keys", "models", "ops", "styles", "submit", "up", "down",
-            "status", "demo"}
+            "status", "demo", "webhooks"}
 
 
 def test_help_lists_every_subcommand() -> None:
@@ -24,7 +24,7 @@ def test_help_lists_every_subcommand() -> None:
     assert listed == COMMANDS
     groups = {"db": {"upgrade"}, "keys": {"create", "list", "revoke"},
               "models": {"make-tiny", "make-tiny-lora", "download", "check", "sync"},
-              "styles": {"import", "list", "remove"}, "ops": {"drain"}}
+              "styles": {"import", "list", "remove"}, "ops": {"drain"}, "webhooks": {"url", "secret", "reencrypt"}}
     for group, subcommands in groups.items():
         output = CliRunner().invoke(main, [group, "--help"]).output.split("Commands:")[1]
         assert subcommands <= set(re.findall(r"^  (\w[\w-]*)\s", output, flags=re.MULTILINE))

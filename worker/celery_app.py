@@ -12,7 +12,8 @@ from shared.queue import celery_config
 from shared.settings import get_settings
 
 app = Celery("illustrations", include=["worker.tasks.generate", "worker.tasks.maintenance", "worker.tasks.prepare",
-                                       "worker.tasks.prepare_style", "worker.tasks.train"])
+                                       "worker.tasks.prepare_style", "worker.tasks.train",
+                                       "worker.tasks.webhooks"])
 app.add_defaults(lambda: celery_config(get_settings()))
 
 # Signals that set up the process (pipeline loaded in the pool child; a training worker's SIGTERM handling).

@@ -50,6 +50,8 @@ CONSUMING = Gauge("illustrations_worker_consuming", "Workers consuming each queu
                   ["queue"], multiprocess_mode="livesum")
 RELAY_RUNS = Counter("illustrations_relay_runs", "Rounds of the outbox relay run by a maintenance worker.")
 RELAY_PUBLISHED = Counter("illustrations_relay_published", "Jobs, trainings and deletions the relay published.")
+WEBHOOK_ATTEMPTS = Counter("illustrations_webhook_attempts", "Webhook delivery attempts, by the event's state after "
+                           "it (delivered, pending = will retry, stopped = 410, failed, skipped).", ["outcome"])
 
 # Names of the metrics workers export (checked against the alert rules and dashboards).
 NAMES: Final = (
@@ -57,6 +59,7 @@ NAMES: Final = (
     "illustrations_queue_wait_seconds", "illustrations_pipeline_load_seconds", "illustrations_worker_setup_failed",
     "illustrations_worker_busy", "illustrations_gpu_memory_peak_bytes", "illustrations_gpu_memory_total_bytes",
     "illustrations_worker_consuming", "illustrations_relay_runs_total", "illustrations_relay_published_total",
+    "illustrations_webhook_attempts_total",
 )
 JOB_TASKS: Final = frozenset({tasks.GENERATE, tasks.PREPARE, tasks.TRAIN, tasks.PREPARE_STYLE})
 

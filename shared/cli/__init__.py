@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from shared.cli import admin, client, models, ops, serve, stack, styles
+from shared.cli import admin, client, models, ops, serve, stack, styles, webhooks
 from shared.settings import SettingsError, get_settings
 
 
@@ -26,5 +26,5 @@ def main(ctx: click.Context) -> None:
     ctx.obj = settings
 
 
-for module in (serve, admin, models, styles, client, ops, stack):
+for module in (serve, admin, models, styles, client, ops, stack, webhooks):
     module.register(main)

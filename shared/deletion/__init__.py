@@ -38,6 +38,7 @@ PART_MODULES: Final[list[str]] = [
     "shared.deletion.engine",
     "shared.deletion.idempotency",
     "shared.deletion.training",
+    "shared.deletion.webhooks",
 ]
 ACTIVE: Final = ("queued", "running")
 

@@ -29,7 +29,7 @@ CONTRACT = {
     ("post", "/v1/styles"), ("get", "/v1/styles"), ("get", "/v1/styles/{name}"),
     ("post", "/v1/styles/{name}/versions/{version}/cancel"),
     ("post", "/v1/illustrations/{job_id}/feedback"), ("get", "/v1/metrics/quality"), ("get", "/metrics"),
-    ("get", "/ops"),
+    ("get", "/ops"), ("get", "/v1/webhooks/deliveries"), ("post", "/v1/webhooks/deliveries/{event_id}/retry"),
 }
 
 

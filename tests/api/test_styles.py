@@ -177,7 +177,7 @@ def test_every_problem_is_a_named_422_and_nothing_is_written(client: FlaskClient
         (form(params=json.dumps({"learning_rate": 1})), "params.learning_rate", "less than or equal to 0.01"),
         (form(params=json.dumps({"resolution": 100})), "params.resolution", "multiple of 8"),
         (form(params=json.dumps({"epochs": 3})), "params.epochs", "Extra inputs are not permitted"),
-        (form(webhook_url="https://autobio.example/hooks"), "webhook_url", "webhook delivery is not enabled"),
+        (form(webhook_url="http://10.1.2.3/hooks"), "webhook_url", "private address"),
         (form(colour="red"), "colour", "Extra inputs are not permitted"),
         (form(name="-ink"), "name", "String should match pattern"),
         (form(name=["a", "b"]), "name", "give this field once"),
@@ -200,7 +200,7 @@ def test_every_problem_is_a_named_422_and_nothing_is_written(client: FlaskClient
          "images.0", "give exactly one of"),
         ({**valid, "images": [{"illustration_id": "x"}] * 4}, "images.0", "illustration_id and index go together"),
         ({**valid, "params": {"steps": 0}}, "params.steps", "greater than or equal to 1"),
-        ({**valid, "webhook_url": "https://autobio.example/hooks"}, "webhook_url", "webhook delivery is not enabled"),
+        ({**valid, "webhook_url": "http://169.254.169.254/hooks"}, "webhook_url", "metadata address"),
         ({**valid, "style": "x"}, "style", "Extra inputs are not permitted"),
     ]
     for body, field, message in json_cases:

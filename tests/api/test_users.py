@@ -17,6 +17,7 @@ from shared.deletion import PART_MODULES, parts
 from shared.deletion.run import relay_deletions, run_deletion
 from shared.errors import CancelReason
 from shared.models import (
+    Client,
     Feedback,
     GenerationMetric,
     IdempotencyKey,
@@ -25,6 +26,7 @@ from shared.models import (
     Subject,
     SubjectVersion,
     UserDeletion,
+    WebhookEvent,
 )
 from shared.settings import Settings
 from tests.api.test_illustrations import VALID, png, upload
@@ -65,6 +67,8 @@ def test_deleting_a_user_leaves_nothing_of_theirs_and_others_untouched(
         session.add(JobImage(job_id=kept_job["id"], index=1, storage_key=shared_job["key"], content_type="image/png",
                              width=64, height=64, sha256="ef" * 32, size_bytes=1))
         client_id = session.get_one(Job, gone_job["id"]).client_id
+        # The client's default webhook URL: the jobs the deletion cancels record webhook events, which go too.
+        session.get_one(Client, client_id).webhook_url = "https://autobio.example/hooks"
         # What the engine and the lifecycle kept of each user: metrics rows and recorded idempotent answers.
         for user_id, job in (("u-gone", gone_job), ("u-kept", kept_job)):
             session.add(GenerationMetric(job_id=job["id"], client_id=client_id, user_id=user_id, attempt=1,
@@ -118,7 +122,7 @@ def test_deleting_a_user_leaves_nothing_of_theirs_and_others_untouched(
     status: Any = client.get(deletion["links"]["self"], headers=auth).json
     assert status["status"] == "succeeded" and status["finished_at"] is not None
     assert status["parts"] == {"embeddings": 2, "jobs": 4, "subjects": 1, "metrics": 1, "idempotency": 1,
-                               "training_images": 0, "feedback": 1}
+                               "training_images": 0, "feedback": 1, "webhooks": 2}
 
     # Nothing of u-gone can be fetched ...
     for job in (gone_job, shared_job, queued, running):
@@ -141,6 +145,7 @@ def test_deleting_a_user_leaves_nothing_of_theirs_and_others_untouched(
         assert session.execute(select(IdempotencyKey).where(IdempotencyKey.user_id == "u-gone")).first() is None
         assert session.execute(select(GenerationMetric).where(GenerationMetric.user_id == "u-kept")).first()
         assert session.execute(select(IdempotencyKey).where(IdempotencyKey.user_id == "u-kept")).first()
+        assert session.execute(select(WebhookEvent).where(WebhookEvent.user_id == "u-gone")).first() is None
     assert not storage.exists(f"embeddings/{only_gone}/tiny-1-float32/identity.safetensors")
     assert not storage.exists(f"embeddings/{only_gone}/sdxl-2-bfloat16/identity.safetensors")
     assert storage.exists(f"embeddings/{kept_subject['sha256']}/tiny-1-float32/identity.safetensors")

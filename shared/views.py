@@ -1,0 +1,69 @@
+"""Shaping rows into the contract's JSON without Flask: the API's views and the webhook bodies use the same code.
+
+``base`` is the absolute base of image URLs (the API: the request's host or ``public_base_url``; a worker rendering
+a webhook: ``public_base_url``, else the URLs stay relative).
+"""
+
+from __future__ import annotations
+
+from shared.models import Job, StyleVersion
+from shared.schemas import ImageOut, JobErrorOut, JobOut, Progress, StyleVersionOut, Timings
+
+
+def job_path(job_id: str) -> str:
+    return f"/v1/illustrations/{job_id}"
+
+
+def job_out(job: Job, base: str, queue_position: int | None = None) -> JobOut:
+    """The job as ``GET /v1/illustrations/{id}`` returns it."""
+    progress = None
+    if job.progress_total:
+        progress = Progress(step=job.progress_step or 0, total=job.progress_total)
+    error = None
+    if job.error_code:
+        error = JobErrorOut(code=job.error_code, message=job.error_message or "")
+    return JobOut(
+        id=job.id,
+        status=job.status,
+        user_id=job.user_id,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        progress=progress,
+        queue_position=queue_position,
+        attempts=job.attempt,
+        images=[
+            ImageOut(
+                url=f"{base}{job_path(job.id)}/images/{image.index}",
+                width=image.width,
+                height=image.height,
+                content_type=image.content_type,
+                sha256=image.sha256,
+            )
+            for image in job.images
+        ],
+        seed=job.seed,
+        prompt_used=job.prompt_used,
+        warnings=list(job.warnings or []),
+        error=error,
+        timings=Timings(**job.timings) if job.timings else None,
+        model=job.model,
+        cached=job.cached,
+        metadata=job.meta,
+        priority=job.priority,
+        links={"self": job_path(job.id)},
+    )
+
+
+def style_version_out(row: StyleVersion, images: int) -> StyleVersionOut:
+    """One version as ``GET /v1/styles/{name}`` lists it (``images``: pictures in its training set)."""
+    progress = None
+    if row.progress_total:
+        progress = Progress(step=row.progress_step or 0, total=row.progress_total)
+    error = JobErrorOut(code=row.error_code, message=row.error_message or "") if row.error_code else None
+    return StyleVersionOut(
+        version=row.version, status=row.status, source=row.source, progress=progress, loss=row.loss, error=error,
+        created_at=row.created_at, started_at=row.started_at, finished_at=row.finished_at, params=row.params,
+        job_id=row.job_id, attempts=row.attempt, rank=row.rank, alpha=row.alpha, base_profile=row.base_profile,
+        images=images, training_data_deleted_at=row.training_data_deleted_at,
+    )
