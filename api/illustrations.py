@@ -83,6 +83,8 @@ def create_illustration() -> tuple[Response, int, dict[str, str]]:
     if wait is None:
         return jsonify(view.model_dump(mode="json")), 202, headers
     headers["Preference-Applied"] = f"wait={wait:g}"
+    if view.status in TERMINAL_VALUES:  # a result cache hit is born finished: nothing to wait for
+        return jsonify(view.model_dump(mode="json")), 200, headers
     finished = wait_for(svc, job.id, wait)
     view = read_job(svc, job.id)
     return jsonify(view.model_dump(mode="json")), 200 if finished else 202, headers

@@ -38,6 +38,7 @@ PART_MODULES: Final[list[str]] = [
     "shared.deletion.engine",
     "shared.deletion.idempotency",
     "shared.deletion.training",
+    "shared.deletion.cache",
 ]
 ACTIVE: Final = ("queued", "running")
 
