@@ -7,6 +7,7 @@ import copy
 import hashlib
 import io
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,14 +16,15 @@ from flask.testing import FlaskClient
 from PIL import Image
 from sqlalchemy import select, update
 
-from shared import cache, jobs
+from shared import cache, jobs, styles
 from shared.db import Database, utcnow
 from shared.deletion.run import run_deletion
 from shared.errors import CancelReason, ErrorCode
-from shared.models import CacheEntry, GenerationMetric, Job, JobImage, UserDeletion
+from shared.models import ApiKey, CacheEntry, GenerationMetric, Job, JobImage, UserDeletion
 from shared.settings import Settings
 from tests.api.test_illustrations import upload
 from tests.conftest import make_key
+from tests.shared.test_styles import lora
 from worker.maintenance import sweep, upkeep
 
 REVISION = "tiny-0123456789ab"
@@ -343,3 +345,75 @@ def test_the_key_ignores_how_a_float_is_written() -> None:
     request: dict[str, Any] = {"params": {"guidance_scale": 7, "seed": 1}, "resolved": {}}
     same = {"params": {"guidance_scale": 7.0, "seed": 1}, "resolved": {}}
     assert cache.compute_key("c", "tiny", request, "p", None) == cache.compute_key("c", "tiny", same, "p", None)
+
+
+def test_a_style_lora_counts_as_name_at_version_resolved_at_submit(
+    client: FlaskClient, auth: dict[str, str], app: Flask, db: Database, tmp_path: Path
+) -> None:
+    storage = app.extensions["illustrations"].storage
+    with db.begin() as session:
+        client_id = session.execute(select(ApiKey.client_id).where(
+            ApiKey.key_hash == hashlib.sha256(auth["Authorization"].split()[1].encode()).hexdigest())).scalar_one()
+        styles.import_version(session, storage, client_id, "ink", lora(tmp_path / "a.safetensors", rank=4), "tiny")
+    bare = {**SEEDED, "params": {**SEEDED["params"], "style_lora": "ink"}}
+    first = submit(client, auth, bare)
+    assert load(db, first["id"]).request["resolved"]["style_lora"] == {"name": "ink", "version": 1}  # pinned
+    run_like_a_worker(app, db, first["id"])
+    assert submit(client, auth, bare)["cached"] is True
+    pinned = submit(client, auth, {**SEEDED, "params": {**SEEDED["params"], "style_lora": "ink@1"}})
+    assert pinned["cached"] is True  # the same version, named either way
+    assert submit(client, auth, {**SEEDED, "params": {**bare["params"], "lora_scale": 0.5}})["status"] == "queued"
+    with db.begin() as session:
+        styles.import_version(session, storage, client_id, "ink", lora(tmp_path / "b.safetensors", rank=8), "tiny")
+    assert submit(client, auth, bare)["status"] == "queued"  # "ink" is version 2 now
+
+
+KEY_REQUEST: dict[str, Any] = {
+    "negative_prompt": None,
+    "params": {"width": 64, "height": 64, "steps": 2, "guidance_scale": 7.5, "seed": 1, "num_images": 1,
+               "identity_scale": 0.6, "style_scale": 0.8, "content_scale": 1.0, "lora_scale": 0.8,
+               "output_format": "png", "style_lora": None},
+    "resolved": {"identity": [{"sha256": "a" * 64}, {"sha256": "b" * 64}], "style": {"sha256": "c" * 64}},
+    "variant": "a",
+    "experiment": None,
+}
+
+
+def test_every_input_of_the_key_changes_it() -> None:
+    ink = styles.ResolvedStyle("s", "ink", 1, "k", "d" * 64, "tiny")
+    base = cache.compute_key("c", "tiny", KEY_REQUEST, "p", ink)
+
+    def changed(path: tuple[str, ...], value: Any) -> dict[str, Any]:
+        request = copy.deepcopy(KEY_REQUEST)
+        target = request
+        for name in path[:-1]:
+            target = target[name]
+        target[path[-1]] = value
+        return request
+
+    variants = [
+        cache.compute_key("other", "tiny", KEY_REQUEST, "p", ink),
+        cache.compute_key("c", "sdxl", KEY_REQUEST, "p", ink),
+        cache.compute_key("c", "tiny", KEY_REQUEST, "p2", ink),
+        cache.compute_key("c", "tiny", KEY_REQUEST, "p", None),
+        cache.compute_key("c", "tiny", KEY_REQUEST, "p", styles.ResolvedStyle("s", "ink", 2, "k", "d" * 64, "tiny")),
+        cache.compute_key("c", "tiny", KEY_REQUEST, "p", styles.ResolvedStyle("s", "ink", 1, "k", "e" * 64, "tiny")),
+        cache.compute_key("c", "tiny", changed(("negative_prompt",), "blurry"), "p", ink),
+        cache.compute_key("c", "tiny", changed(("variant",), "b"), "p", ink),
+        cache.compute_key("c", "tiny", changed(("experiment",), "steps-test"), "p", ink),
+        cache.compute_key("c", "tiny", changed(("resolved", "style"), None), "p", ink),
+        cache.compute_key("c", "tiny", changed(("resolved", "identity"), [{"sha256": "b" * 64}, {"sha256": "a" * 64}]),
+                          "p", ink),
+        cache.compute_key("c", "tiny", changed(("resolved", "identity"), [{"sha256": "a" * 64}]), "p", ink),
+    ]
+    for name, value in KEY_REQUEST["params"].items():
+        if name == "style_lora":
+            continue
+        other = "jpeg" if name == "output_format" else value + 1
+        variants.append(cache.compute_key("c", "tiny", changed(("params", name), other), "p", ink))
+    assert base not in variants and len(set(variants)) == len(variants)
+    # Left out: what does not change the pixels (the stored request's bookkeeping).
+    extra = {**copy.deepcopy(KEY_REQUEST), "priority": "batch", "batch_index": 3, "user_id": "u-9",
+             "memory_context": {"content": "x"}, "on_subject_error": "text_only"}
+    extra["resolved"]["identity"][0]["storage_key"] = "subjects/x/v1.png"
+    assert cache.compute_key("c", "tiny", extra, "p", ink) == base
