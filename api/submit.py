@@ -186,7 +186,9 @@ def accept(session: Session, svc: Services, principal: Principal, bodies: Sequen
     if errors:
         raise validation_error(errors)
     refuse_if_deleting(session, principal.client_id, {body.user_id for body in bodies})
-    _check_quota(session, svc, principal.client_id, sum(row.status == JobStatus.QUEUED.value for row in rows))
+    queued = sum(row.status == JobStatus.QUEUED.value for row in rows)
+    if queued:  # cache hits are born finished: they take no room in the queue
+        _check_quota(session, svc, principal.client_id, queued)
     session.add_all(rows)
     session.flush()
     cached.accepted()
@@ -197,6 +199,9 @@ def publishable(session: Session, svc: Services, rows: Sequence[Job]) -> list[tu
     """Which new jobs to publish at once: over the client's publish cap (per queue) they wait in PostgreSQL and the
     relay publishes them as the client gets room (``ILLUSTRATIONS_CLIENT_PUBLISH_CAP``); a paused client's jobs wait
     until it is resumed (``illustrations ops pause-client``)."""
+    rows = [row for row in rows if cache.needs_publish(row)]  # not a cache hit (finished), nor a follower
+    if not rows:
+        return []
     cap = svc.settings.client_publish_cap
     chosen: list[tuple[str, str]] = []
     paused = set(session.execute(
@@ -204,8 +209,6 @@ def publishable(session: Session, svc: Services, rows: Sequence[Job]) -> list[tu
     ).scalars())
     room: dict[str, bool] = {}
     for row in rows:
-        if not cache.needs_publish(row):
-            continue  # a cache hit is born finished; a follower finishes with its leader
         if row.client_id in paused:
             continue  # a paused client's jobs wait in PostgreSQL; the relay publishes them after resume-client
         if row.queue not in room:

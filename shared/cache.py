@@ -40,17 +40,18 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Final
 
 from prometheus_client import Counter
-from sqlalchemy import delete, event, select, update
+from sqlalchemy import delete, event, exists, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
 from shared import deletion, jobs, styles
 from shared.db import utcnow
 from shared.errors import ErrorCode
-from shared.models import CacheEntry, GenerationMetric, Job, JobImage, new_id
+from shared.models import CacheEntry, GenerationMetric, Job, JobImage, UserDeletion, new_id
 from shared.schemas import IllustrationRequest
 from shared.settings import Settings
 from shared.states import JobStatus
@@ -128,6 +129,7 @@ class Source:
     model: dict[str, Any] | None
     steps: int | None
     images: list[jobs.StoredImage]
+    now: datetime  # the database's clock, read with the entry: the hit's finished_at
 
 
 def current_revision(profile: str) -> Any:
@@ -143,32 +145,34 @@ def current_revision(profile: str) -> Any:
 
 def find_source(session: Session, settings: Settings, client_id: str, key: str) -> Source | None:
     """The finished job whose images answer ``key`` now, if any (same revision, within retention, not being
-    deleted)."""
-    row = session.execute(
-        select(CacheEntry.job_id, Job.user_id, Job.model, Job.progress_total)
+    deleted), with its images: one read."""
+    rows = session.execute(
+        select(CacheEntry.job_id, Job.user_id, Job.model, Job.progress_total, utcnow().label("now"),
+               JobImage.index.label("image_index"), JobImage.storage_key, JobImage.content_type, JobImage.width,
+               JobImage.height, JobImage.sha256, JobImage.size_bytes)
         .join(Job, Job.id == CacheEntry.job_id)
+        .join(JobImage, JobImage.job_id == CacheEntry.job_id)
         .where(CacheEntry.client_id == client_id, CacheEntry.key == key,
                CacheEntry.created_at > utcnow(-settings.cache_retention_s),
                CacheEntry.revision == current_revision(settings.model_profile),
                Job.status == JobStatus.SUCCEEDED.value)
-    ).one_or_none()
-    if row is None:
+        .order_by(JobImage.index)
+    ).all()
+    if not rows:
         return None
-    # Shared lock on the source user's deletion until this transaction ends: a deletion requested before now is
-    # seen here (a miss); one requested later waits, then sees the new job's rows and keeps the shared objects.
-    deletion.lock_user(session, client_id, row.user_id, exclusive=False)
-    if deletion.in_progress(session, client_id, row.user_id) is not None:
+    first = rows[0]
+    # Shared lock on the source user's deletion until this transaction ends, then one read after it: a deletion
+    # requested before now is seen (a miss), as is a source removed meanwhile; one requested later waits for this
+    # commit, then sees the new job's image rows and keeps the objects they share.
+    deletion.lock_user(session, client_id, first.user_id, exclusive=False)
+    deleting = exists().where(UserDeletion.client_id == client_id, UserDeletion.user_id == first.user_id,
+                              UserDeletion.status.in_(deletion.ACTIVE))
+    if tuple(session.execute(select(exists().where(Job.id == first.job_id), ~deleting)).one()) != (True, True):
         return None
-    images = [
-        jobs.StoredImage(index=image.index, storage_key=image.storage_key, content_type=image.content_type,
-                         width=image.width, height=image.height, sha256=image.sha256, size_bytes=image.size_bytes)
-        for image in session.execute(
-            select(JobImage).where(JobImage.job_id == row.job_id).order_by(JobImage.index)
-        ).scalars()
-    ]
-    if not images:
-        return None  # deleted meanwhile
-    return Source(row.job_id, row.model, row.progress_total, images)
+    images = [jobs.StoredImage(index=row.image_index, storage_key=row.storage_key, content_type=row.content_type,
+                               width=row.width, height=row.height, sha256=row.sha256, size_bytes=row.size_bytes)
+              for row in rows]
+    return Source(first.job_id, first.model, first.progress_total, images, first.now)
 
 
 def find_leader(session: Session, client_id: str, key: str) -> str | None:
@@ -202,7 +206,8 @@ class Submission:
         source = find_source(self.session, self.settings, self.client_id, key)
         if source is not None:
             row = jobs.new_cached_job(source.images, id=new_id(), cache_key=key, model=source.model,
-                                      progress_step=source.steps, progress_total=source.steps, **columns)
+                                      progress_step=source.steps, progress_total=source.steps,
+                                      finished_at=source.now, **columns)
             self.hits.append((key, row.id))
             self.outcomes.append("hit")
             return row
@@ -218,6 +223,7 @@ class Submission:
         for outcome in self.outcomes:
             LOOKUPS.labels(outcome).inc()
         if self.hits:
+            self.session.info.setdefault(_BORN_CACHED, set()).update(job_id for _, job_id in self.hits)
             jobs.finished(self.session, [job_id for _, job_id in self.hits])
             self.session.execute(
                 update(CacheEntry)
@@ -261,9 +267,12 @@ def jobs_finished(session: Session, job_ids: Sequence[str], *, write_entries: bo
     primary-key read; a keyed one that succeeded writes its entry; a leader's followers finish with it just before
     the transaction commits (``_settle_followers``: a succeeding leader's images are inserted after its
     transition)."""
+    ids = [job_id for job_id in job_ids if job_id not in session.info.get(_BORN_CACHED, ())]
+    if not ids:
+        return  # hits of this transaction: born finished, no entry and no followers of their own
     rows = session.execute(
         select(Job.id, Job.status)
-        .where(Job.id.in_(list(job_ids)), Job.cache_key.is_not(None), Job.cached.is_(False))
+        .where(Job.id.in_(ids), Job.cache_key.is_not(None), Job.cached.is_(False))
     ).all()
     if not rows:
         return
@@ -274,12 +283,14 @@ def jobs_finished(session: Session, job_ids: Sequence[str], *, write_entries: bo
 
 
 _LEADERS: Final = "illustrations.cache.leaders"
+_BORN_CACHED: Final = "illustrations.cache.born_cached"
 
 
 @event.listens_for(Session, "before_commit")
 def _settle_followers(session: Session) -> None:
     """In the transaction that finished keyed jobs, as it commits: their followers finish with them (succeeded →
     succeeded sharing the images, failed → failed with the same code) or become ordinary queued jobs."""
+    session.info.pop(_BORN_CACHED, None)
     leaders = session.info.pop(_LEADERS, None)
     if not leaders:
         return
@@ -301,6 +312,7 @@ def _settle_followers(session: Session) -> None:
 @event.listens_for(Session, "after_rollback")
 def _forget_leaders(session: Session) -> None:
     session.info.pop(_LEADERS, None)
+    session.info.pop(_BORN_CACHED, None)
 
 
 # --- upkeep ---------------------------------------------------------------------------------------------------------

@@ -120,11 +120,11 @@ def new_job(**columns: Any) -> Job:
 # --- (new) -> succeeded: a result cache hit -------------------------------------------------------------------------
 def new_cached_job(images: Sequence[StoredImage], **columns: Any) -> Job:
     """A job row born ``succeeded`` (``cached``) that shares the stored images of the job it was answered from: its
-    ``job_images`` rows name the same storage keys (reference-counted by ``shared.deletion.jobs``). The caller adds
-    it and calls ``finished`` for it in the same transaction."""
+    ``job_images`` rows name the same storage keys (reference-counted by ``shared.deletion.jobs``). The caller gives
+    ``finished_at`` (the database's clock), adds the row and calls ``finished`` for it in the same transaction."""
     check_transition(None, JobStatus.SUCCEEDED)
     birth = JobTransition(attempt=0, from_status=None, to_status=JobStatus.SUCCEEDED.value, reason="cached")
-    return Job(status=JobStatus.SUCCEEDED.value, attempt=0, cached=True, finished_at=utcnow(), transitions=[birth],
+    return Job(status=JobStatus.SUCCEEDED.value, attempt=0, cached=True, transitions=[birth],
                images=[JobImage(**asdict(image)) for image in images], **columns)
 
 
