@@ -23,10 +23,12 @@ type decides the dtype (CUDA bf16, CPU float32) and a deployment runs one device
 
 **Hit** (``Submission.new_job``): a new job born ``succeeded`` and ``cached`` whose ``job_images`` rows name the same
 storage keys as the source job's (``shared.deletion.jobs`` deletes an object only when no other job lists it).
-The source user's deletion lock is taken shared and checked, so a deletion running meanwhile is a miss, never an
-image removed under a new job. **Follower**: an identical keyed job already queued or running (locked ``FOR SHARE``
-so it cannot finish before the follower is committed) is followed: the new job stays ``queued``, unpublished, and
-``jobs_finished`` (called by ``shared.jobs.finished`` for every terminal transition) finishes it with its leader:
+The source row is locked (``FOR KEY SHARE``) and the source user's deletion checked under its lock
+(``find_source``), so a deletion meanwhile is a miss, never an image removed under a new job.
+
+**Follower**: an identical keyed job already queued or running (locked ``FOR SHARE``, so it cannot finish before the
+follower is committed) is followed: the new job stays ``queued``, unpublished, and ``jobs_finished`` (called by
+``shared.jobs.finished`` for every terminal transition) finishes it with its leader as that transaction commits:
 succeeded → succeeded sharing the images, failed → failed with the same code, canceled or ``worker_lost`` → the
 follower becomes an ordinary queued job that the relay publishes. ``release_orphans`` (the sweep) does the same for
 followers whose leader vanished. Two identical requests that arrive at the very same moment may both run.
@@ -44,14 +46,14 @@ from datetime import datetime
 from typing import Any, Final
 
 from prometheus_client import Counter
-from sqlalchemy import delete, event, exists, select, update
+from sqlalchemy import delete, event, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
 from shared import deletion, jobs, styles
 from shared.db import utcnow
 from shared.errors import ErrorCode
-from shared.models import CacheEntry, GenerationMetric, Job, JobImage, UserDeletion, new_id
+from shared.models import CacheEntry, GenerationMetric, Job, JobImage, new_id
 from shared.schemas import IllustrationRequest
 from shared.settings import Settings
 from shared.states import JobStatus
@@ -143,9 +145,16 @@ def current_revision(profile: str) -> Any:
     )
 
 
-def find_source(session: Session, settings: Settings, client_id: str, key: str) -> Source | None:
+def find_source(session: Session, settings: Settings, client_id: str, user_id: str, key: str) -> Source | None:
     """The finished job whose images answer ``key`` now, if any (same revision, within retention, not being
-    deleted), with its images: one read."""
+    deleted), with its images: one read, which also locks the source row (``FOR KEY SHARE``) until commit.
+
+    Deletion safety: the lock keeps a deletion of the source user from finishing before this transaction does, so
+    one that started is still ``running`` when it is checked. When the source belongs to the submitting user, the
+    caller's ``refuse_if_deleting`` makes that check (409); for another user it is made here, under that user's
+    deletion lock taken shared: a deletion requested before is seen (a miss), one requested later waits for this
+    commit and then sees the new job's image rows, so it keeps the objects they share.
+    """
     rows = session.execute(
         select(CacheEntry.job_id, Job.user_id, Job.model, Job.progress_total, utcnow().label("now"),
                JobImage.index.label("image_index"), JobImage.storage_key, JobImage.content_type, JobImage.width,
@@ -157,18 +166,15 @@ def find_source(session: Session, settings: Settings, client_id: str, key: str) 
                CacheEntry.revision == current_revision(settings.model_profile),
                Job.status == JobStatus.SUCCEEDED.value)
         .order_by(JobImage.index)
+        .with_for_update(key_share=True, of=Job)
     ).all()
     if not rows:
         return None
     first = rows[0]
-    # Shared lock on the source user's deletion until this transaction ends, then one read after it: a deletion
-    # requested before now is seen (a miss), as is a source removed meanwhile; one requested later waits for this
-    # commit, then sees the new job's image rows and keeps the objects they share.
-    deletion.lock_user(session, client_id, first.user_id, exclusive=False)
-    deleting = exists().where(UserDeletion.client_id == client_id, UserDeletion.user_id == first.user_id,
-                              UserDeletion.status.in_(deletion.ACTIVE))
-    if tuple(session.execute(select(exists().where(Job.id == first.job_id), ~deleting)).one()) != (True, True):
-        return None
+    if first.user_id != user_id:
+        deletion.lock_user(session, client_id, first.user_id, exclusive=False)
+        if deletion.in_progress(session, client_id, first.user_id) is not None:
+            return None
     images = [jobs.StoredImage(index=row.image_index, storage_key=row.storage_key, content_type=row.content_type,
                                width=row.width, height=row.height, sha256=row.sha256, size_bytes=row.size_bytes)
               for row in rows]
@@ -203,7 +209,7 @@ class Submission:
     def new_job(self, key: str | None, **columns: Any) -> Job:
         if key is None:
             return jobs.new_job(**columns)
-        source = find_source(self.session, self.settings, self.client_id, key)
+        source = find_source(self.session, self.settings, self.client_id, columns["user_id"], key)
         if source is not None:
             row = jobs.new_cached_job(source.images, id=new_id(), cache_key=key, model=source.model,
                                       progress_step=source.steps, progress_total=source.steps,

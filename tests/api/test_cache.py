@@ -417,3 +417,14 @@ def test_every_input_of_the_key_changes_it() -> None:
              "memory_context": {"content": "x"}, "on_subject_error": "text_only"}
     extra["resolved"]["identity"][0]["storage_key"] = "subjects/x/v1.png"
     assert cache.compute_key("c", "tiny", extra, "p", ink) == base
+
+
+def test_images_of_a_user_being_deleted_answer_nobody(client: FlaskClient, admin: dict[str, str], app: Flask,
+                                                     db: Database) -> None:
+    source = submit(client, admin, SEEDED)
+    run_like_a_worker(app, db, source["id"])
+    assert client.delete("/v1/users/u-1", headers=admin).status_code == 202  # requested, not run yet
+    job = submit(client, admin, {**SEEDED, "user_id": "u-2"})
+    assert job["status"] == "queued" and job["cached"] is False  # a miss: those objects may be going
+    refused = client.post("/v1/illustrations", json=SEEDED, headers=admin)
+    assert refused.status_code == 409  # the user being deleted submits nothing
