@@ -63,7 +63,8 @@ def read_job(svc: Services, job_id: str) -> JobOut:
     "Submit an illustration job", tags=["illustrations"], body=IllustrationRequest,
     headers=[PREFER, IDEMPOTENCY_KEY],
     responses={202: Returns("Accepted: the job, queued.", JobOut, headers=("Location",)),
-               200: Returns("With `Prefer: wait`: the job finished within the wait.", JobOut,
+               200: Returns("With `Prefer: wait`: the job finished within the wait (a result cache hit, `cached: "
+                            "true`, is finished at once).", JobOut,
                             headers=("Location", "Preference-Applied"))},
     errors=(409,),
 )

@@ -297,9 +297,11 @@ def _settle_followers(session: Session) -> None:
     """In the transaction that finished keyed jobs, as it commits: their followers finish with them (succeeded →
     succeeded sharing the images, failed → failed with the same code) or become ordinary queued jobs."""
     session.info.pop(_BORN_CACHED, None)
-    leaders = session.info.pop(_LEADERS, None)
-    if not leaders:
-        return
+    while leaders := session.info.pop(_LEADERS, None):  # (followers failing here register themselves: no-ops)
+        _settle(session, leaders)
+
+
+def _settle(session: Session, leaders: set[str]) -> None:
     rows = session.execute(
         select(Job.id, Job.status, Job.error_code, Job.error_message, Job.model, Job.progress_total)
         .where(Job.id.in_(sorted(leaders)))
