@@ -98,3 +98,19 @@ def test_a_failed_leader_fails_its_followers(any_db: Database) -> None:
         job = session.get_one(Job, follower.id)
         assert (job.status, job.error_code, job.error_message) == ("failed", "out_of_memory", "too big")
         assert session.execute(select(CacheEntry).where(CacheEntry.client_id == client_id)).first() is None
+
+
+def test_the_sweep_settles_followers_a_finished_leader_left_behind(any_db: Database) -> None:
+    client_id = new_client(any_db)
+    leader = submit(any_db, client_id)
+    follower = submit(any_db, client_id)
+    with any_db.begin() as session:  # finished without the seam (what a lost race would leave)
+        session.execute(update(Job).where(Job.id == leader.id).values(status="succeeded", progress_total=2))
+        session.add(JobImage(job_id=leader.id, index=0, storage_key="jobs/x/1/0.png", content_type="image/png",
+                             width=64, height=64, sha256="0" * 64, size_bytes=10))
+    with any_db.begin() as session:
+        assert cache.release_orphans(session) == [follower.id]
+    with any_db.begin() as session:
+        assert session.get_one(Job, follower.id).status == "succeeded"
+        assert cache.release_orphans(session) == []
+    assert keys_of(any_db, follower.id) == ["jobs/x/1/0.png"]
