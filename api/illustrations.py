@@ -63,7 +63,8 @@ def read_job(svc: Services, job_id: str) -> JobOut:
     "Submit an illustration job", tags=["illustrations"], body=IllustrationRequest,
     headers=[PREFER, IDEMPOTENCY_KEY],
     responses={202: Returns("Accepted: the job, queued.", JobOut, headers=("Location",)),
-               200: Returns("With `Prefer: wait`: the job finished within the wait.", JobOut,
+               200: Returns("With `Prefer: wait`: the job finished within the wait (a result cache hit, `cached: "
+                            "true`, is finished at once).", JobOut,
                             headers=("Location", "Preference-Applied"))},
     errors=(409,),
 )
@@ -83,6 +84,8 @@ def create_illustration() -> tuple[Response, int, dict[str, str]]:
     if wait is None:
         return jsonify(view.model_dump(mode="json")), 202, headers
     headers["Preference-Applied"] = f"wait={wait:g}"
+    if view.status in TERMINAL_VALUES:  # a result cache hit is born finished: nothing to wait for
+        return jsonify(view.model_dump(mode="json")), 200, headers
     finished = wait_for(svc, job.id, wait)
     view = read_job(svc, job.id)
     return jsonify(view.model_dump(mode="json")), 200 if finished else 202, headers

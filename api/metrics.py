@@ -18,7 +18,7 @@ from prometheus_client import Counter, Histogram
 from api.auth import require
 from api.openapi import Returns, operation
 from api.services import services
-from shared import prometheus
+from shared import cache, prometheus
 from shared.ops_metrics import DatabaseCollector
 
 REQUESTS = Counter("illustrations_http_requests", "HTTP requests answered, by route template, method and status.",
@@ -27,7 +27,7 @@ LATENCY = Histogram("illustrations_http_request_duration_seconds", "Time to answ
                     ["route", "method"],
                     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0))
 # Names of the metrics this module exports (checked against the alert rules and dashboards).
-NAMES: Final = ("illustrations_http_requests_total", "illustrations_http_request_duration_seconds")
+NAMES: Final = ("illustrations_http_requests_total", "illustrations_http_request_duration_seconds", *cache.NAMES)
 UNMATCHED: Final = "<unmatched>"
 
 bp = Blueprint("metrics", __name__)

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from api.errors import ApiError, validation_error
 from api.services import Services
-from shared import deletion, experiments, jobs, limits, styles, tasks
+from shared import cache, deletion, experiments, jobs, limits, styles, tasks
 from shared.fetch import FetchBlocked, check_url
 from shared.keys import Principal
 from shared.models import Client, Job, Subject
@@ -161,6 +161,7 @@ def accept(session: Session, svc: Services, principal: Principal, bodies: Sequen
     errors: list[tuple[str, str]] = []
     counter = svc.token_counter()
     rows: list[Job] = []
+    cached = cache.Submission(session, svc.settings, principal.client_id)  # hits, followers (shared.cache)
     for i, body in enumerate(bodies):
         prefix = prefixes[i] if prefixes is not None else ""
         # The A/B variant is decided before anything is written (and before a result cache looks at the request).
@@ -181,17 +182,21 @@ def accept(session: Session, svc: Services, principal: Principal, bodies: Sequen
             request_doc["experiment"] = svc.settings.experiment.name
         if batch_id is not None:
             request_doc["batch_index"] = i  # a batch lists its jobs in request order
-        rows.append(jobs.new_job(
-            client_id=principal.client_id, user_id=body.user_id, priority=priority, queue=queue,
+        key = cache.request_key(session, svc.settings, principal.client_id, body, request_doc, built.prompt)
+        rows.append(cached.new_job(
+            key, client_id=principal.client_id, user_id=body.user_id, priority=priority, queue=queue,
             request=request_doc, seed=seed, prompt_used=built.prompt, warnings=built.warnings, meta=body.metadata,
             webhook_url=body.webhook_url, cancel_after=body.cancel_after, batch_id=batch_id,
         ))
     if errors:
         raise validation_error(errors)
     refuse_if_deleting(session, principal.client_id, {body.user_id for body in bodies})
-    _check_quota(session, svc, principal.client_id, len(rows))
+    queued = sum(row.status == JobStatus.QUEUED.value for row in rows)
+    if queued:  # cache hits are born finished: they take no room in the queue
+        _check_quota(session, svc, principal.client_id, queued)
     session.add_all(rows)
     session.flush()
+    cached.accepted()
     return rows
 
 
@@ -199,6 +204,9 @@ def publishable(session: Session, svc: Services, rows: Sequence[Job]) -> list[tu
     """Which new jobs to publish at once: over the client's publish cap (per queue) they wait in PostgreSQL and the
     relay publishes them as the client gets room (``ILLUSTRATIONS_CLIENT_PUBLISH_CAP``); a paused client's jobs wait
     until it is resumed (``illustrations ops pause-client``)."""
+    rows = [row for row in rows if cache.needs_publish(row)]  # not a cache hit (finished), nor a follower
+    if not rows:
+        return []
     cap = svc.settings.client_publish_cap
     chosen: list[tuple[str, str]] = []
     paused = set(session.execute(

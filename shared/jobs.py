@@ -100,12 +100,15 @@ def finished(session: Session, job_ids: Sequence[str]) -> None:
     """What every terminal transition does in its own transaction, once per job that became terminal.
 
     The one place that follows a job ending: it records the webhook event of each job that has a URL (one INSERT …
-    SELECT; delivery happens later on a CPU worker) and wakes requests waiting with ``Prefer: wait`` (on commit).
-    Every path that makes a job terminal (``_move``, bulk expiries, a job born finished) calls this.
+    SELECT; delivery happens later on a CPU worker), wakes requests waiting with ``Prefer: wait`` (on commit), and
+    hands the jobs to the result cache (an entry for a keyed success; followers of the job finish with it). Every path that makes a job terminal (``_move``, bulk expiries, a job born finished) calls this.
     """
     if job_ids:
         webhook_events.record_jobs(session, job_ids)
         notify.jobs_finished(session, list(job_ids))
+        from shared import cache  # (imported here: shared.cache uses this module's transitions)
+
+        cache.jobs_finished(session, job_ids)  # result cache entries; followers finish with their leader
 
 
 # --- (new) -> queued ------------------------------------------------------------------------------------------------
@@ -115,6 +118,17 @@ def new_job(**columns: Any) -> Job:
     birth = JobTransition(attempt=0, from_status=None, to_status=JobStatus.QUEUED.value)
     # images=[]: a new job has none, and saying so spares the view a SELECT for them.
     return Job(status=JobStatus.QUEUED.value, attempt=0, transitions=[birth], images=[], **columns)
+
+
+# --- (new) -> succeeded: a result cache hit -------------------------------------------------------------------------
+def new_cached_job(images: Sequence[StoredImage], **columns: Any) -> Job:
+    """A job row born ``succeeded`` (``cached``) that shares the stored images of the job it was answered from: its
+    ``job_images`` rows name the same storage keys (reference-counted by ``shared.deletion.jobs``). The caller gives
+    ``finished_at`` (the database's clock), adds the row and calls ``finished`` for it in the same transaction."""
+    check_transition(None, JobStatus.SUCCEEDED)
+    birth = JobTransition(attempt=0, from_status=None, to_status=JobStatus.SUCCEEDED.value, reason="cached")
+    return Job(status=JobStatus.SUCCEEDED.value, attempt=0, cached=True, transitions=[birth],
+               images=[JobImage(**asdict(image)) for image in images], **columns)
 
 
 def mark_published(session: Session, job_id: str) -> bool:
@@ -143,6 +157,7 @@ def unpublished(session: Session, older_than_s: float, limit: int = 500, cap: in
         Job.created_at < utcnow(-older_than_s),
         or_(Job.not_before.is_(None), Job.not_before <= utcnow()),
         not_paused(),
+        Job.follows_job_id.is_(None),  # a follower waits for its leader (shared.cache), it is never published
     )
     rank = func.row_number().over(partition_by=(Job.client_id, Job.queue), order_by=(Job.created_at, Job.id))
     candidates = select(Job.id, Job.queue, Job.client_id, Job.created_at, rank.label("rank")).where(due).subquery()
@@ -498,3 +513,59 @@ def transitions(session: Session, job_id: str) -> list[tuple[str | None, str, in
         .order_by(JobTransition.id)
     )
     return [(row.from_status, row.to_status, row.attempt, row.reason) for row in rows]
+
+
+# --- followers (in-flight dedupe, ``shared.cache``): queued jobs that finish with their leader ---------------------
+def _followers_moved(session: Session, leader_id: str, target: JobStatus, reason: str,
+                     **values: Any) -> list[str]:
+    check_transition(JobStatus.QUEUED, target)
+    rows = session.execute(
+        update(Job)
+        .where(Job.follows_job_id == leader_id, Job.status == JobStatus.QUEUED.value)
+        .values(status=target.value, finished_at=utcnow(), **values)
+        .returning(Job.id, Job.attempt)
+        .execution_options(synchronize_session=False)
+    ).all()
+    _log(session, [{"job_id": row.id, "attempt": row.attempt, "from_status": JobStatus.QUEUED.value,
+                    "to_status": target.value, "reason": reason, "worker": None} for row in rows])
+    return [row.id for row in rows]
+
+
+def followers_succeeded(session: Session, leader_id: str, model: dict[str, Any] | None,
+                        steps: int | None) -> list[str]:
+    """The leader succeeded: its queued followers succeed too (``cached``), sharing its stored images."""
+    ids = _followers_moved(session, leader_id, JobStatus.SUCCEEDED, "follower", cached=True, model=model,
+                           progress_step=steps, progress_total=steps)
+    if ids:
+        shared = (
+            select(Job.id, JobImage.index, JobImage.storage_key, JobImage.content_type, JobImage.width,
+                   JobImage.height, JobImage.sha256, JobImage.size_bytes)
+            .join(JobImage, JobImage.job_id == leader_id)
+            .where(Job.id.in_(ids))
+        )
+        columns = ["job_id", "index", "storage_key", "content_type", "width", "height", "sha256", "size_bytes"]
+        session.execute(insert(JobImage).from_select(columns, shared))
+        finished(session, ids)
+    return ids
+
+
+def followers_failed(session: Session, leader_id: str, code: str, message: str | None) -> list[str]:
+    """The leader failed for a reason that is the request's (not a lost worker): its followers fail alike."""
+    ids = _followers_moved(session, leader_id, JobStatus.FAILED, code, error_code=code, error_message=message)
+    finished(session, ids)
+    return ids
+
+
+def followers_released(session: Session, leader_ids: Sequence[str]) -> list[str]:
+    """The leader was canceled, lost or deleted: its followers become ordinary queued jobs (no state change); the
+    outbox relay publishes them."""
+    if not leader_ids:
+        return []
+    rows = session.execute(
+        update(Job)
+        .where(Job.follows_job_id.in_(leader_ids), Job.status == JobStatus.QUEUED.value)
+        .values(follows_job_id=None, published_at=None)
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)
+    ).scalars()
+    return list(rows)

@@ -1,6 +1,6 @@
 """SQLAlchemy 2 typed models: clients, API keys, subjects, jobs (with their images), batches, user deletions,
 styles (versions, training images), generation metrics, feedback, paused queues, webhook secrets, events and
-attempts.
+attempts, result cache entries.
 
 The job state machine that moves ``Job.status`` lives in ``shared.jobs``; nothing else updates it.
 """
@@ -139,6 +139,8 @@ class Job(Base):
         Index("ix_jobs_client_user_created", "client_id", "user_id", "created_at"),
         # The per-client cap of the relay and the API counts a client's published queued jobs per queue.
         Index("ix_jobs_client_queue_status_published", "client_id", "queue", "status", "published_at"),
+        # The result cache finds an in-flight job with the same key (``shared.cache``).
+        Index("ix_jobs_client_cache_key", "client_id", "cache_key"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -160,6 +162,10 @@ class Job(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # The batch it came in (no foreign key: adding one would make SQLite copy the jobs table on upgrade).
     batch_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    # The result cache (``shared.cache``): sha256 of everything that determines the images (None: not cacheable).
+    cache_key: Mapped[str | None] = mapped_column(String(64))
+    # A follower (in-flight dedupe) finishes with this job instead of running; no foreign key, as for batch_id.
+    follows_job_id: Mapped[str | None] = mapped_column(String(36), index=True)
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=utcnow())
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -201,6 +207,25 @@ class JobImage(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
 
     job: Mapped[Job] = relationship(back_populates="images")
+
+
+class CacheEntry(Base):
+    """The result cache's index: the job whose images answer requests with this key for this client.
+
+    Written in the transaction where a keyed job succeeds (``shared.cache``); ``revision`` is the model revision the
+    images were made with (a hit needs the revision current workers report). The row goes with its job (cascade),
+    at the latest after ``cache_retention_s`` (upkeep).
+    """
+
+    __tablename__ = "cache_entries"
+
+    client_id: Mapped[str] = mapped_column(ForeignKey("clients.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    revision: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=utcnow(), index=True)
+    last_hit_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    hits: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
 
 class Batch(Base):

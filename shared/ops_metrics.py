@@ -93,7 +93,7 @@ class DatabaseCollector:
             select(func.count(), seconds_since(func.min(Job.created_at))).where(
                 Job.status == JobStatus.QUEUED.value, Job.published_at.is_(None),
                 or_(Job.not_before.is_(None), Job.not_before <= utcnow()),
-                Job.client_id.not_in(paused_clients),
+                Job.client_id.not_in(paused_clients), Job.follows_job_id.is_(None),
             )
         ).one()
         unpublished = GaugeMetricFamily(

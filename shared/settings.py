@@ -128,6 +128,15 @@ class Settings(BaseSettings):
     maintenance_interval_s: float = Field(
         300.0, gt=0, description="How often beat runs slow upkeep (forgetting expired idempotency keys)."
     )
+    result_cache: bool = Field(
+        True, description="Answer a request with an explicit seed whose images were already made (same client, "
+        "inputs and model revision) from the stored images, and let an identical request that arrives while the "
+        "first is queued or running follow it (one GPU run)."
+    )
+    cache_retention_s: float = Field(
+        30 * 86_400.0, gt=0, description="How long a finished job's images answer identical requests (the entry "
+        "is forgotten after this; the images stay with their jobs)."
+    )
 
     # --- The v1 contract: waiting, quotas, rate limits, fetching, deletion, prompts --------------------------------
     prefer_wait_max_s: float = Field(

@@ -7,6 +7,7 @@
 | queued   | running                         | a worker claims it: attempt + 1, lease                        |
 | queued   | canceled                        | client cancel, cancel_after passed, user deleted              |
 | queued   | failed                          | the preparation step could not fetch a reference URL          |
+| queued   | succeeded / failed              | a follower (in-flight dedupe) finishes with its leader        |
 | running  | succeeded / failed / canceled   | the attempt that holds the lease finishes                     |
 | running  | queued                          | lease expired, worker asked to stop, transient fault          |
 | running  | failed                          | lease expired on the last attempt (worker_lost)               |
@@ -40,7 +41,8 @@ TRANSITIONS: Final[frozenset[tuple[JobStatus | None, JobStatus]]] = frozenset(
         (None, JobStatus.SUCCEEDED),
         (JobStatus.QUEUED, JobStatus.RUNNING),
         (JobStatus.QUEUED, JobStatus.CANCELED),
-        (JobStatus.QUEUED, JobStatus.FAILED),  # preparation (CPU) failed before any GPU attempt
+        (JobStatus.QUEUED, JobStatus.FAILED),  # preparation (CPU) failed, or a follower's leader failed
+        (JobStatus.QUEUED, JobStatus.SUCCEEDED),  # a follower (in-flight dedupe) shares its leader's images
         (JobStatus.RUNNING, JobStatus.SUCCEEDED),
         (JobStatus.RUNNING, JobStatus.FAILED),
         (JobStatus.RUNNING, JobStatus.CANCELED),

@@ -181,6 +181,7 @@ def _embedding(runtime: Runtime, adapter: int, reference: dict[str, Any], attemp
         adapter, reference["sha256"], lambda: _load_reference(runtime, reference)
     )
     attempt.embeddings_cached += int(hit)
+    observability.embedding_looked_up(hit)
     return embedding
 
 

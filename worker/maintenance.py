@@ -5,7 +5,8 @@
   publish is so old that their message may have died with a worker (``republish_after_s``).
 - ``sweep``: expired leases back to the queue (or ``failed``/``worker_lost``), queued jobs past ``cancel_after``
   to ``canceled``/``deadline``.
-- ``upkeep``: forgets idempotency keys older than their retention.
+  Followers (in-flight dedupe) whose leader finished or vanished without taking them along are settled.
+- ``upkeep``: forgets idempotency keys and result cache entries older than their retention.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from shared import idempotency, jobs
+from shared import cache, idempotency, jobs
 from shared.db import Database
 from shared.queue import Publisher
 from shared.settings import Settings
@@ -26,6 +27,7 @@ class Sweep:
     requeued: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     deadline: list[str] = field(default_factory=list)
+    followers: list[str] = field(default_factory=list)
 
 
 def sweep(db: Database, settings: Settings) -> Sweep:
@@ -33,11 +35,14 @@ def sweep(db: Database, settings: Settings) -> Sweep:
     with db.begin() as session:
         requeued, failed = jobs.expire_leases(session, settings.max_attempts)
         deadline = jobs.expire_deadlines(session)
+        followers = cache.release_orphans(session)
     if requeued or failed:
         log.warning("lease sweep: %d job(s) re-queued, %d failed worker_lost", len(requeued), len(failed))
     if deadline:
         log.info("deadline sweep: %d queued job(s) canceled (cancel_after passed)", len(deadline))
-    return Sweep(requeued, failed, deadline)
+    if followers:
+        log.warning("follower sweep: %d follower(s) of a finished or missing job settled", len(followers))
+    return Sweep(requeued, failed, deadline, followers)
 
 
 def relay_unpublished(db: Database, settings: Settings, publisher: Publisher, batch: int = 500) -> int:
@@ -66,9 +71,12 @@ def _forget_publishes(db: Database) -> None:
 
 
 def upkeep(db: Database, settings: Settings) -> int:
-    """Slow upkeep: forget idempotency keys past their retention."""
+    """Slow upkeep: forget idempotency keys and result cache entries past their retention."""
     with db.begin() as session:
         forgotten = idempotency.purge(session, settings.idempotency_ttl_s)
+        expired = cache.expire(session, settings.cache_retention_s)
     if forgotten:
         log.info("upkeep: forgot %d expired idempotency key(s)", forgotten)
+    if expired:
+        log.info("upkeep: forgot %d result cache entr(ies) past retention", expired)
     return forgotten

@@ -48,6 +48,8 @@ GPU_MEMORY_TOTAL = Gauge("illustrations_gpu_memory_total_bytes", "GPU memory of 
                          ["gpu"], multiprocess_mode="livemax")
 CONSUMING = Gauge("illustrations_worker_consuming", "Workers consuming each queue now (0 while paused or drained).",
                   ["queue"], multiprocess_mode="livesum")
+EMBEDDING_CACHE = Counter("illustrations_embedding_cache_lookups", "Reference embeddings a generation needed, by "
+                          "result: hit (from memory or storage: no image read, no encoder run) or miss.", ["result"])
 RELAY_RUNS = Counter("illustrations_relay_runs", "Rounds of the outbox relay run by a maintenance worker.")
 RELAY_PUBLISHED = Counter("illustrations_relay_published", "Jobs, trainings and deletions the relay published.")
 WEBHOOK_ATTEMPTS = Counter("illustrations_webhook_attempts", "Webhook delivery attempts, by the event's state after "
@@ -60,6 +62,7 @@ NAMES: Final = (
     "illustrations_worker_busy", "illustrations_gpu_memory_peak_bytes", "illustrations_gpu_memory_total_bytes",
     "illustrations_worker_consuming", "illustrations_relay_runs_total", "illustrations_relay_published_total",
     "illustrations_webhook_attempts_total",
+    "illustrations_embedding_cache_lookups_total",
 )
 JOB_TASKS: Final = frozenset({tasks.GENERATE, tasks.PREPARE, tasks.TRAIN, tasks.PREPARE_STYLE})
 
@@ -82,6 +85,10 @@ def succeeded(profile: str, queue: str, queue_wait_s: float, total_s: float, inf
         INFERENCE_SECONDS.labels(profile).observe(inference_s)
     if peak_memory_bytes is not None:
         GPU_MEMORY_PEAK.labels(gpu_label()).set(peak_memory_bytes)
+
+
+def embedding_looked_up(hit: bool) -> None:
+    EMBEDDING_CACHE.labels("hit" if hit else "miss").inc()
 
 
 def pipeline_loaded(profile: str, seconds: float, failed: bool, total_memory_bytes: int | None) -> None:

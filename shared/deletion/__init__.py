@@ -39,6 +39,7 @@ PART_MODULES: Final[list[str]] = [
     "shared.deletion.idempotency",
     "shared.deletion.training",
     "shared.deletion.webhooks",
+    "shared.deletion.cache",
 ]
 ACTIVE: Final = ("queued", "running")
 

@@ -122,6 +122,7 @@ def test_deleting_a_user_leaves_nothing_of_theirs_and_others_untouched(
     status: Any = client.get(deletion["links"]["self"], headers=auth).json
     assert status["status"] == "succeeded" and status["finished_at"] is not None
     assert status["parts"] == {"embeddings": 2, "jobs": 4, "subjects": 1, "metrics": 1, "idempotency": 1,
+                               "cache_entries": 0,
                                "training_images": 0, "feedback": 1, "webhooks": 2}
 
     # Nothing of u-gone can be fetched ...
