@@ -20,7 +20,7 @@ from shared import cache, jobs, styles
 from shared.db import Database, utcnow
 from shared.deletion.run import run_deletion
 from shared.errors import CancelReason, ErrorCode
-from shared.models import ApiKey, CacheEntry, GenerationMetric, Job, JobImage, UserDeletion
+from shared.models import ApiKey, CacheEntry, GenerationMetric, Job, JobImage, UserDeletion, WebhookEvent
 from shared.settings import Settings
 from tests.api.test_illustrations import upload
 from tests.conftest import make_key
@@ -428,3 +428,25 @@ def test_images_of_a_user_being_deleted_answer_nobody(client: FlaskClient, admin
     assert job["status"] == "queued" and job["cached"] is False  # a miss: those objects may be going
     refused = client.post("/v1/illustrations", json=SEEDED, headers=admin)
     assert refused.status_code == 409  # the user being deleted submits nothing
+
+
+def test_hits_and_followers_record_their_webhook_events(client: FlaskClient, auth: dict[str, str], app: Flask,
+                                                        db: Database) -> None:
+    """A job born succeeded from the cache, and a follower finishing with its leader, end like any other job: each
+    records its own event (its own webhook-id) in the transaction that made it terminal."""
+    hook = "https://autobio.example/hooks/illustrations"
+    body = {**SEEDED, "prompt": "the lake house in the summer of 1972", "webhook_url": hook}
+    leader = submit(client, auth, body)
+    follower = submit(client, auth, {**body, "user_id": "u-2"})
+    assert load(db, follower["id"]).follows_job_id == leader["id"]
+    run_like_a_worker(app, db, leader["id"])
+    hit = submit(client, auth, body, **WAIT)
+    assert hit["status"] == "succeeded" and hit["cached"] is True
+    with db.begin() as session:
+        events = {event.job_id: event for event in session.execute(
+            select(WebhookEvent).where(WebhookEvent.job_id.in_([leader["id"], follower["id"], hit["id"]]))
+        ).scalars()}
+    assert set(events) == {leader["id"], follower["id"], hit["id"]}
+    assert {event.type for event in events.values()} == {"illustration.succeeded"}
+    assert {event.url for event in events.values()} == {hook}
+    assert len({event.id for event in events.values()}) == 3
