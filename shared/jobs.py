@@ -101,7 +101,8 @@ def finished(session: Session, job_ids: Sequence[str]) -> None:
 
     The one place that follows a job ending: it records the webhook event of each job that has a URL (one INSERT …
     SELECT; delivery happens later on a CPU worker), wakes requests waiting with ``Prefer: wait`` (on commit), and
-    hands the jobs to the result cache (an entry for a keyed success; followers of the job finish with it). Every path that makes a job terminal (``_move``, bulk expiries, a job born finished) calls this.
+    hands the jobs to the result cache (an entry for a keyed success; followers of the job finish with it). Every
+    path that makes a job terminal (``_move``, bulk expiries, a job born finished) calls this.
     """
     if job_ids:
         webhook_events.record_jobs(session, job_ids)
