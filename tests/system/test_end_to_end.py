@@ -38,14 +38,14 @@ def wait_terminal(base: str, headers: dict[str, str], job_id: str, timeout_s: fl
         if job["status"] in ("succeeded", "failed", "canceled"):
             return job
         time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not finish in {timeout_s} s")
+    raise AssertionError(f"job {job_id} did not finish in {timeout_s} s: {job}")
 
 
-def test_http_to_worker_to_s3_on_postgresql(pg_url: str, system_broker_url: str, s3_server: S3Server,
+def test_http_to_worker_to_s3_on_postgresql(fresh_pg_url: str, system_broker_url: str, s3_server: S3Server,
                                             tiny_model_dir: Path, tmp_path: Path) -> None:
     env = clean_env(
         VAR_DIR=str(tmp_path / "var"),
-        DATABASE_URL=pg_url,
+        DATABASE_URL=fresh_pg_url,
         BROKER_URL=system_broker_url,
         STORAGE_URL=f"s3://{s3_server.bucket}/system-{uuid.uuid4().hex[:8]}",
         S3_ENDPOINT_URL=s3_server.endpoint,
