@@ -3,7 +3,10 @@
 - ``app``: a Celery app with Celery's defaults (JSON) and one trivial task, ``bench.bare.started``, that returns the
   wall-clock time at which it started. Its broker (and result backend) is ``BENCH_BARE_BROKER_URL``: the same Redis
   the service uses. ``bench/latency.py`` runs its worker as ``celery -A bench.bare worker -Q bench.bare`` with the
-  flags the project's workers use (prefork, concurrency 1, ``--without-mingle --without-gossip``).
+  flags the project's workers use (prefork, concurrency 1, ``--without-mingle --without-gossip``). With
+  ``BENCH_BARE_CONFIG=project`` the app takes the project's Celery settings instead (``shared.queue.celery_config``:
+  acks late, no prefetch, task events on, ...), results aside: that worker tells what our Celery configuration
+  costs apart from our code.
 - ``python -m bench.bare flask --bind HOST:PORT``: a bare Flask app with one JSON endpoint
   (``POST /v1/illustrations``: parse the body, answer 202 with an id) served by gunicorn with the options the API is
   served with (``shared.cli.serve.gunicorn_options``, settings from the same ``ILLUSTRATIONS_*`` environment).
@@ -21,10 +24,17 @@ from celery import Celery
 
 QUEUE = "bench.bare"
 
-app = Celery("bench_bare", broker=os.environ.get("BENCH_BARE_BROKER_URL", "redis://127.0.0.1:6379/15"),
-             backend=os.environ.get("BENCH_BARE_BROKER_URL", "redis://127.0.0.1:6379/15"))
+BROKER = os.environ.get("BENCH_BARE_BROKER_URL", "redis://127.0.0.1:6379/15")
+
+app = Celery("bench_bare", broker=BROKER, backend=BROKER)
+if os.environ.get("BENCH_BARE_CONFIG") == "project":
+    from shared.queue import celery_config
+    from shared.settings import Settings
+
+    app.conf.update({**celery_config(Settings()), "beat_schedule": {}})
 app.conf.update(task_default_queue=QUEUE, task_serializer="json", result_serializer="json", accept_content=["json"],
-                worker_hijack_root_logger=False, broker_connection_retry_on_startup=True)
+                worker_hijack_root_logger=False, broker_connection_retry_on_startup=True, task_ignore_result=False,
+                broker_url=BROKER, result_backend=BROKER)
 
 
 @app.task(name="bench.bare.started")
