@@ -446,8 +446,6 @@ def main(argv: list[str] | None = None) -> int:
               "--device cpu --size 128 --steps 1 for a smoke.", file=sys.stderr)
         if args.device == "auto":
             return 2
-    if device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = True  # VAE decode may upcast to float32
     ctx = Context(args, device, dtype, started)
     failure: BaseException | None = None
     try:

@@ -15,7 +15,22 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, and_, func, insert, literal, null, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Executable,
+    Float,
+    String,
+    Table,
+    and_,
+    bindparam,
+    func,
+    insert,
+    literal,
+    null,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from shared import notify
@@ -235,6 +250,46 @@ def forget_publishes(session: Session) -> int:
 
 
 # --- queued -> running ----------------------------------------------------------------------------------------------
+_CLAIMS: dict[tuple[tuple[Any, ...], bool], Executable] = {}
+
+
+def _claim_statement(read: tuple[Any, ...], postgresql: bool) -> Executable:
+    """The claim, built once per ``read`` and dialect with bound parameters (``claim_job_id``, ``claim_worker``,
+    ``claim_lease_s``): building it per job cost ~1 ms of Python before the first byte went to the database.
+
+    On PostgreSQL it also writes the audit row, in the same statement (a data-modifying CTE; SQLite has none, so
+    ``started`` adds the row there): one round trip for the claim, the read and the trail.
+    """
+    key = (read, postgresql)
+    if key not in _CLAIMS:
+        job_id, worker = bindparam("claim_job_id", type_=String), bindparam("claim_worker", type_=String)
+        not_expired = or_(Job.cancel_after.is_(None), Job.cancel_after > utcnow())
+        stmt = (
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value, not_expired, not_paused())
+            .values(
+                status=JobStatus.RUNNING.value,
+                attempt=Job.attempt + 1,
+                lease_until=utcnow(bindparam("claim_lease_s", type_=Float)),
+                worker=worker,
+                started_at=utcnow(),
+                progress_step=0,
+                progress_total=Job.request[("params", "steps")].as_integer(),
+            )
+            .returning(Job.attempt, *read)
+            .execution_options(synchronize_session=False)
+        )
+        if postgresql:
+            claimed = stmt.cte("claimed")
+            logged = insert(_TRANSITIONS).from_select(list(_LOGGED), select(
+                job_id, claimed.c.attempt, literal(JobStatus.QUEUED.value), literal(JobStatus.RUNNING.value),
+                null(), worker)).cte("logged")
+            _CLAIMS[key] = select(claimed).add_cte(logged)
+        else:
+            _CLAIMS[key] = stmt
+    return _CLAIMS[key]
+
+
 def started(session: Session, job_id: str, worker: str, lease_s: float,
             read: Sequence[Any] = ()) -> Claim | ClaimRefused:
     """Claim a queued job for a new attempt (attempt + 1, lease until now + ``lease_s``), or say why not.
@@ -243,34 +298,12 @@ def started(session: Session, job_id: str, worker: str, lease_s: float,
     read by the same statement, so a worker claims and reads its job in one round trip.
     """
     check_transition(JobStatus.QUEUED, JobStatus.RUNNING)
-    not_expired = or_(Job.cancel_after.is_(None), Job.cancel_after > utcnow())
-    stmt = (
-        update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value, not_expired, not_paused())
-        .values(
-            status=JobStatus.RUNNING.value,
-            attempt=Job.attempt + 1,
-            lease_until=utcnow(lease_s),
-            worker=worker,
-            started_at=utcnow(),
-            progress_step=0,
-            progress_total=Job.request[("params", "steps")].as_integer(),
-        )
-        .returning(Job.attempt, *read)
-        .execution_options(synchronize_session=False)
-    )
-    if session.get_bind().dialect.name == "postgresql":
-        # One round trip: the UPDATE and its audit row in one statement (a data-modifying CTE; SQLite has none).
-        claimed = stmt.cte("claimed")
-        logged = insert(_TRANSITIONS).from_select(list(_LOGGED), select(
-            literal(job_id), claimed.c.attempt, literal(JobStatus.QUEUED.value), literal(JobStatus.RUNNING.value),
-            null(), literal(worker))).cte("logged")
-        row = session.execute(select(claimed).add_cte(logged)).one_or_none()
-    else:
-        row = session.execute(stmt).one_or_none()
-        if row is not None:
-            _log(session, [{"job_id": job_id, "attempt": row[0], "from_status": JobStatus.QUEUED.value,
-                            "to_status": JobStatus.RUNNING.value, "reason": None, "worker": worker}])
+    params = {"claim_job_id": job_id, "claim_worker": worker, "claim_lease_s": lease_s}
+    postgresql = session.get_bind().dialect.name == "postgresql"
+    row = session.execute(_claim_statement(tuple(read), postgresql), params).one_or_none()
+    if row is not None and not postgresql:
+        _log(session, [{"job_id": job_id, "attempt": row[0], "from_status": JobStatus.QUEUED.value,
+                        "to_status": JobStatus.RUNNING.value, "reason": None, "worker": worker}])
     if row is not None:
         return Claim(job_id, row[0], row if read else None)
     status = session.execute(select(Job.status).where(Job.id == job_id)).scalar_one_or_none()
