@@ -454,6 +454,9 @@ def main(argv: list[str] | None = None) -> int:
         failure = exc
         traceback.print_exc()
         ctx.rows.append(Row("error", None, note=f"{type(exc).__name__}: {str(exc)[:200]}"))
+    except KeyboardInterrupt as exc:  # bench/gpu.sh's hard stop (SIGINT at 470 s): still print what was measured
+        failure = exc
+        ctx.rows.append(Row("interrupted", None, note="stopped at the time limit; rows after this were not run"))
     if args.json:
         args.json.write_text(json.dumps([r.__dict__ for r in ctx.rows], indent=2), encoding="utf-8")
     print()
