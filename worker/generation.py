@@ -304,12 +304,15 @@ def _model_info(runtime: Runtime, job: JobInput) -> dict[str, Any]:
     }
 
 
+_METRICS_INSERT = insert(cast(Table, GenerationMetric.__table__))
+
+
 def _record(session: Session, runtime: Runtime, claim: jobs.Claim, job: JobInput, attempt: Attempt, outcome: str,
             error_code: str | None = None) -> None:
-    """Add the attempt's ``generation_metrics`` row to the transaction that ends the attempt (a Core INSERT on the
-    table: the ORM-enabled INSERT costs twice the Python time, see ``shared.jobs._log``)."""
-    row = _metric(runtime, claim, job, attempt, outcome, error_code)
-    session.execute(insert(cast(Table, GenerationMetric.__table__)).values(**row))
+    """Add the attempt's ``generation_metrics`` row to the transaction that ends the attempt: one Core INSERT built
+    once, the row as its parameters (0.22 ms against 0.49 ms for ``insert(...).values(**row)`` built per call and
+    about twice that through the ORM; ``bench/README.md``)."""
+    session.execute(_METRICS_INSERT, _metric(runtime, claim, job, attempt, outcome, error_code))
 
 
 def _metric(runtime: Runtime, claim: jobs.Claim, job: JobInput, attempt: Attempt, outcome: str,
