@@ -5,7 +5,10 @@ ref, alternating job by job on one fresh PostgreSQL database (a benchmark, not a
 
 Reports, per version, the median time from opening the claim's transaction to its first statement reaching the
 driver (``before_cursor_execute``: building and compiling the statement) and of the whole transaction (claim, read,
-audit row, commit), as the worker runs it (``worker.generation.JOB_COLUMNS``).
+audit row, commit), as the worker runs it (``worker.generation.JOB_COLUMNS``). Then the INSERT styles of the finish,
+alternating in one transaction (rolled back): an audit row through the ORM-enabled ``insert(JobTransition)`` and
+through a Core ``insert(table)``; a metrics row as ``insert(table).values(**row)`` built per call and as one
+prebuilt INSERT with the row as parameters.
 """
 
 from __future__ import annotations
@@ -18,18 +21,22 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import event
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from sqlalchemy import Table, insert  # noqa: E402
+
 from bench.generation import add_jobs, database  # noqa: E402
 from shared import jobs  # noqa: E402
 from shared.db import Database  # noqa: E402
 from shared.migrate import upgrade  # noqa: E402
+from shared.models import GenerationMetric, JobTransition  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 
 
@@ -44,6 +51,36 @@ def old_module(ref: str, folder: Path) -> Any:
     sys.modules["jobs_at_ref"] = module
     spec.loader.exec_module(module)
     return module
+
+
+METRIC = {"job_id": "j", "client_id": "c", "user_id": "u", "attempt": 1, "outcome": "succeeded", "error_code": None,
+          "queue": "q", "queue_wait_s": 0.1, "load_s": 0.1, "inference_s": 0.1, "store_s": 0.1, "total_s": 0.1,
+          "steps": 2, "width": 64, "height": 64, "num_images": 1, "profile": "tiny", "revision": "r",
+          "identity_refs": 0, "style_ref": False, "embeddings_cached": 0, "lora": None, "lora_resident": None,
+          "worker": "w", "gpu": None, "device": "cpu", "model_load_s": 1.0, "peak_gpu_memory_bytes": None,
+          "variant": "a"}
+
+
+def insert_styles(db: Database, job_id: str, rounds: int = 300) -> dict[str, list[float]]:
+    transitions, metrics = cast(Table, JobTransition.__table__), cast(Table, GenerationMetric.__table__)
+    prebuilt = insert(metrics)
+    row = {"job_id": job_id, "attempt": 1, "from_status": "queued", "to_status": "running", "reason": None,
+           "worker": "w"}
+    styles: dict[str, Callable[[Any], Any]] = {
+        "audit row, ORM-enabled insert(JobTransition)": lambda s: s.execute(insert(JobTransition), [row]),
+        "audit row, Core insert(table)": lambda s: s.execute(insert(transitions), [row]),
+        "metrics row, insert(table).values(**row) per call": lambda s: s.execute(insert(metrics).values(**METRIC)),
+        "metrics row, prebuilt INSERT, row as parameters": lambda s: s.execute(prebuilt, METRIC),
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in styles}
+    with db.begin() as session:
+        for _ in range(rounds):
+            for name, run in styles.items():
+                started = time.perf_counter()
+                run(session)
+                seconds[name].append(time.perf_counter() - started)
+        session.rollback()
+    return seconds
 
 
 def main() -> None:
@@ -76,6 +113,7 @@ def main() -> None:
                 assert isinstance(module.started(session, job_id, "bench", 60, read=JOB_COLUMNS), module.Claim)
             results[name][1].append(time.perf_counter() - started)
             results[name][0].append(first[0] - started)
+        inserts = insert_styles(db, ids[0])
         db.engine.dispose()
     print(f"load average {os.getloadavg()[0]:.2f} (1 min); {args.claims // 2} claims each, alternating; medians in ms")
     print("| version | to first statement | whole claim transaction |")
@@ -83,6 +121,9 @@ def main() -> None:
     for name, (to_first, whole) in results.items():
         to_first_ms, whole_ms = statistics.median(to_first[10:]) * 1000, statistics.median(whole[10:]) * 1000
         print(f"| {name} | {to_first_ms:.2f} | {whole_ms:.2f} |")
+    print("\n| INSERT | ms (median) |\n|---|---|")
+    for name, seconds in inserts.items():
+        print(f"| {name} | {statistics.median(seconds[20:]) * 1000:.3f} |")
 
 
 if __name__ == "__main__":
