@@ -98,7 +98,7 @@ def test_expired_and_revoked_keys_through_the_cli(settings: Settings, db: Databa
         key = created.stdout.strip().splitlines()[-1]
         listing = CliRunner().invoke(main, ["keys", "list", "--name", "cli-expiry"])
         assert "active" in listing.stdout and "expires 20" in listing.stdout and "last used never" in listing.stdout
-        app = make_app(settings)
+        app = make_app(settings.model_copy(update={"api_key_cache_s": 0}))  # a revocation is seen at once
         client = app.test_client()
         assert client.get("/v1/illustrations", headers={"Authorization": f"Bearer {key}"}).status_code == 200
         assert "last used never" not in CliRunner().invoke(main, ["keys", "list", "--name", "cli-expiry"]).stdout
