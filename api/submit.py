@@ -28,6 +28,7 @@ from shared.subjects import latest_version, reference
 
 log = logging.getLogger(__name__)
 _LOCKED_CLIENTS = "submit.locked_clients"  # session.info: client id -> its row, locked by the quota check
+_PUBLISHED_WAITING = "submit.published_waiting"  # session.info: client id -> queue -> its published queued jobs
 
 
 def _stored(session: Session, client_id: str, user_id: str, *, subject_id: str | None = None,
@@ -123,10 +124,15 @@ def _check_quota(session: Session, svc: Services, client_id: str, adding: int) -
     cap = client.max_queued_jobs if client.max_queued_jobs is not None else svc.settings.max_queued_jobs_per_client
     if not cap:
         return
-    queued = session.execute(
-        select(func.count()).select_from(Job).where(Job.client_id == client_id,
-                                                    Job.status == JobStatus.QUEUED.value)
-    ).scalar_one()
+    # One statement for two counts: the client's queued jobs (this quota) and, per queue, those of them already
+    # published (the publish cap, read again by ``publishable`` in this transaction instead of ``jobs.has_room``).
+    by_queue = session.execute(
+        select(Job.queue, func.count(), func.count(Job.published_at))
+        .where(Job.client_id == client_id, Job.status == JobStatus.QUEUED.value)
+        .group_by(Job.queue)
+    ).all()
+    session.info.setdefault(_PUBLISHED_WAITING, {})[client_id] = {queue: published for queue, _, published in by_queue}
+    queued = sum(count for _, count, _ in by_queue)
     if queued + adding > cap:
         raise ApiError(429, "Too Many Requests",
                        f"this client has {queued} queued jobs; at most {cap} may wait at once",
@@ -216,11 +222,14 @@ def publishable(session: Session, svc: Services, rows: Sequence[Job]) -> list[tu
     clients = (locked.get(client_id) or session.get(Client, client_id) for client_id in {row.client_id for row in rows})
     paused = {client.id for client in clients if client is not None and client.paused_at is not None}
     room: dict[str, bool] = {}
+    counted: dict[str, dict[str, int]] = session.info.get(_PUBLISHED_WAITING, {})  # by the quota check, if it ran
     for row in rows:
         if row.client_id in paused:
             continue  # a paused client's jobs wait in PostgreSQL; the relay publishes them after resume-client
         if row.queue not in room:
-            room[row.queue] = jobs.has_room(session, row.client_id, row.queue, cap)
+            waiting = counted.get(row.client_id)
+            room[row.queue] = (jobs.has_room(session, row.client_id, row.queue, cap) if waiting is None
+                               else cap <= 0 or waiting.get(row.queue, 0) < cap)
         if room[row.queue]:
             chosen.append((row.id, row.queue))
     return chosen
