@@ -202,8 +202,7 @@ def accept(session: Session, svc: Services, principal: Principal, bodies: Sequen
     queued = sum(row.status == JobStatus.QUEUED.value for row in rows)
     if queued:  # cache hits are born finished: they take no room in the queue
         _check_quota(session, svc, principal.client_id, queued)
-    session.add_all(rows)
-    session.flush()
+    jobs.insert_new(session, rows)
     cached.accepted()
     return rows
 
