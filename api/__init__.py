@@ -31,6 +31,7 @@ from shared import limits
 from shared.db import Database
 from shared.embedded import ensure_redis
 from shared.fetch import Fetcher
+from shared.keys import KeyCache
 from shared.migrate import upgrade
 from shared.queue import Publisher, make_celery
 from shared.settings import Settings, get_settings
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         publisher=Publisher(make_celery(settings, "illustrations-api", producer=True)),
         waiter=JobWaiter(db, settings),
         fetcher=Fetcher.from_settings(settings),
+        keys=KeyCache(settings.api_key_cache_s),
     )
     logs.init_app(app)  # first: every later hook and handler logs with the request id
     metrics.init_app(app)  # then: every request is counted, even one refused by a later hook

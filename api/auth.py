@@ -40,10 +40,8 @@ def require(scope: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
         @functools.wraps(view)
         def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
             token = _bearer()
-            with services().db.begin() as session:
-                principal = keys.authenticate(session, token)
-                if principal is not None:
-                    keys.touch(session, principal.key_id)
+            svc = services()
+            principal = svc.keys.authenticate(svc.db.begin, token)  # remembered for ILLUSTRATIONS_API_KEY_CACHE_S
             if principal is None:
                 raise ApiError(401, "Unauthorized", "the API key is not valid", headers=_CHALLENGE)
             if scope not in principal.scopes:

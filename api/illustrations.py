@@ -80,9 +80,12 @@ def create_illustration() -> tuple[Response, int, dict[str, str]]:
         # What a retry with the same Idempotency-Key gets: the job as accepted (committed with the job).
         record(session, 202, view.model_dump(mode="json"), headers, user_id=body.user_id)
         publishable = submit.publishable(session, svc, [job])
-    submit.publish(svc, publishable)
+    published = submit.send(svc, publishable)  # before the answer: the job can start while it is being sent
     if wait is None:
-        return jsonify(view.model_dump(mode="json")), 202, headers
+        response = jsonify(view.model_dump(mode="json"))
+        response.call_on_close(lambda: submit.mark(svc, published))  # the outbox mark, once the answer is sent
+        return response, 202, headers
+    submit.mark(svc, published)  # before waiting: a long wait must not leave the job to the relay
     headers["Preference-Applied"] = f"wait={wait:g}"
     if view.status in TERMINAL_VALUES:  # a result cache hit is born finished: nothing to wait for
         return jsonify(view.model_dump(mode="json")), 200, headers

@@ -1,4 +1,5 @@
-"""What the views use: settings, database, storage, publisher, waiter and fetcher, built once by the factory."""
+"""What the views use: settings, database, storage, publisher, waiter, fetcher and the key cache, built once by the
+factory."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from api.waiting import JobWaiter
 from shared.clip_tokens import TokenCounter, token_counter
 from shared.db import Database
 from shared.fetch import Fetcher
+from shared.keys import KeyCache
 from shared.queue import Publisher
 from shared.settings import Settings
 from shared.storage import Storage
@@ -23,6 +25,7 @@ class Services:
     publisher: Publisher
     waiter: JobWaiter
     fetcher: Fetcher
+    keys: KeyCache
 
     def token_counter(self) -> TokenCounter:
         """CLIP token counts for prompt building (read on first use: the API may start before the model files)."""

@@ -27,6 +27,8 @@ from shared.states import JobStatus
 from shared.subjects import latest_version, reference
 
 log = logging.getLogger(__name__)
+_LOCKED_CLIENTS = "submit.locked_clients"  # session.info: client id -> its row, locked by the quota check
+_PUBLISHED_WAITING = "submit.published_waiting"  # session.info: client id -> queue -> its published queued jobs
 
 
 def _stored(session: Session, client_id: str, user_id: str, *, subject_id: str | None = None,
@@ -118,13 +120,19 @@ def refuse_if_deleting(session: Session, client_id: str, user_ids: set[str]) -> 
 
 def _check_quota(session: Session, svc: Services, client_id: str, adding: int) -> None:
     client = session.execute(select(Client).where(Client.id == client_id).with_for_update()).scalar_one()
+    session.info.setdefault(_LOCKED_CLIENTS, {})[client_id] = client  # publishable reads its pause from this row
     cap = client.max_queued_jobs if client.max_queued_jobs is not None else svc.settings.max_queued_jobs_per_client
     if not cap:
         return
-    queued = session.execute(
-        select(func.count()).select_from(Job).where(Job.client_id == client_id,
-                                                    Job.status == JobStatus.QUEUED.value)
-    ).scalar_one()
+    # One statement for two counts: the client's queued jobs (this quota) and, per queue, those of them already
+    # published (the publish cap, read again by ``publishable`` in this transaction instead of ``jobs.has_room``).
+    by_queue = session.execute(
+        select(Job.queue, func.count(), func.count(Job.published_at))
+        .where(Job.client_id == client_id, Job.status == JobStatus.QUEUED.value)
+        .group_by(Job.queue)
+    ).all()
+    session.info.setdefault(_PUBLISHED_WAITING, {})[client_id] = {queue: published for queue, _, published in by_queue}
+    queued = sum(count for _, count, _ in by_queue)
     if queued + adding > cap:
         raise ApiError(429, "Too Many Requests",
                        f"this client has {queued} queued jobs; at most {cap} may wait at once",
@@ -194,8 +202,7 @@ def accept(session: Session, svc: Services, principal: Principal, bodies: Sequen
     queued = sum(row.status == JobStatus.QUEUED.value for row in rows)
     if queued:  # cache hits are born finished: they take no room in the queue
         _check_quota(session, svc, principal.client_id, queued)
-    session.add_all(rows)
-    session.flush()
+    jobs.insert_new(session, rows)
     cached.accepted()
     return rows
 
@@ -209,15 +216,19 @@ def publishable(session: Session, svc: Services, rows: Sequence[Job]) -> list[tu
         return []
     cap = svc.settings.client_publish_cap
     chosen: list[tuple[str, str]] = []
-    paused = set(session.execute(
-        select(Client.id).where(Client.id.in_({row.client_id for row in rows}), Client.paused_at.is_not(None))
-    ).scalars())
+    # The client row read FOR UPDATE by the quota check (in this transaction) spares a statement here.
+    locked: dict[str, Client] = session.info.get(_LOCKED_CLIENTS, {})
+    clients = (locked.get(client_id) or session.get(Client, client_id) for client_id in {row.client_id for row in rows})
+    paused = {client.id for client in clients if client is not None and client.paused_at is not None}
     room: dict[str, bool] = {}
+    counted: dict[str, dict[str, int]] = session.info.get(_PUBLISHED_WAITING, {})  # by the quota check, if it ran
     for row in rows:
         if row.client_id in paused:
             continue  # a paused client's jobs wait in PostgreSQL; the relay publishes them after resume-client
         if row.queue not in room:
-            room[row.queue] = jobs.has_room(session, row.client_id, row.queue, cap)
+            waiting = counted.get(row.client_id)
+            room[row.queue] = (jobs.has_room(session, row.client_id, row.queue, cap) if waiting is None
+                               else cap <= 0 or waiting.get(row.queue, 0) < cap)
         if room[row.queue]:
             chosen.append((row.id, row.queue))
     return chosen
@@ -226,7 +237,19 @@ def publishable(session: Session, svc: Services, rows: Sequence[Job]) -> list[tu
 def publish(svc: Services, queued: Sequence[tuple[str, str]]) -> None:
     """After the commit (outbox): publish each (job id, queue) and mark it; a failed publish, or a database lost
     between publish and mark, leaves the job to the relay (a twin message is dropped at the claim)."""
-    published = [job_id for job_id, queue in queued if svc.publisher.publish(job_id, queue)]
+    mark(svc, send(svc, queued))
+
+
+def send(svc: Services, queued: Sequence[tuple[str, str]]) -> list[str]:
+    """The publish half of ``publish``: the ids whose message the broker took (``mark`` them next)."""
+    return [job_id for job_id, queue in queued if svc.publisher.publish(job_id, queue)]
+
+
+def mark(svc: Services, published: Sequence[str]) -> None:
+    """The outbox mark of ``send``'s jobs, in a transaction of its own. It may run after the answer was sent
+    (``Response.call_on_close``): nothing depends on it but the relay, which publishes an unmarked job again after
+    ``ILLUSTRATIONS_RELAY_DELAY_S`` (a twin message is dropped at the claim), so a mark lost in a crash or an
+    outage costs one extra message, never a job."""
     if not published:
         return
     try:

@@ -8,16 +8,23 @@ phases:
   are started afterwards to drain it.
 - ``running``: the generation workers run while the jobs are submitted.
 
+- ``bare``: the same submits against a bare Flask JSON endpoint (``bench.bare``: parse the body, answer 202 with an
+  id) served by gunicorn with the API's own options (same processes, threads, access log) on the same machine,
+  between the two phases above: what HTTP, gunicorn and Flask cost before any of our work. The ratios compare the
+  ``paused`` phase (the API's own work, no worker competing for the CPU) with it.
+
 For each phase: submit latency p50/p99 (ms), submits/s, and after every job finished: lost (accepted but not
 succeeded) and duplicated (more than one terminal transition, or more than one image set).
 
-    .venv/bin/python bench/load.py [--jobs 1000] [--clients 20] [--tenants 1] [--redis-url redis://127.0.0.1:6379/15]
+    .venv/bin/python bench/load.py [--jobs 1000] [--clients 20] [--tenants 1] [--phases paused,bare,running]
+                                   [--redis-url redis://127.0.0.1:6379/15]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -37,7 +44,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from shared.migrate import upgrade
 from shared.settings import Settings
 from tests.system.faults import TINY_JOB, Ledger, Stack, fast_env
-from tests.system.procs import processes, run_cli
+from tests.system.procs import Proc, free_port, http_ok, processes, run_cli, wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+PHASES = ("paused", "bare", "running")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -107,6 +117,29 @@ def phase(name: str, stack: Stack, ledger: Ledger, keys: list[str], args: argpar
     }
 
 
+def bare_phase(procs: Any, env: dict[str, str], work: Path, keys: list[str],
+               args: argparse.Namespace) -> dict[str, Any]:
+    """The same submits against the bare Flask endpoint under the API's gunicorn options."""
+    port = free_port()
+    server = Proc("bare-flask", [sys.executable, "-m", "bench.bare", "flask", "--bind", f"127.0.0.1:{port}"],
+                  {**env, "PYTHONPATH": str(ROOT)}, ROOT, work / "logs")
+    procs.started.append(server)
+    base = f"http://127.0.0.1:{port}"
+    wait_for(http_ok(f"{base}/healthz"), 60, "the bare Flask server")
+    latencies, ids, wall = submit_all(base, keys, args.jobs, args.clients)
+    server.stop()
+    return {
+        "phase": "bare",
+        "jobs": len(ids),
+        "p50_ms": round(percentile(latencies, 50) * 1000, 1),
+        "p99_ms": round(percentile(latencies, 99) * 1000, 1),
+        "mean_ms": round(statistics.fmean(latencies) * 1000, 1),
+        "submits_per_s": round(len(ids) / wall, 1),
+        "lost": "",
+        "duplicated": "",
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=1000)
@@ -115,7 +148,12 @@ def main() -> None:
     parser.add_argument("--admin-url", default="postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/15", help="an emptied Redis db")
     parser.add_argument("--drain-timeout", type=float, default=1800)
+    parser.add_argument("--phases", default=",".join(PHASES), help="which phases, in this order: paused,bare,running")
     args = parser.parse_args()
+    phases = [p for p in args.phases.split(",") if p]
+    if not phases or set(phases) - set(PHASES):
+        parser.error(f"--phases must name some of {', '.join(PHASES)}")
+    load_before = os.getloadavg()
 
     work = Path(tempfile.mkdtemp(prefix="illustrations-bench-"))
     name = f"illustrations_bench_{uuid.uuid4().hex[:8]}"
@@ -138,20 +176,27 @@ def main() -> None:
             for _ in range(args.tenants - 1):
                 out = run_cli(["keys", "create", "--name", f"bench-{uuid.uuid4().hex[:6]}"], env, work).stdout
                 keys.append(out.strip().splitlines()[-1])
-            results.append(phase("paused", stack, ledger, keys, args, workers_before=False))
-            results.append(phase("running", stack, ledger, keys, args, workers_before=True))
+            for name in phases:
+                if name == "bare":
+                    results.append(bare_phase(procs, env, work, keys, args))
+                else:
+                    results.append(phase(name, stack, ledger, keys, args, workers_before=name == "running"))
         ledger.close()
     finally:
         with admin.connect() as connection:
             connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
         shutil.rmtree(work, ignore_errors=True)
-    print("| phase | jobs | p50 ms | p99 ms | mean ms | submits/s | lost | duplicated |")
-    print("|---|---|---|---|---|---|---|---|")
+    load_after = os.getloadavg()
+    bare = next((row for row in results if row["phase"] == "bare"), None)
+    print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min); {os.cpu_count()} CPUs")
+    print("| phase | jobs | p50 ms | p99 ms | mean ms | submits/s | submits/s vs bare | lost | duplicated |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in results:
+        ratio = f"{row['submits_per_s'] / bare['submits_per_s']:.2f}x" if bare else ""
         print(f"| {row['phase']} | {row['jobs']} | {row['p50_ms']} | {row['p99_ms']} | {row['mean_ms']} "
-              f"| {row['submits_per_s']} | {row['lost']} | {row['duplicated']} |")
-    print(json.dumps(results))
+              f"| {row['submits_per_s']} | {ratio} | {row['lost']} | {row['duplicated']} |")
+    print(json.dumps({"load_before": load_before, "load_after": load_after, "rows": results}))
 
 
 if __name__ == "__main__":

@@ -118,6 +118,10 @@ class Settings(BaseSettings):
         100, ge=0, description="Most jobs of one client waiting in one broker queue; the rest wait in the "
         "database and the relay publishes them as room frees (fairness between clients; 0 = no cap)."
     )
+    api_key_cache_s: float = Field(
+        5.0, ge=0, description="How long an API process trusts a key it has checked before it reads the key again "
+        "(also how long a revoked or expired key may still be accepted by a process that saw it; 0 = every request)."
+    )
     idempotency_ttl_s: float = Field(
         90_000.0, gt=0, description="How long an Idempotency-Key is remembered (the contract promises >= 24 h)."
     )

@@ -18,12 +18,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import PIL.Image
 from billiard.exceptions import SoftTimeLimitExceeded
 from PIL.PngImagePlugin import PngInfo
-from sqlalchemy import insert
+from sqlalchemy import Table, insert
 from sqlalchemy.orm import Session
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential, wait_random
 
@@ -305,10 +305,15 @@ def _model_info(runtime: Runtime, job: JobInput) -> dict[str, Any]:
     }
 
 
+_METRICS_INSERT = insert(cast(Table, GenerationMetric.__table__))
+
+
 def _record(session: Session, runtime: Runtime, claim: jobs.Claim, job: JobInput, attempt: Attempt, outcome: str,
             error_code: str | None = None) -> None:
-    """Add the attempt's ``generation_metrics`` row to the transaction that ends the attempt (a Core INSERT)."""
-    session.execute(insert(GenerationMetric).values(**_metric(runtime, claim, job, attempt, outcome, error_code)))
+    """Add the attempt's ``generation_metrics`` row to the transaction that ends the attempt: one Core INSERT built
+    once, the row as its parameters (0.26 ms against 0.57 ms for ``insert(...).values(**row)`` built per call;
+    ``bench/claim_ab.py``)."""
+    session.execute(_METRICS_INSERT, _metric(runtime, claim, job, attempt, outcome, error_code))
 
 
 def _metric(runtime: Runtime, claim: jobs.Claim, job: JobInput, attempt: Attempt, outcome: str,

@@ -24,12 +24,34 @@ def _prepare(settings: Settings) -> None:
         upgrade(settings)
 
 
+def gunicorn_options(settings: Settings, bind: str) -> dict[str, Any]:
+    """How the API is served (also what ``bench/load.py`` serves its bare Flask endpoint with, to compare)."""
+    from shared import logs, prometheus
+
+    def child_exit(_server: Any, worker: Any) -> None:
+        prometheus.mark_dead(worker.pid)
+
+    return {
+        "bind": bind,
+        "workers": settings.api_workers,
+        "worker_class": "gthread",
+        "threads": settings.api_threads,
+        "timeout": settings.api_timeout_s,
+        "graceful_timeout": settings.api_graceful_timeout_s,
+        "accesslog": "-",
+        # The request id (X-Request-ID, api.logs) names the request in the access line too.
+        "access_log_format": '%(h)s "%(r)s" %(s)s %(b)s %(M)sms request_id=%({x-request-id}o)s',
+        "logconfig_dict": logs.gunicorn_logconfig(settings.log_level, settings.log_format),
+        "child_exit": child_exit,
+    }
+
+
 @click.command()
 @click.option("--bind", default=None, help="HOST:PORT (default: ILLUSTRATIONS_API_BIND).")
 @click.pass_obj
 def api(settings: Settings, bind: str | None) -> None:
     """Serve the HTTP API under gunicorn (gthread workers)."""
-    from shared import logs, prometheus
+    from shared import prometheus
 
     bind = bind or settings.api_bind
     # Before anything imports prometheus_client: every gunicorn worker writes its samples here (/metrics merges them).
@@ -40,24 +62,10 @@ def api(settings: Settings, bind: str | None) -> None:
 
     _prepare(settings)
 
-    def child_exit(_server: Any, worker: Any) -> None:
-        prometheus.mark_dead(worker.pid)
+    options = gunicorn_options(settings, bind)
 
     class Server(BaseApplication):
         def load_config(self) -> None:
-            options = {
-                "bind": bind,
-                "workers": settings.api_workers,
-                "worker_class": "gthread",
-                "threads": settings.api_threads,
-                "timeout": settings.api_timeout_s,
-                "graceful_timeout": settings.api_graceful_timeout_s,
-                "accesslog": "-",
-                # The request id (X-Request-ID, api.logs) names the request in the access line too.
-                "access_log_format": '%(h)s "%(r)s" %(s)s %(b)s %(M)sms request_id=%({x-request-id}o)s',
-                "logconfig_dict": logs.gunicorn_logconfig(settings.log_level, settings.log_format),
-                "child_exit": child_exit,
-            }
             for key, value in options.items():
                 self.cfg.set(key, value)
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from click.testing import CliRunner
 from flask.testing import FlaskClient
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 
 from shared.db import Database
 from shared.keys import authenticate, hash_key
@@ -32,7 +32,11 @@ def test_a_key_without_the_scope_is_403(client: FlaskClient, db: Database) -> No
     assert response.status_code == 403
 
 
-def test_revoked_and_expired_keys_are_refused(client: FlaskClient, db: Database) -> None:
+def test_revoked_and_expired_keys_are_refused(settings: Settings, db: Database) -> None:
+    from api import create_app
+
+    app = create_app(settings.model_copy(update={"api_key_cache_s": 0}))  # every request reads the key
+    client = app.test_client()
     key = make_key(db)
     headers = {"Authorization": f"Bearer {key}"}
     assert client.post("/v1/illustrations", json=VALID, headers=headers).status_code == 202
@@ -44,6 +48,50 @@ def test_revoked_and_expired_keys_are_refused(client: FlaskClient, db: Database)
         session.execute(update(ApiKey).where(ApiKey.key_hash == hash_key(key))
                         .values(expires_at=None, revoked_at=datetime.now(UTC)))
     assert client.post("/v1/illustrations", json=VALID, headers=headers).status_code == 401
+    app.extensions["illustrations"].db.engine.dispose()
+
+
+def test_a_process_remembers_a_checked_key_for_the_cache_ttl(settings: Settings, db: Database) -> None:
+    """ILLUSTRATIONS_API_KEY_CACHE_S: a remembered key needs no database read; a revocation takes effect within the
+    TTL; a key that expires within the TTL is never remembered, so expiry stays exact."""
+    import time
+
+    from api import create_app
+
+    app = create_app(settings.model_copy(update={"api_key_cache_s": 1.0}))
+    client = app.test_client()
+    key, soon = make_key(db), make_key(db)
+    with db.begin() as session:
+        session.execute(update(ApiKey).where(ApiKey.key_hash == hash_key(soon))
+                        .values(expires_at=datetime.now(UTC) + timedelta(seconds=0.6)))
+    statements: list[str] = []
+    engine = app.extensions["illustrations"].db.engine
+
+    def count(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    headers = {"Authorization": f"Bearer {key}"}
+    assert client.get("/v1/illustrations", headers=headers).status_code == 200  # read (and remembered)
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        assert client.get("/v1/illustrations", headers=headers).status_code == 200
+        assert not [s for s in statements if "api_keys" in s]  # remembered: no key read, no touch
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    with db.begin() as session:
+        session.execute(update(ApiKey).where(ApiKey.key_hash == hash_key(key)).values(revoked_at=datetime.now(UTC)))
+    assert client.get("/v1/illustrations", headers=headers).status_code == 200  # within the TTL: still trusted
+    soon_headers = {"Authorization": f"Bearer {soon}"}
+    assert client.get("/v1/illustrations", headers=soon_headers).status_code == 200
+    time.sleep(0.7)
+    assert client.get("/v1/illustrations", headers=soon_headers).status_code == 401  # expired: not remembered
+    deadline = time.monotonic() + 5
+    while client.get("/v1/illustrations", headers=headers).status_code != 401:
+        assert time.monotonic() < deadline, "a revoked key was still accepted well after the TTL"
+        time.sleep(0.1)
+    assert client.get("/v1/illustrations", headers={"Authorization": "Bearer ik_nope"}).status_code == 401
+    assert len(app.extensions["illustrations"].keys._entries) <= 2
+    app.extensions["illustrations"].db.engine.dispose()
 
 
 def test_keys_are_stored_hashed_and_use_is_recorded(client: FlaskClient, db: Database) -> None:

@@ -63,7 +63,11 @@ def test_submit_commits_publishes_the_id_and_answers_202(client: FlaskClient, au
     assert VALID["prompt"] not in messages[0].decode()
     with db.begin() as session:
         job = session.get_one(Job, body["id"])
-        assert job.published_at is not None and job.request["prompt"] == VALID["prompt"]
+        # The outbox mark is made once the answer is sent (the WSGI server closes the response; here, close()).
+        assert job.published_at is None and job.request["prompt"] == VALID["prompt"]
+    response.close()
+    with db.begin() as session:
+        assert session.get_one(Job, body["id"]).published_at is not None
 
 
 def test_get_returns_the_job_and_its_queue_position(client: FlaskClient, auth: dict[str, str]) -> None:

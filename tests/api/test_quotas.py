@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import update
+from sqlalchemy import event, update
 
 from shared.db import Database
-from shared.models import Client
+from shared.models import Client, Job
 from shared.settings import Settings
 from tests.api.test_illustrations import VALID, count_jobs
 from tests.conftest import make_key
@@ -98,7 +98,7 @@ def test_expired_and_revoked_keys_through_the_cli(settings: Settings, db: Databa
         key = created.stdout.strip().splitlines()[-1]
         listing = CliRunner().invoke(main, ["keys", "list", "--name", "cli-expiry"])
         assert "active" in listing.stdout and "expires 20" in listing.stdout and "last used never" in listing.stdout
-        app = make_app(settings)
+        app = make_app(settings.model_copy(update={"api_key_cache_s": 0}))  # a revocation is seen at once
         client = app.test_client()
         assert client.get("/v1/illustrations", headers={"Authorization": f"Bearer {key}"}).status_code == 200
         assert "last used never" not in CliRunner().invoke(main, ["keys", "list", "--name", "cli-expiry"]).stdout
@@ -111,3 +111,46 @@ def test_expired_and_revoked_keys_through_the_cli(settings: Settings, db: Databa
         app.extensions["illustrations"].db.engine.dispose()
     finally:
         get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("quota", [0, 50])  # 50: the cap reuses the quota check's count; 0: it counts on its own
+def test_the_submit_publishes_only_within_the_clients_publish_cap(settings: Settings, db: Database,
+                                                                 quota: int) -> None:
+    app = make_app(settings, client_publish_cap=2, max_queued_jobs_per_client=quota)
+    client = app.test_client()
+    auth = {"Authorization": f"Bearer {make_key(db)}"}
+    ids = []
+    for _ in range(3):
+        response = client.post("/v1/illustrations", json=VALID, headers=auth)
+        assert response.status_code == 202
+        response.close()  # the outbox mark is made once the answer is sent
+        ids.append(response.json["id"])  # type: ignore[index]
+    with db.begin() as session:
+        published = [session.get_one(Job, job_id).published_at is not None for job_id in ids]
+    assert published == [True, True, False]  # the third waits in PostgreSQL for the relay
+    app.extensions["illustrations"].db.engine.dispose()
+
+
+def test_a_submit_costs_these_statements(settings: Settings, db: Database) -> None:
+    """The submit path's round trips (a regression guard, as tests/worker/test_round_trips.py for the worker): a
+    remembered key reads nothing; then the deletion lock and check, the client row locked, one count for the quota
+    and the publish cap, the job and its birth transition; after the answer, the outbox mark."""
+    app = make_app(settings, client_publish_cap=100, max_queued_jobs_per_client=50)
+    client = app.test_client()
+    auth = {"Authorization": f"Bearer {make_key(db)}"}
+    client.post("/v1/illustrations", json=VALID, headers=auth).close()  # the key is read (and remembered) here
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(statement.split()[0] + " " + statement.split()[2 if statement.startswith("INSERT") else 1])
+
+    engine = app.extensions["illustrations"].db.engine
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        response = client.post("/v1/illustrations", json=VALID, headers=auth)
+        assert response.status_code == 202 and len(statements) == 6, statements
+        response.close()
+        assert len(statements) == 7 and statements[-1].startswith("UPDATE"), statements
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    app.extensions["illustrations"].db.engine.dispose()
