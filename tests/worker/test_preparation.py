@@ -56,6 +56,7 @@ def fetcher(photos: Server, recorder: Recorder) -> Fetcher:
 def submit(client: FlaskClient, auth: dict[str, str], **fields: Any) -> str:
     response = client.post("/v1/illustrations", json={**VALID, **fields}, headers=auth)
     assert response.status_code == 202, response.json
+    response.close()  # the outbox mark is made once the answer is sent (as a WSGI server closes it)
     job_id: str = response.json["id"]  # type: ignore[index]
     return job_id
 
