@@ -20,23 +20,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-import redis
 import requests
-import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared.migrate import upgrade
-from shared.settings import Settings
+from bench.scratch import scratch
 from tests.system.faults import Stack, fast_env
 from tests.system.procs import processes, run_cli
 
@@ -97,16 +91,8 @@ def main() -> None:
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/15", help="an emptied Redis db")
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="illustrations-bench-cache-"))
-    name = f"illustrations_bench_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(args.admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = args.admin_url.rsplit("/", 1)[0] + f"/{name}"
-    redis.Redis.from_url(args.redis_url).flushdb()
     load_before = os.getloadavg()
-    try:
-        upgrade(Settings(database_url=url))
+    with scratch(args.admin_url, args.redis_url, "illustrations-bench-cache-") as (work, url):
         model_dir = work / "models" / "tiny"
         env = fast_env(work, url, args.redis_url, model_dir, LOG_LEVEL="WARNING", RATE_LIMIT="",
                        MAX_QUEUED_JOBS_PER_CLIENT="0")
@@ -120,11 +106,6 @@ def main() -> None:
             for worker in list(stack.workers.values()):
                 worker.stop()  # from here on nothing can run on a "GPU"
             results = measure(stack.base, stack.headers, source["id"], args.requests, args.warmup)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-        shutil.rmtree(work, ignore_errors=True)
     load_after = os.getloadavg()
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min)")
     print("| kind | requests | p50 ms | p99 ms | mean ms |")

@@ -23,23 +23,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-import redis
 import requests
 import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from shared.migrate import upgrade  # noqa: E402
-from shared.settings import Settings  # noqa: E402
+from bench.scratch import scratch  # noqa: E402
 from tests.system.faults import TINY_JOB, Stack, fast_env  # noqa: E402
 from tests.system.procs import Proc, processes, run_cli, wait_for  # noqa: E402
 
@@ -102,20 +97,12 @@ def main() -> None:
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14", help="an emptied Redis db")
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="illustrations-latency-"))
-    name = f"illustrations_bench_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(args.admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = args.admin_url.rsplit("/", 1)[0] + f"/{name}"
-    redis.Redis.from_url(args.redis_url).flushdb()
     load_before = os.getloadavg()
     bare_s: list[float] = []
     project_s: list[float] = []
     sent_at: dict[str, float] = {}
     answered_at: dict[str, float] = {}
-    try:
-        upgrade(Settings(database_url=url))
+    with scratch(args.admin_url, args.redis_url, "illustrations-latency-") as (work, url):
         model_dir = work / "models" / "tiny"
         env = fast_env(work, url, args.redis_url, model_dir, LEASE_S="30", HEARTBEAT_S="5", RELAY_INTERVAL_S="1",
                        RELAY_DELAY_S="2", REPUBLISH_AFTER_S="600", LOG_LEVEL="WARNING")
@@ -144,11 +131,6 @@ def main() -> None:
                         sent_at[job_id] = sent
                         answered_at[job_id] = answered
         rows = job_rows(url, list(sent_at))
-    finally:
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-        shutil.rmtree(work, ignore_errors=True)
     load_after = os.getloadavg()
 
     submit_start = [float(rows[j].started) - sent for j, sent in sent_at.items()]

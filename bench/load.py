@@ -25,24 +25,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import redis
 import requests
 import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared.migrate import upgrade
-from shared.settings import Settings
+from bench.scratch import scratch
 from tests.system.faults import TINY_JOB, Ledger, Stack, fast_env
 from tests.system.procs import Proc, free_port, http_ok, processes, run_cli, wait_for
 
@@ -155,15 +151,7 @@ def main() -> None:
         parser.error(f"--phases must name some of {', '.join(PHASES)}")
     load_before = os.getloadavg()
 
-    work = Path(tempfile.mkdtemp(prefix="illustrations-bench-"))
-    name = f"illustrations_bench_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(args.admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = args.admin_url.rsplit("/", 1)[0] + f"/{name}"
-    redis.Redis.from_url(args.redis_url).flushdb()
-    try:
-        upgrade(Settings(database_url=url))
+    with scratch(args.admin_url, args.redis_url, "illustrations-bench-") as (work, url):
         model_dir = work / "models" / "tiny"
         env = fast_env(work, url, args.redis_url, model_dir, LEASE_S="30", HEARTBEAT_S="5", RELAY_INTERVAL_S="1",
                        RELAY_DELAY_S="2", REPUBLISH_AFTER_S="600", LOG_LEVEL="WARNING")
@@ -182,11 +170,6 @@ def main() -> None:
                 else:
                     results.append(phase(name, stack, ledger, keys, args, workers_before=name == "running"))
         ledger.close()
-    finally:
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-        shutil.rmtree(work, ignore_errors=True)
     load_after = os.getloadavg()
     bare = next((row for row in results if row["phase"] == "bare"), None)
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min); {os.cpu_count()} CPUs")
