@@ -34,7 +34,7 @@ def test_kill_9_mid_job_ten_times_alternating_pool_child_and_main_process(
     env = fast_env(tmp_path, fresh_pg_url, system_broker_url, tiny_model_dir)
     ledger = Ledger(fresh_pg_url, tmp_path / "storage")
     long_job = {"user_id": "u-kill", "prompt": "a long walk home", "params": {"width": 64, "height": 64,
-                                                                              "steps": 48}}
+                                                                              "steps": 100}}
     with processes(env, tmp_path, tmp_path / "logs") as procs:
         # Two workers: while a killed one is restarted (as a supervisor would), the other keeps taking jobs.
         stack = Stack(procs, env, tmp_path).start(workers=2)
@@ -44,8 +44,9 @@ def test_kill_9_mid_job_ten_times_alternating_pool_child_and_main_process(
         found: list[tuple[str, str, int, int]] = []
 
         def a_live_attempt_runs() -> bool:
-            # Early in its run, so the kill lands mid-job and not after it finished.
-            found[:] = [row for row in ledger.running() if (row[0], row[3]) not in dead and row[2] <= 12]
+            # Early in its run (at most 40 of its 100 steps; the first progress write comes after
+            # ILLUSTRATIONS_PROGRESS_INTERVAL_S, ~15 steps on a quiet machine), so the kill lands mid-job.
+            found[:] = [row for row in ledger.running() if (row[0], row[3]) not in dead and row[2] <= 40]
             if not found and not {"queued", "running"} & set(ledger.statuses(job_ids).values()):
                 # On a quiet machine the jobs may all be done before ten kills: give the workers another one.
                 job_ids.extend(accepted_ids([stack.submit(long_job)]))
