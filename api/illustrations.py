@@ -13,7 +13,7 @@ from api.body import json_body, query_args
 from api.errors import ApiError, not_found
 from api.idempotency import idempotent, record
 from api.openapi import IDEMPOTENCY_KEY, PREFER, Returns, operation
-from api.pagination import after_cursor, make_cursor
+from api.pagination import newest_page
 from api.services import Services, services
 from api.views import job_out, job_path
 from api.waiting import prefer_wait
@@ -106,14 +106,9 @@ def list_illustrations() -> Response:
         query = query.where(Job.user_id == args.user_id)
     if args.status is not None:
         query = query.where(Job.status == args.status)
-    query = query.where(*after_cursor(Job.created_at, Job.id, args.cursor))
     with svc.db.begin() as session:
-        rows = list(session.execute(
-            query.order_by(Job.created_at.desc(), Job.id.desc()).limit(args.limit + 1)
-        ).scalars())
-        page = rows[: args.limit]
+        page, next_cursor = newest_page(session, query, Job, args.cursor, args.limit)
         items = [job_out(job, queue_position=jobs.queue_position(session, job)) for job in page]
-    next_cursor = make_cursor(page[-1].created_at, page[-1].id) if len(rows) > args.limit else None
     return jsonify(JobList(items=items, next_cursor=next_cursor).model_dump(mode="json"))
 
 

@@ -8,7 +8,8 @@ import datetime as dt
 import json
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, or_
+from sqlalchemy import ColumnElement, Select, and_, or_
+from sqlalchemy.orm import Session
 
 from api.errors import validation_error
 
@@ -35,3 +36,15 @@ def after_cursor(created_column: Any, id_column: Any, value: str | None) -> list
         return []
     created, row_id = _position(value)
     return [or_(created_column < created, and_(created_column == created, id_column < row_id))]
+
+
+def newest_page(session: Session, query: Select[Any], entity: Any, cursor: str | None,
+                limit: int) -> tuple[list[Any], str | None]:
+    """One page of ``query``'s rows of ``entity`` (a model with ``created_at`` and ``id``), newest first, after
+    ``cursor``; and the cursor of the next page (None at the end)."""
+    query = query.where(*after_cursor(entity.created_at, entity.id, cursor))
+    rows = list(session.execute(
+        query.order_by(entity.created_at.desc(), entity.id.desc()).limit(limit + 1)
+    ).scalars())
+    page = rows[:limit]
+    return page, make_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None

@@ -25,7 +25,7 @@ from api.auth import current_principal, require
 from api.body import json_body, query_args
 from api.errors import ApiError, fields_of, not_found, validation_error
 from api.openapi import Returns, operation
-from api.pagination import after_cursor, make_cursor
+from api.pagination import newest_page
 from api.services import Services, services
 from api.submit import check_webhook_url, refuse_if_deleting
 from shared import limits, tasks, training
@@ -222,14 +222,9 @@ def _owned(session: Session, name: str) -> Style:
 def list_styles() -> Response:
     args = query_args(StyleListQuery)
     query = select(Style).where(Style.client_id == current_principal().client_id)
-    query = query.where(*after_cursor(Style.created_at, Style.id, args.cursor))
     with services().db.begin() as session:
-        rows = list(session.execute(
-            query.order_by(Style.created_at.desc(), Style.id.desc()).limit(args.limit + 1)
-        ).scalars())
-        page = rows[: args.limit]
+        page, next_cursor = newest_page(session, query, Style, args.cursor, args.limit)
         items = styles_out(session, page)
-    next_cursor = make_cursor(page[-1].created_at, page[-1].id) if len(rows) > args.limit else None
     return jsonify(StyleList(items=items, next_cursor=next_cursor).model_dump(mode="json"))
 
 

@@ -18,7 +18,7 @@ from api.auth import current_principal, require
 from api.body import json_body, query_args
 from api.errors import ApiError, fields_of, not_found, validation_error
 from api.openapi import Returns, operation
-from api.pagination import after_cursor, make_cursor
+from api.pagination import newest_page
 from api.services import services
 from api.submit import refuse_if_deleting
 from api.views import subject_out
@@ -132,18 +132,13 @@ def list_subjects() -> Response:
     query = select(Subject).where(Subject.client_id == current_principal().client_id)
     if args.user_id is not None:
         query = query.where(Subject.user_id == args.user_id)
-    query = query.where(*after_cursor(Subject.created_at, Subject.id, args.cursor))
     with services().db.begin() as session:
-        rows = list(session.execute(
-            query.order_by(Subject.created_at.desc(), Subject.id.desc()).limit(args.limit + 1)
-        ).scalars())
-        page = rows[: args.limit]
+        page, next_cursor = newest_page(session, query, Subject, args.cursor, args.limit)
         items = []
         for subject in page:
             version = latest_version(session, subject.id)
             if version is not None:
                 items.append(subject_out(subject, version))
-    next_cursor = make_cursor(page[-1].created_at, page[-1].id) if len(rows) > args.limit else None
     return jsonify(SubjectList(items=items, next_cursor=next_cursor).model_dump(mode="json"))
 
 

@@ -16,7 +16,7 @@ from api.auth import current_principal, require
 from api.body import query_args
 from api.errors import ApiError, not_found
 from api.openapi import Returns, operation
-from api.pagination import after_cursor, make_cursor
+from api.pagination import newest_page
 from api.services import services
 from shared import tasks
 from shared.models import Style, WebhookEvent
@@ -75,13 +75,8 @@ def list_deliveries() -> Response:
             if style_id is None:
                 raise not_found("style")
             query = query.where(WebhookEvent.style_id == style_id)
-        query = query.where(*after_cursor(WebhookEvent.created_at, WebhookEvent.id, args.cursor))
-        rows = list(session.execute(
-            query.order_by(WebhookEvent.created_at.desc(), WebhookEvent.id.desc()).limit(args.limit + 1)
-        ).scalars())
-        page = rows[: args.limit]
+        page, next_cursor = newest_page(session, query, WebhookEvent, args.cursor, args.limit)
         items = _out(session, page)
-    next_cursor = make_cursor(page[-1].created_at, page[-1].id) if len(rows) > args.limit else None
     return jsonify(WebhookDeliveryList(items=items, next_cursor=next_cursor).model_dump(mode="json"))
 
 
