@@ -13,9 +13,9 @@ from flask.testing import FlaskClient
 from shared.db import Database
 from shared.fetch import Fetcher
 from shared.models import Job, Subject
-from shared.queue import Publisher, make_celery
+from shared.queue import Publisher
 from shared.settings import Settings
-from shared.storage import Storage, open_storage
+from shared.storage import Storage
 from tests.api.test_illustrations import VALID, png
 from tests.httpservers import Recorder, Server
 from tests.shared.test_jobs import load
@@ -36,16 +36,6 @@ def recorder() -> Iterator[Recorder]:
     rec = Recorder()
     yield rec
     rec.close()
-
-
-@pytest.fixture
-def storage(settings: Settings) -> Storage:
-    return open_storage(settings)
-
-
-@pytest.fixture
-def publisher(settings: Settings) -> Publisher:
-    return Publisher(make_celery(settings, producer=True))
 
 
 def fetcher(photos: Server, recorder: Recorder) -> Fetcher:

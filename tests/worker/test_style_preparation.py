@@ -15,9 +15,9 @@ from flask.testing import FlaskClient
 from shared import tasks, training
 from shared.db import Database
 from shared.fetch import Fetcher
-from shared.queue import Publisher, make_celery
+from shared.queue import Publisher
 from shared.settings import Settings
-from shared.storage import Storage, open_storage
+from shared.storage import Storage
 from tests.api.test_illustrations import png, upload
 from tests.api.test_styles import pictures, row
 from tests.api.test_users import finished_job
@@ -38,16 +38,6 @@ def photos() -> Iterator[Server]:
                      "/text.png": (200, {}, b"hello")})
     yield server
     server.close()
-
-
-@pytest.fixture
-def storage(settings: Settings) -> Storage:
-    return open_storage(settings)
-
-
-@pytest.fixture
-def publisher(settings: Settings) -> Publisher:
-    return Publisher(make_celery(settings, producer=True))
 
 
 def fetcher() -> Fetcher:
