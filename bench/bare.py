@@ -9,7 +9,7 @@
   costs apart from our code.
 - ``python -m bench.bare flask --bind HOST:PORT``: a bare Flask app with one JSON endpoint
   (``POST /v1/illustrations``: parse the body, answer 202 with an id) served by gunicorn with the options the API is
-  served with (``shared.cli.serve.gunicorn_options``, settings from the same ``ILLUSTRATIONS_*`` environment).
+  served with (``cli.serve.gunicorn_options``, settings from the same ``ILLUSTRATIONS_*`` environment).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def flask_app() -> Any:
 def serve_flask(bind: str) -> None:
     from gunicorn.app.base import BaseApplication
 
-    from shared.cli.serve import gunicorn_options
+    from cli.serve import gunicorn_options
     from shared.settings import Settings
 
     options = gunicorn_options(Settings(), bind)

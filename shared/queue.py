@@ -62,7 +62,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_create_missing_queues": True,
         "task_soft_time_limit": settings.task_soft_time_limit_s,
         "task_time_limit": settings.task_time_limit_s,
-        # SIGTERM (remapped to SIGQUIT by `illustrations worker`, see shared.cli.serve) starts Celery's soft
+        # SIGTERM (remapped to SIGQUIT by `illustrations worker`, see cli.serve) starts Celery's soft
         # shutdown: the running job may finish within this grace period, then it is cancelled and gives its job
         # back (worker.lifecycle); without it a warm shutdown waits for the job however long it takes.
         "worker_soft_shutdown_timeout": settings.worker_soft_shutdown_s,

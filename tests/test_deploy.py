@@ -174,7 +174,7 @@ def _commands() -> list[list[str]]:
 
 
 def test_every_command_in_the_deployment_files_is_a_real_cli_command() -> None:
-    from shared.cli import main
+    from cli import main
 
     commands = _commands()
     assert len(commands) >= 10

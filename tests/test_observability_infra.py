@@ -90,7 +90,7 @@ def test_prometheus_scrapes_the_api_workers_and_flower() -> None:
 
 
 def test_flower_refuses_to_start_without_auth_outside_the_embedded_mode(tmp_path: Path) -> None:
-    from shared.cli.serve import flower as flower_command
+    from cli.serve import flower as flower_command
     from shared.settings import Settings
 
     configured = Settings(var_dir=tmp_path, broker_url="redis://127.0.0.1:1/0")

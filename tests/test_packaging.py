@@ -15,7 +15,7 @@ COMMANDS = {"api", "worker", "beat", "flower", "db", "keys", "models", "ops", "s
 
 
 def test_help_lists_every_subcommand() -> None:
-    from shared.cli import main
+    from cli import main
 
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
@@ -41,7 +41,7 @@ def test_dockerfile_copy_sources_exist() -> None:
 def test_cpu_processes_never_import_torch() -> None:
     code = (
         "import sys\n"
-        "import shared.cli, worker.celery_app, worker.tasks.maintenance, worker.tasks.generate, worker.pipeline\n"
+        "import cli, worker.celery_app, worker.tasks.maintenance, worker.tasks.generate, worker.pipeline\n"
         "import worker.tasks.prepare, worker.preparation, shared.fetch, shared.deletion.run\n"
         "import worker.pipeline.profiles, worker.launcher, worker.generation, shared.styles, shared.lora_files\n"
         "import worker.tasks.train, worker.tasks.prepare_style, worker.style_preparation, worker.training.stop\n"

@@ -153,5 +153,5 @@ class Supervisor:
 
 
 def child_command(device: Device, queues: str, hostname: str) -> list[str]:
-    return [sys.executable, "-m", "shared.cli", "worker", "--gpus", device.cuda_visible_devices or CPU,
+    return [sys.executable, "-m", "cli", "worker", "--gpus", device.cuda_visible_devices or CPU,
             "--queues", queues, "--hostname", hostname]

@@ -107,7 +107,7 @@ def test_keys_are_stored_hashed_and_use_is_recorded(client: FlaskClient, db: Dat
 
 def test_cli_keys_create_prints_the_key_alone_on_the_last_line(settings: Settings, db: Database,
                                                                monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from shared.cli import main
+    from cli import main
     from shared.settings import get_settings
 
     monkeypatch.setenv("ILLUSTRATIONS_DATABASE_URL", settings.database_url)

@@ -87,7 +87,7 @@ def test_expired_and_revoked_keys_through_the_cli(settings: Settings, db: Databa
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 
-    from shared.cli import main
+    from cli import main
     from shared.settings import get_settings
 
     monkeypatch.setenv("ILLUSTRATIONS_DATABASE_URL", settings.database_url)

@@ -45,7 +45,7 @@ def test_sync_copies_a_model_tree_once(s3_server: S3Server, tiny_model_dir: Path
         monkeypatch.setenv(f"ILLUSTRATIONS_{name}", value)
     get_settings.cache_clear()
     try:
-        from shared.cli import main
+        from cli import main
 
         result = CliRunner().invoke(main, ["models", "sync", uri])
         check = CliRunner().invoke(main, ["models", "check"])

@@ -73,7 +73,7 @@ def test_settings_are_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_cli_reports_a_malformed_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 
-    from shared.cli import main
+    from cli import main
 
     get_settings.cache_clear()
     monkeypatch.setenv("ILLUSTRATIONS_RELAY_INTERVAL_S", "-1")

@@ -88,7 +88,7 @@ def test_import_makes_ready_active_versions_and_resolve_follows_them(db: Databas
 
 def test_cli_imports_lists_and_removes_styles(db: Database, settings: Settings, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    from shared.cli import main
+    from cli import main
 
     name = f"cli-{uuid.uuid4().hex[:8]}"
     make_key(db, name)

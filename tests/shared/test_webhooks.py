@@ -231,7 +231,7 @@ def test_the_cli_sets_a_default_url_and_prints_and_rotates_the_secret(tmp_path: 
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 
-    from shared.cli import main
+    from cli import main
     from shared.settings import get_settings
 
     monkeypatch.setenv("ILLUSTRATIONS_VAR_DIR", str(tmp_path / "var"))  # the embedded mode: SQLite, a key file

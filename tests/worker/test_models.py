@@ -29,7 +29,7 @@ BASE_SHA, IP_SHA = "a" * 40, "b" * 40
 
 
 def run_cli(monkeypatch: pytest.MonkeyPatch, args: list[str], **env: str) -> tuple[int, str]:
-    from shared.cli import main
+    from cli import main
 
     for name in [name for name in os.environ if name.startswith("ILLUSTRATIONS_")]:
         monkeypatch.delenv(name)

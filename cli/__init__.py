@@ -1,14 +1,15 @@
 """The ``illustrations`` command: every process and admin action of the service.
 
-It lives in ``shared`` because both images (API without torch, workers with it) carry it; each subcommand imports
-what it needs when it runs, so ``illustrations api`` never imports torch.
+It sits above both sides: the one package allowed to import ``api``, ``worker`` and ``shared``. Every image carries
+it, but the API image has no ``worker/`` (and no torch): each subcommand imports the side it needs when it runs, so
+``illustrations api``, ``db upgrade`` and ``keys`` work there, and importing this package imports neither side.
 """
 
 from __future__ import annotations
 
 import click
 
-from shared.cli import admin, client, models, ops, serve, stack, styles, webhooks
+from cli import admin, client, models, ops, serve, stack, styles, webhooks
 from shared.settings import SettingsError, get_settings
 
 

@@ -28,7 +28,7 @@ STOP_TIMEOUT_S = 30.0
 
 
 def _processes(settings: Settings, api_bind: str, flower_port: int) -> dict[str, list[str]]:
-    cli = [sys.executable, "-m", "shared.cli"]
+    cli = [sys.executable, "-m", "cli"]
     return {
         "api": [*cli, "api", "--bind", api_bind],
         "worker": [*cli, "worker"],  # one per visible GPU (gpu<N>@host), else cpu@host
@@ -188,8 +188,8 @@ def status(settings: Settings) -> None:
 @click.pass_obj
 def demo(settings: Settings, keep_running: bool) -> None:
     """The whole service on this machine: start it, submit a job with a reference photo, show the result."""
-    from shared.cli.client import ApiClient, submit_and_wait
-    from shared.cli.demo_image import write_demo_face
+    from cli.client import ApiClient, submit_and_wait
+    from cli.demo_image import write_demo_face
     from shared.db import Database
     from shared.embedded import is_running
     from shared.keys import create_key

@@ -15,10 +15,14 @@ from __future__ import annotations
 import re
 import time
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import click
 
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 _DURATION = re.compile(r"^(?P<count>[0-9]+)(?P<unit>[smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -53,8 +57,7 @@ def drain(settings: Settings, worker_name: str, timeout_s: float) -> None:
     Run it before stopping a worker (the Kubernetes preStop hook does): queued jobs stay in the queue for the
     other workers instead of being prefetched by one about to stop.
     """
-    from worker.celery_app import app
-
+    app = _control(settings)
     replies = app.control.inspect([worker_name], timeout=5.0).active_queues() or {}
     if worker_name not in replies:
         raise click.ClickException(f"worker {worker_name} did not answer")
@@ -71,10 +74,17 @@ def drain(settings: Settings, worker_name: str, timeout_s: float) -> None:
     raise click.ClickException(f"{worker_name} still busy after {timeout_s:.0f} s")
 
 
-def _broadcast(command: str, queue: str) -> list[str]:
-    """Send a queue command to every worker; the names of those that now act on it."""
-    from worker.celery_app import app
+def _control(settings: Settings) -> Celery:
+    """A Celery app that only sends control commands (the workers' own app lives in ``worker/``, absent from the API
+    image; the broker and its settings are the same, ``shared.queue.celery_config``)."""
+    from shared.queue import make_celery
 
+    return make_celery(settings)
+
+
+def _broadcast(settings: Settings, command: str, queue: str) -> list[str]:
+    """Send a queue command to every worker; the names of those that now act on it."""
+    app = _control(settings)
     replies = app.control.broadcast(command, arguments={"queue": queue}, reply=True, timeout=5.0) or []
     acting = []
     for reply in replies:
@@ -94,7 +104,7 @@ def pause(settings: Settings, queue: str) -> None:
 
     with Database(settings).begin() as session:
         changed = actions.pause_queue(session, queue)
-    workers = _broadcast("illustrations_pause_queue", queue)
+    workers = _broadcast(settings, "illustrations_pause_queue", queue)
     state = "paused" if changed else "already paused"
     click.echo(f"{queue}: {state}; stopped consuming: {', '.join(workers) or 'no worker was consuming it'}")
 
@@ -109,7 +119,7 @@ def resume(settings: Settings, queue: str) -> None:
 
     with Database(settings).begin() as session:
         changed = actions.resume_queue(session, queue)
-    workers = _broadcast("illustrations_resume_queue", queue)
+    workers = _broadcast(settings, "illustrations_resume_queue", queue)
     state = "resumed" if changed else "was not paused"
     click.echo(f"{queue}: {state}; consuming again: {', '.join(workers) or 'no worker consumes it'}")
 
