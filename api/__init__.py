@@ -25,13 +25,13 @@ from api import (
     users,
     webhooks,
 )
+from api.keys import KeyCache
 from api.services import Services
 from api.waiting import JobWaiter
 from shared import limits
 from shared.db import Database
 from shared.embedded import ensure_redis
 from shared.fetch import Fetcher
-from shared.keys import KeyCache
 from shared.migrate import upgrade
 from shared.queue import Publisher, make_celery
 from shared.settings import Settings, get_settings

@@ -8,9 +8,9 @@ from typing import ParamSpec, TypeVar
 
 from flask import g, request
 
+from api import keys
 from api.errors import ApiError
 from api.services import services
-from shared import keys
 
 P = ParamSpec("P")
 R = TypeVar("R")

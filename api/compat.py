@@ -1,6 +1,6 @@
 """AutoBio's existing endpoint, ``POST /api/illustrations/generate`` and ``GET /api/illustrations/{id}``.
 
-A thin translation onto the v1 job (``shared.autobio``): the camelCase request becomes an ``IllustrationRequest``
+A thin translation onto the v1 job (``api.autobio``): the camelCase request becomes an ``IllustrationRequest``
 and goes through the same submission path; the answer waits up to ``compat_wait_s`` (25 s; ``Prefer: wait=N``
 overrides) and is ``200 {imageUrl, generationId, metadata: {model, parameters, generationTime}}`` when the image is
 ready, else ``202 {generationId, status, statusUrl}``; the status route answers the same shapes. A job that ended
@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from api import submit
 from api.auth import current_principal, require
+from api.autobio import GeneratePending, GenerateRequest, GenerateResult, ResultMetadata, to_v1, v1_field
 from api.body import json_body
 from api.errors import ApiError, fields_of, validation_error
 from api.idempotency import idempotent, record
@@ -26,7 +27,6 @@ from api.openapi import IDEMPOTENCY_KEY, PREFER, Returns, operation
 from api.services import Services, services
 from api.views import base_url, job_path
 from api.waiting import prefer_wait
-from shared.autobio import GeneratePending, GenerateRequest, GenerateResult, ResultMetadata, to_v1, v1_field
 from shared.models import Job
 from shared.schemas import IllustrationRequest
 from shared.states import JobStatus

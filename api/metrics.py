@@ -4,7 +4,7 @@ Requests are counted by route template (``/v1/illustrations/<job_id>``, never a 
 ids), method and status, with their latency. Under gunicorn each worker process writes its samples to the
 multiprocess folder that ``illustrations api`` set up (``shared.prometheus``), so any process answering a scrape
 reports all of them; gunicorn's ``child_exit`` marks a dead worker. Queue depth, oldest queued age, jobs by state,
-the relay's backlog and paused queues come from the database at scrape time (``shared.ops_metrics``).
+the relay's backlog and paused queues come from the database at scrape time (``api.ops_metrics``).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from prometheus_client import Counter, Histogram
 
 from api.auth import require
 from api.openapi import Returns, operation
+from api.ops_metrics import DatabaseCollector
 from api.services import services
 from shared import cache, prometheus
-from shared.ops_metrics import DatabaseCollector
 
 REQUESTS = Counter("illustrations_http_requests", "HTTP requests answered, by route template, method and status.",
                    ["route", "method", "status"])

@@ -18,12 +18,12 @@ from pydantic import Field, model_validator
 from sqlalchemy import select
 from werkzeug.wrappers import Response as WerkzeugResponse
 
+from api import keys
 from api.body import query_args
 from api.errors import ApiError, not_found
 from api.openapi import Returns, operation
 from api.pagination import after_cursor, make_cursor
 from api.services import services
-from shared import keys
 from shared.models import Client, Feedback, Job, JobImage
 from shared.schemas import Cursor, JobState, Query
 

@@ -1,15 +1,17 @@
-"""Quality numbers: ``GET /v1/metrics/quality?range=7d`` (``ops``), computed in the database (``shared.quality``)."""
+"""Quality numbers: ``GET /v1/metrics/quality?range=7d`` (``ops``), computed in the database
+(``api.quality_numbers``)."""
 
 from __future__ import annotations
 
 from flask import Blueprint, Flask, Response, jsonify
 
+from api import quality_numbers
 from api.auth import require
 from api.body import query_args
 from api.errors import validation_error
 from api.openapi import Returns, operation
 from api.services import services
-from shared import limits, quality
+from shared import limits
 from shared.schemas import QualityOut, QualityQuery
 
 bp = Blueprint("quality", __name__, url_prefix="/v1/metrics")
@@ -25,10 +27,10 @@ bp = Blueprint("quality", __name__, url_prefix="/v1/metrics")
 )
 def get_quality() -> Response:
     args = query_args(QualityQuery)
-    if quality.parse_range(args.range).days > limits.QUALITY_RANGE_MAX_DAYS:
+    if quality_numbers.parse_range(args.range).days > limits.QUALITY_RANGE_MAX_DAYS:
         raise validation_error([("range", f"at most {limits.QUALITY_RANGE_MAX_DAYS} days")])
     with services().db.begin() as session:
-        out = quality.quality(session, args.range)
+        out = quality_numbers.quality(session, args.range)
     return jsonify(out.model_dump(mode="json"))
 
 

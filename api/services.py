@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 from flask import current_app
 
+from api.clip_tokens import TokenCounter, token_counter
+from api.keys import KeyCache
 from api.waiting import JobWaiter
-from shared.clip_tokens import TokenCounter, token_counter
 from shared.db import Database
 from shared.fetch import Fetcher
-from shared.keys import KeyCache
 from shared.queue import Publisher
 from shared.settings import Settings
 from shared.storage import Storage

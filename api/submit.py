@@ -16,12 +16,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError, validation_error
+from api.keys import Principal
+from api.prompts import build_prompt
 from api.services import Services
 from shared import cache, deletion, experiments, jobs, limits, styles, tasks
 from shared.fetch import FetchBlocked, check_url
-from shared.keys import Principal
 from shared.models import Client, Job, Subject
-from shared.prompts import build_prompt
 from shared.schemas import IllustrationRequest, ImageRef, SubjectRef
 from shared.states import JobStatus
 from shared.subjects import latest_version, reference

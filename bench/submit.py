@@ -28,7 +28,7 @@ from sqlalchemy import event
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from shared.keys import create_key  # noqa: E402
+from api.keys import create_key  # noqa: E402
 from shared.migrate import upgrade  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 

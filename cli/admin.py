@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import click
 from sqlalchemy import select
 
+from api.keys import SCOPES, create_key, revoke
 from shared.db import Database
-from shared.keys import SCOPES, create_key, revoke
 from shared.settings import Settings
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")

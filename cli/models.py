@@ -98,7 +98,7 @@ def models_check(settings: Settings) -> None:
 @click.pass_obj
 def models_sync(settings: Settings, uri: str, target: Path | None) -> None:
     """Copy the profile's weights from s3://bucket/prefix (skips files already present with the same size)."""
-    from shared.model_sync import sync_from_s3
+    from cli.model_sync import sync_from_s3
 
     folder = target or settings.effective_model_dir
     downloaded, skipped = sync_from_s3(settings, uri, folder)

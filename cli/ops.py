@@ -99,7 +99,7 @@ def _broadcast(settings: Settings, command: str, queue: str) -> list[str]:
 @click.pass_obj
 def pause(settings: Settings, queue: str) -> None:
     """Stop every worker consuming QUEUE (running jobs finish); workers that start later honour it too."""
-    from shared import ops as actions
+    from cli import ops_actions as actions
     from shared.db import Database
 
     with Database(settings).begin() as session:
@@ -114,7 +114,7 @@ def pause(settings: Settings, queue: str) -> None:
 @click.pass_obj
 def resume(settings: Settings, queue: str) -> None:
     """Let the workers started with QUEUE consume it again."""
-    from shared import ops as actions
+    from cli import ops_actions as actions
     from shared.db import Database
 
     with Database(settings).begin() as session:
@@ -125,7 +125,7 @@ def resume(settings: Settings, queue: str) -> None:
 
 
 def _set_client(settings: Settings, name: str, paused: bool) -> bool:
-    from shared import ops as actions
+    from cli import ops_actions as actions
     from shared.db import Database
 
     try:
@@ -175,7 +175,7 @@ def retry_failed(settings: Settings, client: str | None, user_id: str | None, qu
                  older_than: str | None, newer_than: str | None, limit: int, dry_run: bool,
                  codes: tuple[str, ...]) -> None:
     """Submit each failed job matching the filters again, as a new job (prints "old -> new" per job)."""
-    from shared import ops as actions
+    from cli import ops_actions as actions
     from shared.db import Database
     from shared.queue import Publisher, make_celery
 
@@ -215,7 +215,7 @@ def retry_failed(settings: Settings, client: str | None, user_id: str | None, qu
 def cancel(settings: Settings, client: str | None, user_id: str | None, queue: str | None, older_than: str | None,
            newer_than: str | None, limit: int, dry_run: bool, statuses: tuple[str, ...], everything: bool) -> None:
     """Cancel the jobs matching the filters: queued ones now, running ones at their next step."""
-    from shared import ops as actions
+    from cli import ops_actions as actions
     from shared.db import Database
 
     if not (client or user_id or queue or everything):

@@ -188,11 +188,11 @@ def status(settings: Settings) -> None:
 @click.pass_obj
 def demo(settings: Settings, keep_running: bool) -> None:
     """The whole service on this machine: start it, submit a job with a reference photo, show the result."""
+    from api.keys import create_key
     from cli.client import ApiClient, submit_and_wait
     from cli.demo_image import write_demo_face
     from shared.db import Database
     from shared.embedded import is_running
-    from shared.keys import create_key
 
     host, _, port = settings.api_bind.rpartition(":")
     api_bind = f"{host}:{_free_port(int(port))}"

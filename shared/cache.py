@@ -2,7 +2,7 @@
 
 **Key.** sha256 over canonical JSON (sorted keys, floats as floats, ``KEY_VERSION`` first) of everything that
 determines the images: the client (a key never crosses clients), the model profile, the prompt actually used (after
-``shared.prompts``), the negative prompt, every param (seed, size, steps, guidance, number and format of images,
+``api.prompts``), the negative prompt, every param (seed, size, steps, guidance, number and format of images,
 adapter and LoRA scales), the A/B variant and experiment (the key is computed after ``apply_variant``), each subject
 reference's image sha256 in order, the style reference's sha256, and the LoRA as ``name@version`` with its file's
 sha256 (a bare name is resolved to its active version at submit, and the job is pinned to that version). Not in

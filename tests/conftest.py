@@ -19,8 +19,8 @@ import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 
+from api.keys import create_key
 from shared.db import Database
-from shared.keys import create_key
 from shared.migrate import upgrade
 from shared.settings import Settings, get_settings
 from tests.s3server import S3Server

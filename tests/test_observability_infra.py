@@ -22,7 +22,7 @@ PROMQL_WORDS = {
 def exported() -> set[str]:
     """Every series name our code exports (histograms and counters with their suffixes) and Flower's."""
     from api.metrics import NAMES as API
-    from shared.ops_metrics import NAMES as DATABASE
+    from api.ops_metrics import NAMES as DATABASE
     from worker.observability import NAMES as WORKER
 
     names: set[str] = set(DATABASE)

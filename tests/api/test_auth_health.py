@@ -10,8 +10,8 @@ from click.testing import CliRunner
 from flask.testing import FlaskClient
 from sqlalchemy import event, select, update
 
+from api.keys import authenticate, hash_key
 from shared.db import Database
-from shared.keys import authenticate, hash_key
 from shared.models import ApiKey, Client
 from shared.settings import Settings
 from tests.conftest import make_key

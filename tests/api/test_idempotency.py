@@ -10,9 +10,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select, update
 
+from api.keys import authenticate
 from shared import idempotency
 from shared.db import Database
-from shared.keys import authenticate
 from shared.models import IdempotencyKey, Job
 from shared.settings import Settings
 from tests.api.test_illustrations import VALID, count_jobs

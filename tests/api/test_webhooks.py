@@ -157,7 +157,7 @@ def style_event(db: Database) -> tuple[str, dict[str, str]]:
         held = training.claim(session, job_id, "w", 60)
         assert isinstance(held, training.TrainingClaim)
         assert training.failed(session, held, jobs.ErrorCode.OUT_OF_MEMORY, "too big")
-    from shared.keys import create_key
+    from api.keys import create_key
     from shared.models import Client
 
     with db.begin() as session:

@@ -8,7 +8,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from shared import jobs, ops
+from cli import ops_actions
+from shared import jobs
 from shared.db import Database
 from shared.errors import ErrorCode
 from shared.models import Client, Job, PausedQueue
@@ -25,8 +26,8 @@ def test_a_paused_client_is_neither_published_nor_run(any_db: Database) -> None:
     job_id = add_job(any_db)
     name = client_name(any_db, job_id)
     with any_db.begin() as session:
-        assert ops.set_client_paused(session, name, True)
-        assert not ops.set_client_paused(session, name, True)  # already
+        assert ops_actions.set_client_paused(session, name, True)
+        assert not ops_actions.set_client_paused(session, name, True)  # already
         jobs.mark_published(session, job_id)  # its message was in the broker before the pause
     with any_db.begin() as session:
         assert job_id not in unpublished_ids(session, -1)
@@ -35,22 +36,22 @@ def test_a_paused_client_is_neither_published_nor_run(any_db: Database) -> None:
     assert job.status == "queued" and job.published_at is None and job.attempt == 0
     with any_db.begin() as session:
         assert job_id not in unpublished_ids(session, -1)  # still held
-        assert ops.set_client_paused(session, name, False)
+        assert ops_actions.set_client_paused(session, name, False)
     with any_db.begin() as session:
         assert job_id in unpublished_ids(session, -1)  # the relay publishes it now
     assert claim(any_db, job_id).attempt == 1
-    with any_db.begin() as session, pytest.raises(ops.UnknownClient):
-        ops.set_client_paused(session, "no-such-client", True)
+    with any_db.begin() as session, pytest.raises(ops_actions.UnknownClient):
+        ops_actions.set_client_paused(session, "no-such-client", True)
 
 
 def test_paused_queues_are_recorded_once(any_db: Database) -> None:
     with any_db.begin() as session:
-        assert ops.pause_queue(session, "illustrations.batch")
-        assert not ops.pause_queue(session, "illustrations.batch")
+        assert ops_actions.pause_queue(session, "illustrations.batch")
+        assert not ops_actions.pause_queue(session, "illustrations.batch")
     with any_db.begin() as session:
         assert session.execute(select(PausedQueue.name)).scalars().all() == ["illustrations.batch"]
-        assert ops.resume_queue(session, "illustrations.batch")
-        assert not ops.resume_queue(session, "illustrations.batch")
+        assert ops_actions.resume_queue(session, "illustrations.batch")
+        assert not ops_actions.resume_queue(session, "illustrations.batch")
 
 
 def test_retry_failed_submits_new_jobs_and_leaves_the_failed_ones(any_db: Database) -> None:
@@ -64,7 +65,7 @@ def test_retry_failed_submits_new_jobs_and_leaves_the_failed_ones(any_db: Databa
         jobs.succeeded(session, held, [])
     name = client_name(any_db, failed_lost)
     with any_db.begin() as session:
-        created = ops.retry_failed(session, ops.JobFilter(client=name, codes=["worker_lost"],
+        created = ops_actions.retry_failed(session, ops_actions.JobFilter(client=name, codes=["worker_lost"],
                                                           newer_than=timedelta(hours=1)))
     assert [(old, queue) for old, _, queue in created] == [(failed_lost, "illustrations.interactive")]
     new = load(any_db, created[0][1])
@@ -73,7 +74,7 @@ def test_retry_failed_submits_new_jobs_and_leaves_the_failed_ones(any_db: Databa
     assert new.request["retry_of"] == failed_lost and new.seed == old.seed and new.user_id == old.user_id
     assert old.status == "failed"  # terminal states never change
     with any_db.begin() as session:
-        assert ops.retry_failed(session, ops.JobFilter(client=name, codes=["worker_lost"],
+        assert ops_actions.retry_failed(session, ops_actions.JobFilter(client=name, codes=["worker_lost"],
                                                        older_than=timedelta(hours=1))) == []
 
 
@@ -83,11 +84,11 @@ def test_bulk_cancel_cancels_queued_and_flags_running(any_db: Database) -> None:
     name = client_name(any_db, queued)
     other_client_job = add_job(any_db, user_id="u-bulk")
     with any_db.begin() as session:
-        canceled, flagged = ops.cancel(session, ops.JobFilter(user_id="u-bulk", client=name))
+        canceled, flagged = ops_actions.cancel(session, ops_actions.JobFilter(user_id="u-bulk", client=name))
     assert (canceled, flagged) == ([queued], [])  # each add_job makes its own client: the running one is another's
     name_running = client_name(any_db, running)
     with any_db.begin() as session:
-        canceled, flagged = ops.cancel(session, ops.JobFilter(client=name_running))
+        canceled, flagged = ops_actions.cancel(session, ops_actions.JobFilter(client=name_running))
     assert (canceled, flagged) == ([], [running])
     job = load(any_db, queued)
     assert job.status == "canceled" and job.error_code == "canceled_by_client"

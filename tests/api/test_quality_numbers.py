@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from shared import quality
+from api import quality_numbers
 from shared.db import Database
 from shared.models import Client, Feedback, GenerationMetric, Job
 
@@ -66,7 +66,7 @@ def seeded(any_db: Database) -> tuple[Database, str]:
 def test_quality_numbers_match_hand_computed_answers(seeded: tuple[Database, str]) -> None:
     database, profile = seeded
     with database.begin() as session:
-        out = quality.quality(session, "7d")
+        out = quality_numbers.quality(session, "7d")
     groups = {(g.profile, g.variant): g for g in out.groups if g.profile == profile}
     assert set(groups) == {(profile, "a"), (profile, "b")}
     a, b = groups[(profile, "a")], groups[(profile, "b")]
@@ -85,7 +85,8 @@ def test_quality_numbers_match_hand_computed_answers(seeded: tuple[Database, str
     assert b.failures == {"time_limit": 2} and b.feedback.mean_rating == pytest.approx(3.0)
     # A longer range takes in the old rows as well.
     with database.begin() as session:
-        longer = {(g.profile, g.variant): g for g in quality.quality(session, "30d").groups if g.profile == profile}
+        groups = quality_numbers.quality(session, "30d").groups
+        longer = {(g.profile, g.variant): g for g in groups if g.profile == profile}
     assert longer[(profile, "a")].failures == {"internal": 1, "out_of_memory": 1}
     # Queue waits 1, 2, 3, 4, 10, 1000: p95 at 0.95·5 = 4.75 → 10 + 0.75·(1000 - 10) = 752.5.
     assert longer[(profile, "a")].queue_wait_s.p95 == pytest.approx(752.5)
@@ -100,7 +101,7 @@ def test_the_percentile_helper_interpolates_like_percentile_cont(any_db: Databas
             session.add_all([_metric("c", profile, name, value, 0.0) for value in values])
     ps = (0.0, 0.25, 0.5, 0.9, 1.0)
     with any_db.begin() as session:
-        found = quality.percentiles(session, GenerationMetric.queue_wait_s, [GenerationMetric.variant],
+        found = quality_numbers.percentiles(session, GenerationMetric.queue_wait_s, [GenerationMetric.variant],
                                     [GenerationMetric.profile == profile], ps)
     expected = {  # position p·(n - 1), interpolated between its floor and floor + 1 in sorted order
         "even": [1.0, 1.75, 2.5, 3.7, 4.0],
@@ -118,8 +119,8 @@ def test_the_percentile_helper_interpolates_like_percentile_cont(any_db: Databas
 
 
 def test_ranges() -> None:
-    assert quality.parse_range("24h") == timedelta(hours=24)
-    assert quality.parse_range("7d") == timedelta(days=7)
+    assert quality_numbers.parse_range("24h") == timedelta(hours=24)
+    assert quality_numbers.parse_range("7d") == timedelta(days=7)
     for bad in ("", "0d", "7w", "-1d", "1.5d", "d"):
         with pytest.raises(ValueError, match="N hours"):
-            quality.parse_range(bad)
+            quality_numbers.parse_range(bad)

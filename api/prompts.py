@@ -22,8 +22,8 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Final
 
+from api.clip_tokens import TokenCounter
 from shared import limits
-from shared.clip_tokens import TokenCounter
 from shared.schemas import IllustrationRequest
 
 BUDGET: Final = limits.CLIP_MAX_TOKENS - 2  # start and end markers

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from shared.clip_tokens import ClipTokenCounter, EstimatedTokenCounter, token_counter
-from shared.prompts import BUDGET, build_prompt, era_cue
+from api.clip_tokens import ClipTokenCounter, EstimatedTokenCounter, token_counter
+from api.prompts import BUDGET, build_prompt, era_cue
 from shared.schemas import IllustrationRequest
 
 TEXTS = [
@@ -115,7 +115,7 @@ def test_what_does_not_fit_is_cut_by_priority_and_named(tokenizer_dir: Path) -> 
 
 @pytest.mark.parametrize("budget_words", [4, 5, 10, 12, 20, 30])
 def test_a_lower_part_never_displaces_a_higher_one(budget_words: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("shared.prompts.BUDGET", budget_words)
+    monkeypatch.setattr("api.prompts.BUDGET", budget_words)
     built = build_prompt(request(**WIDE), Words())
     assert Words().count(built.prompt) <= max(budget_words, Words().count("grandma on a bike"))
     full = build_prompt(request(**WIDE), Words()).prompt

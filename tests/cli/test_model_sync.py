@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from shared.model_sync import sync_from_s3
+from cli.model_sync import sync_from_s3
 from shared.settings import Settings, get_settings
 from shared.storage.s3 import S3Storage
 from tests.s3server import S3Server
