@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from shared.storage import ObjectNotFound, Storage, StorageError, validate_key, validate_prefix
+from shared.storage.base import ObjectNotFound, Storage, StorageError, validate_key, validate_prefix
 
 _TMP_PREFIX = ".~"  # "~" is not allowed in keys, so temp files never collide with (or list as) objects
 _RETRYABLE_ERRNOS = frozenset({errno.EIO, errno.EAGAIN, errno.EBUSY, errno.ESTALE, errno.ETIMEDOUT, errno.EINTR})

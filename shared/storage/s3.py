@@ -12,7 +12,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, IncompleteReadError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from shared.storage import ObjectNotFound, Storage, StorageError, validate_key, validate_prefix
+from shared.storage.base import ObjectNotFound, Storage, StorageError, validate_key, validate_prefix
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
