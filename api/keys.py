@@ -25,10 +25,8 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.db import utcnow
-from shared.models import ApiKey, Client
+from shared.models import DEFAULT_SCOPES, SCOPES, ApiKey, Client
 
-SCOPES: Final = ("generate", "styles", "admin", "ops")
-DEFAULT_SCOPES: Final = ("generate",)
 KEY_PREFIX: Final = "ik_"
 PREFIX_CHARS: Final = 11  # "ik_" + 8 characters: enough to tell keys apart in a listing, useless to an attacker
 LAST_USED_RESOLUTION_S: Final = 60.0

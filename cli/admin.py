@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import click
 from sqlalchemy import select
 
-from api.keys import SCOPES, create_key, revoke
 from shared.db import Database
+from shared.models import DEFAULT_SCOPES, SCOPES
 from shared.settings import Settings
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
@@ -53,6 +53,7 @@ def keys() -> None:
 @click.pass_obj
 def keys_create(settings: Settings, name: str, scopes: tuple[str, ...], expires_in: str | None) -> None:
     """Create a key; the key alone is printed on the last line (shown once, stored hashed)."""
+    from api.keys import create_key
     from shared.migrate import upgrade
 
     lifetime = _duration(expires_in)
@@ -61,7 +62,7 @@ def keys_create(settings: Settings, name: str, scopes: tuple[str, ...], expires_
     database = Database(settings)
     expires_at = datetime.now(UTC) + lifetime if lifetime is not None else None
     with database.begin() as session:
-        key, plaintext = create_key(session, name, scopes or ("generate",), expires_at=expires_at)
+        key, plaintext = create_key(session, name, scopes or DEFAULT_SCOPES, expires_at=expires_at)
         until = f" expires {expires_at.isoformat(timespec='seconds')}" if expires_at else ""
         click.echo(f"client {name}: key {key.prefix}... scopes {','.join(key.scopes)}{until}", err=True)
     click.echo(plaintext)
@@ -73,6 +74,8 @@ def keys_create(settings: Settings, name: str, scopes: tuple[str, ...], expires_
 @click.pass_obj
 def keys_revoke(settings: Settings, prefix: str, name: str | None) -> None:
     """Revoke the key(s) whose prefix (as `keys list` shows it) starts with PREFIX; effective at once."""
+    from api.keys import revoke
+
     database = Database(settings)
     try:
         with database.begin() as session:

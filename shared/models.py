@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import (
     JSON,
@@ -71,6 +71,11 @@ class Client(Base):
     webhook_url: Mapped[str | None] = mapped_column(Text)
 
     keys: Mapped[list[ApiKey]] = relationship(back_populates="client")
+
+
+# What a key may do (``ApiKey.scopes``); the API checks them (``api.auth.require``), ``illustrations keys`` grants them.
+SCOPES: Final = ("generate", "styles", "admin", "ops")
+DEFAULT_SCOPES: Final = ("generate",)
 
 
 class ApiKey(Base):
