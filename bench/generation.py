@@ -30,6 +30,7 @@ import sqlalchemy as sa
 from PIL import Image
 from sqlalchemy import select
 
+import shared.cache  # noqa: F401  (as in a worker process: the result cache's on-finished hook)
 from shared import jobs
 from shared.db import Database
 from shared.migrate import upgrade

@@ -28,6 +28,7 @@ from cryptography.fernet import Fernet
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import shared.cache  # noqa: F401  (as in a worker process: the result cache's on-finished hook)
 from shared import jobs
 from shared.db import Database
 from shared.fetch import Fetcher

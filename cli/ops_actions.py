@@ -17,6 +17,7 @@ from datetime import timedelta
 from sqlalchemy import ColumnElement, delete, select, update
 from sqlalchemy.orm import Session
 
+import shared.cache  # noqa: F401  (its on-finished hook: a canceled leader's followers go back to the queue)
 from shared import deletion, jobs
 from shared.db import utcnow
 from shared.errors import CancelReason

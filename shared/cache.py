@@ -27,11 +27,12 @@ The source row is locked (``FOR KEY SHARE``) and the source user's deletion chec
 (``find_source``), so a deletion meanwhile is a miss, never an image removed under a new job.
 
 **Follower**: an identical keyed job already queued or running (locked ``FOR SHARE``, so it cannot finish before the
-follower is committed) is followed: the new job stays ``queued``, unpublished, and ``jobs_finished`` (called by
-``shared.jobs.finished`` for every terminal transition) finishes it with its leader as that transaction commits:
-succeeded → succeeded sharing the images, failed → failed with the same code, canceled or ``worker_lost`` → the
-follower becomes an ordinary queued job that the relay publishes. ``release_orphans`` (the sweep) does the same for
-followers whose leader vanished. Two identical requests that arrive at the very same moment may both run.
+follower is committed) is followed: the new job stays ``queued``, unpublished, and ``jobs_finished`` (registered
+with ``shared.jobs.on_finished``, so it runs for every terminal transition) finishes it with its leader as that
+transaction commits: succeeded → succeeded sharing the images, failed → failed with the same code, canceled or
+``worker_lost`` → the follower becomes an ordinary queued job that the relay publishes. ``release_orphans`` (the
+sweep) does the same for followers whose leader vanished. Two identical requests that arrive at the very same moment
+may both run.
 
 **Index** in PostgreSQL (``cache_entries``), written in the leader's success transaction; expiry in upkeep.
 """
@@ -268,11 +269,13 @@ def _upsert_entries(session: Session, ids: Sequence[str]) -> None:
     session.execute(stmt)
 
 
+@jobs.on_finished("cache")
 def jobs_finished(session: Session, job_ids: Sequence[str], *, write_entries: bool = True) -> None:
-    """Called by ``shared.jobs.finished`` in every transaction that makes jobs terminal. Unkeyed jobs cost one
-    primary-key read; a keyed one that succeeded writes its entry; a leader's followers finish with it just before
-    the transaction commits (``_settle_followers``: a succeeding leader's images are inserted after its
-    transition)."""
+    """The on-finished hook (``shared.jobs.on_finished``): runs in every transaction that makes jobs terminal.
+
+    Unkeyed jobs cost one primary-key read; a keyed one that succeeded writes its entry; a leader's followers finish
+    with it just before the transaction commits (``_settle_followers``: a succeeding leader's images are inserted
+    after its transition)."""
     ids = [job_id for job_id in job_ids if job_id not in session.info.get(_BORN_CACHED, ())]
     if not ids:
         return  # hits of this transaction: born finished, no entry and no followers of their own

@@ -10,10 +10,10 @@ A caller owns the transaction (``with db.begin() as session:``); these functions
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
     ColumnElement,
@@ -121,20 +121,47 @@ def _move(
     return True
 
 
+# --- on-finished hooks: what other areas do when jobs end -----------------------------------------------------------
+FinishedHook = Callable[[Session, Sequence[str]], None]
+_Hook = TypeVar("_Hook", bound=FinishedHook)
+_finished_hooks: dict[str, FinishedHook] = {}
+
+
+def on_finished(name: str) -> Callable[[_Hook], _Hook]:
+    """Register ``fn(session, job_ids)`` as the on-finished hook ``name``: ``finished`` calls it in every transaction
+    that makes jobs terminal, in the order hooks were registered (registering a name again replaces it).
+
+    An area that follows finished jobs registers when it is imported and this module never imports it, so the area
+    may use the transitions here. The result cache does (``shared.cache``: an entry for a keyed success; followers
+    finish with their leader). Every process that finishes jobs imports it: the API (``api.submit``), the workers
+    and beat (``worker.celery_app``) and the operator commands (``cli.ops_actions``).
+    """
+
+    def register(fn: _Hook) -> _Hook:
+        _finished_hooks[name] = fn
+        return fn
+
+    return register
+
+
+def finished_hooks() -> dict[str, FinishedHook]:
+    """The registered on-finished hooks by name (a copy)."""
+    return dict(_finished_hooks)
+
+
 def finished(session: Session, job_ids: Sequence[str]) -> None:
     """What every terminal transition does in its own transaction, once per job that became terminal.
 
     The one place that follows a job ending: it records the webhook event of each job that has a URL (one INSERT …
     SELECT; delivery happens later on a CPU worker), wakes requests waiting with ``Prefer: wait`` (on commit), and
-    hands the jobs to the result cache (an entry for a keyed success; followers of the job finish with it). Every
-    path that makes a job terminal (``_move``, bulk expiries, a job born finished) calls this.
+    runs the on-finished hooks (``on_finished``: the result cache). Every path that makes a job terminal
+    (``_move``, bulk expiries, a job born finished) calls this.
     """
     if job_ids:
         webhook_events.record_jobs(session, job_ids)
         notify.jobs_finished(session, list(job_ids))
-        from shared import cache  # (imported here: shared.cache uses this module's transitions)
-
-        cache.jobs_finished(session, job_ids)  # result cache entries; followers finish with their leader
+        for hook in list(_finished_hooks.values()):
+            hook(session, job_ids)
 
 
 # --- (new) -> queued ------------------------------------------------------------------------------------------------

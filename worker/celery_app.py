@@ -17,6 +17,7 @@ app = Celery("illustrations", include=["worker.tasks.generate", "worker.tasks.ma
 app.add_defaults(lambda: celery_config(get_settings()))
 
 # Signals that set up the process (pipeline loaded in the pool child; a training worker's SIGTERM handling).
+import shared.cache  # noqa: E402,F401  (the result cache's on-finished hook: entries, followers)
 import worker.lifecycle  # noqa: E402
 import worker.observability  # noqa: E402  (metrics, log context)
 import worker.ops_control  # noqa: E402  (pause/resume of queues)
