@@ -2,12 +2,21 @@
 
 The configuration is added lazily, so importing this module reads no settings; ``illustrations worker`` sets the
 environment first, then Celery reads the settings once when the worker starts.
+
+The arrows go one way: the task modules (``include``) import this app; this module imports what sets a worker
+process up, whose import connects it (Celery signals and remote-control commands, the result cache's on-finished
+hook), and none of those imports the app back: a signal hands them the worker or its consumer (``worker.node``).
 """
 
 from __future__ import annotations
 
 from celery import Celery
 
+import shared.cache  # noqa: F401  (the result cache's on-finished hook: entries, followers)
+import worker.lifecycle  # the pipeline loaded in the pool child; illustrations_device
+import worker.observability  # metrics, log context
+import worker.ops_control  # pause/resume of queues
+import worker.training.stop  # noqa: F401  (a training worker's SIGTERM)
 from shared.queue import celery_config
 from shared.settings import get_settings
 
@@ -15,10 +24,3 @@ app = Celery("illustrations", include=["worker.tasks.generate", "worker.tasks.ma
                                        "worker.tasks.prepare_style", "worker.tasks.train",
                                        "worker.tasks.webhooks"])
 app.add_defaults(lambda: celery_config(get_settings()))
-
-# Signals that set up the process (pipeline loaded in the pool child; a training worker's SIGTERM handling).
-import shared.cache  # noqa: E402,F401  (the result cache's on-finished hook: entries, followers)
-import worker.lifecycle  # noqa: E402
-import worker.observability  # noqa: E402  (metrics, log context)
-import worker.ops_control  # noqa: E402  (pause/resume of queues)
-import worker.training.stop  # noqa: E402,F401

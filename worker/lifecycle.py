@@ -14,30 +14,15 @@ from celery import signals
 from celery.worker.control import inspect_command
 
 from shared.tasks import GPU_QUEUES
+from worker import node
 from worker.runtime import Runtime, SetupFailed, get_runtime
 
 log = logging.getLogger(__name__)
 
-node_name: str | None = None  # this worker's node name (gpu0@host), known in the main process and its children
-
-
-@signals.celeryd_after_setup.connect
-def _remember_node_name(sender: str, **_: Any) -> None:
-    global node_name
-    node_name = sender
-
-
-def _consumes_gpu_queue() -> bool:
-    from worker.celery_app import app
-
-    consumed = set(app.amqp.queues.consume_from or app.amqp.queues)
-    return bool(consumed & set(GPU_QUEUES))
-
-
 @signals.worker_process_init.connect
 def _load_in_child(**_: Any) -> None:
     runtime = get_runtime()
-    if not _consumes_gpu_queue():
+    if not node.consumes(GPU_QUEUES):
         return
     try:
         runtime.engine()

@@ -123,9 +123,8 @@ def _job_context_done(**_: Any) -> None:
 
 @signals.worker_ready.connect
 def _consuming_at_start(sender: Any = None, **_: Any) -> None:
-    from worker.celery_app import app
-
-    for queue in app.amqp.queues.consume_from:
+    """``sender`` is the worker's consumer; its app knows the queues consumed from the start."""
+    for queue in sender.app.amqp.queues.consume_from:
         consuming(queue, True)
 
 

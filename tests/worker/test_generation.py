@@ -318,7 +318,7 @@ def test_the_task_fails_its_job_when_celery_reports_the_hard_time_limit(runtime:
     with TimeLimitExceeded after killing the pool child; the node name comes from celeryd_after_setup."""
     from billiard.exceptions import TimeLimitExceeded
 
-    from worker import lifecycle
+    from worker import node
     from worker import runtime as runtime_module
     from worker.tasks.generate import generate
 
@@ -326,13 +326,13 @@ def test_the_task_fails_its_job_when_celery_reports_the_hard_time_limit(runtime:
     with db.begin() as session:
         assert isinstance(jobs.started(session, job_id, "gpu2@host-b:99", 60), jobs.Claim)
     monkeypatch.setattr(runtime_module, "_runtime", runtime)  # this process's runtime, as get_runtime() gives it
-    lifecycle._remember_node_name(sender="gpu2@host-b")
+    node._remember(sender="gpu2@host-b", instance=None)
     try:
         generate.on_failure(ValueError("not a time limit"), "task-1", [job_id], {}, None)
         assert load(db, job_id).status == "running"
         generate.on_failure(TimeLimitExceeded(660), "task-1", [job_id], {}, None)
     finally:
-        lifecycle.node_name = None
+        node.name = None
     job = load(db, job_id)
     assert (job.status, job.error_code) == ("failed", "time_limit")
     assert job.error_message == "the generation was stopped at the hard time limit of 660 s"

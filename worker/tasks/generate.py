@@ -15,7 +15,7 @@ from celery.exceptions import Reject
 
 from shared import tasks
 from shared.db import is_unavailable
-from worker import lifecycle, observability
+from worker import node, observability
 from worker.celery_app import app
 from worker.lifecycle import watch_for_stop
 from worker.runtime import get_runtime
@@ -27,11 +27,11 @@ class GenerateTask(Task):
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: ExceptionInfo) -> None:
         """At the hard time limit the pool child is killed and Celery calls this in the main process: the job
         would otherwise stay running until its lease expires and then run again."""
-        if not isinstance(exc, TimeLimitExceeded) or not args or lifecycle.node_name is None:
+        if not isinstance(exc, TimeLimitExceeded) or not args or node.name is None:
             return
         from worker.generation import fail_after_hard_time_limit
 
-        if fail_after_hard_time_limit(get_runtime(), str(args[0]), lifecycle.node_name):
+        if fail_after_hard_time_limit(get_runtime(), str(args[0]), node.name):
             log.warning("job %s failed: time_limit (hard)", args[0])
 
 

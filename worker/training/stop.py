@@ -32,11 +32,11 @@ from billiard.process import current_process
 from celery import signals
 
 from shared.tasks import QUEUE_TRAINING
+from worker import node
 
 log = logging.getLogger(__name__)
 
 _stop = threading.Event()
-_worker: Any = None  # the WorkController of this worker's main process
 
 
 def stop_requested() -> bool:
@@ -52,13 +52,6 @@ def request_stop() -> None:
 def reset() -> None:
     """Forget a stop request (a test that asked for one goes on with the next training)."""
     _stop.clear()
-
-
-def _consumes_training() -> bool:
-    from worker.celery_app import app
-
-    consumed = app.amqp.queues.consume_from or app.amqp.queues
-    return QUEUE_TRAINING in set(consumed)
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -84,24 +77,13 @@ def sigterm_stops_training() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-@signals.celeryd_after_setup.connect
-def _remember_worker(sender: str, instance: Any, **_: Any) -> None:
-    global _worker
-    _worker = instance
-
-
 @signals.worker_shutting_down.connect
 def _forward_to_children(sig: str, how: str, **_: Any) -> None:
     """In the main process, from Celery's signal handler: tell every pool child (and this process) to stop."""
-    if not _consumes_training():
+    if not node.consumes([QUEUE_TRAINING]):
         return
     _stop.set()
-    pool = getattr(_worker, "pool", None)
-    try:
-        children = list(pool.info.get("processes", [])) if pool is not None else []
-    except Exception:  # a pool that is not started (or not prefork) has no children to tell
-        children = []
-    for pid in children:
+    for pid in node.pool_processes():
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
