@@ -4,10 +4,13 @@ and setting they use against the code."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -42,7 +45,20 @@ def compose() -> dict[str, Any]:
 
 
 # --- Dockerfiles ------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("dockerfile", ["Dockerfile.api", "Dockerfile.worker"])
+DOCKERFILES = ["Dockerfile.api", "Dockerfile.worker", "Dockerfile.worker-cpu"]
+OUR_PACKAGES = {"api", "worker", "shared", "cli"}
+
+
+def copied_packages(dockerfile: str) -> set[str]:
+    """Our packages an image carries (its COPY lines)."""
+    copied = set()
+    for line in (ROOT / dockerfile).read_text().splitlines():
+        if line.startswith("COPY "):
+            copied |= {source.rstrip("/") for source in line.split()[1:-1]}
+    return copied & OUR_PACKAGES
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
 def test_dockerfiles_are_hadolint_clean(dockerfile: str) -> None:
     hadolint = Path(sys.executable).parent / "hadolint"
     result = subprocess.run([str(hadolint), "--failure-threshold", "style", str(ROOT / dockerfile)],
@@ -50,10 +66,120 @@ def test_dockerfiles_are_hadolint_clean(dockerfile: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("dockerfile", ["Dockerfile.api", "Dockerfile.worker"])
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
 def test_images_run_as_a_numeric_non_root_user(dockerfile: str) -> None:
     users = [line.split()[1] for line in (ROOT / dockerfile).read_text().splitlines() if line.startswith("USER ")]
     assert users and users[-1].split(":")[0].isdigit() and users[-1] != "0"
+
+
+def test_the_api_image_has_no_worker_code() -> None:
+    assert copied_packages("Dockerfile.api") == {"api", "shared", "cli"}
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile.worker", "Dockerfile.worker-cpu"])
+def test_the_worker_images_have_no_api_code(dockerfile: str) -> None:
+    assert copied_packages(dockerfile) == {"worker", "shared", "cli"}
+
+
+# --- What each image can run: the CLI imports a side only when a command needs it ------------------------------------
+# The `worker` extra beyond the base set (test_the_api_image_dependency_set_has_no_torch): absent where an image
+# installs the base set only.
+ML_STACK = {"torch", "diffusers", "transformers", "accelerate", "peft", "safetensors", "tenacity", "numpy"}
+IMAGE_COMMANDS = {
+    "Dockerfile.api": [["--help"], ["api", "--help"], ["db", "upgrade"], ["keys", "create", "--name", "image-check"],
+                       ["keys", "list"]],
+    "Dockerfile.worker-cpu": [["--help"], ["worker", "--help"], ["beat", "--help"], ["flower", "--help"],
+                              ["db", "upgrade"], ["ops", "retry-failed", "--dry-run"],
+                              ["ops", "cancel", "--all", "--dry-run"]],
+    "Dockerfile.worker": [["--help"], ["worker", "--help"], ["models", "check", "--help"], ["models", "sync", "--help"],
+                          ["ops", "drain", "--help"]],
+}
+# Run in a fresh interpreter where the packages the image lacks cannot be imported.
+IN_THE_IMAGE = """
+import importlib.abc, json, sys
+
+ABSENT = set(sys.argv[1].split(","))
+
+
+class NotInThisImage(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ABSENT:
+            raise ModuleNotFoundError(f"No module named {name!r} in this image", name=name)
+        return None
+
+
+sys.meta_path.insert(0, NotInThisImage())
+if sys.argv[2] == "worker-start":  # what a worker process imports as it starts: the app and its include= modules
+    from worker.celery_app import app
+
+    app.loader.import_default_modules()
+    print(json.dumps(sorted(name for name in app.tasks if name.startswith("illustrations."))))
+else:
+    from click.testing import CliRunner
+
+    from cli import main
+
+    results = {}
+    for args in json.loads(sys.argv[2]):
+        result = CliRunner().invoke(main, args)
+        error = None if result.exception is None or isinstance(result.exception, SystemExit) else repr(result.exception)
+        results[" ".join(args)] = {"exit_code": result.exit_code, "output": result.output, "error": error}
+    print(json.dumps(results))
+"""
+
+
+def absent_from(dockerfile: str) -> set[str]:
+    absent = OUR_PACKAGES - copied_packages(dockerfile)
+    if '".[worker]"' not in (ROOT / dockerfile).read_text():
+        absent |= ML_STACK
+    return absent
+
+
+def run_in_the_image(dockerfile: str, what: str, var_dir: Path) -> Any:
+    env = {**os.environ, "ILLUSTRATIONS_VAR_DIR": str(var_dir)}
+    result = subprocess.run([sys.executable, "-c", IN_THE_IMAGE, ",".join(sorted(absent_from(dockerfile))), what],
+                            capture_output=True, text=True, timeout=180, cwd=ROOT, env=env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def image_runs(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], dict[str, Any]]:
+    """Every command of IMAGE_COMMANDS[dockerfile], run in order in one interpreter (a throwaway SQLite var dir)."""
+    done: dict[str, dict[str, Any]] = {}
+
+    def run(dockerfile: str) -> dict[str, Any]:
+        if dockerfile not in done:
+            var_dir = tmp_path_factory.mktemp(dockerfile.replace(".", "-"))
+            done[dockerfile] = run_in_the_image(dockerfile, json.dumps(IMAGE_COMMANDS[dockerfile]), var_dir)
+        return done[dockerfile]
+
+    return run
+
+
+@pytest.mark.parametrize(("dockerfile", "command"),
+                         [(dockerfile, " ".join(args)) for dockerfile, commands in IMAGE_COMMANDS.items()
+                          for args in commands])
+def test_an_image_runs_its_commands_without_the_code_it_lacks(
+        image_runs: Callable[[str], dict[str, Any]], dockerfile: str, command: str) -> None:
+    result = image_runs(dockerfile)[command]
+    assert result["exit_code"] == 0, f"{result['output']}{result['error'] or ''}"
+
+
+def test_the_api_image_lacks_the_worker_and_the_ml_stack() -> None:
+    assert {"worker", "torch", "diffusers"} <= absent_from("Dockerfile.api")
+
+
+def test_the_api_image_creates_and_lists_keys(image_runs: Callable[[str], dict[str, Any]]) -> None:
+    assert "image-check\tik_" in image_runs("Dockerfile.api")["keys list"]["output"]
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile.worker", "Dockerfile.worker-cpu"])
+def test_a_worker_starts_with_every_task_without_the_api(dockerfile: str, tmp_path: Path) -> None:
+    from shared import tasks
+
+    registered = run_in_the_image(dockerfile, "worker-start", tmp_path)
+    assert {tasks.GENERATE, tasks.PREPARE, tasks.DELIVER_WEBHOOK, tasks.TRAIN, tasks.SWEEP} <= set(registered)
 
 
 def _closure(requirements: list[str], extras: set[str]) -> set[str]:
@@ -182,6 +308,35 @@ def test_every_command_in_the_deployment_files_is_a_real_cli_command() -> None:
         args = [arg for arg in command[1:] if not arg.startswith("$(")]
         result = CliRunner().invoke(main, [*args, "--help"])
         assert result.exit_code == 0, f"{' '.join(command)}: {result.output}"
+
+
+# The side a command needs (the CLI imports it when the command runs); the others need shared and cli only.
+NEEDS = {"api": "api", "worker": "worker", "beat": "worker", "flower": "worker", "models": "worker"}
+IMAGES = {"illustrations-api": "Dockerfile.api", "illustrations-worker": "Dockerfile.worker",
+          "illustrations-worker-cpu": "Dockerfile.worker-cpu"}
+
+
+def _workloads() -> list[tuple[str, str, list[str]]]:
+    """(where, Dockerfile, command) of every container in the manifests and every service built here in compose."""
+    found = []
+    for name, doc in k8s_documents():
+        spec = doc.get("spec", {}).get("template", {}).get("spec", {})
+        for container in spec.get("containers", []) + spec.get("initContainers", []):
+            image = container["image"].rsplit("/", 1)[-1].split(":")[0]
+            found.append((f"{name}/{container['name']}", IMAGES[image], container["command"]))
+    for name, service in compose()["services"].items():
+        if "build" in service:
+            found.append((f"compose/{name}", service["build"]["dockerfile"], service["command"]))
+    return found
+
+
+def test_every_workload_runs_from_an_image_that_carries_its_side() -> None:
+    workloads = _workloads()
+    assert {dockerfile for _, dockerfile, _ in workloads} == set(DOCKERFILES)
+    for where, dockerfile, command in workloads:
+        assert command[0] == "illustrations", where
+        needed = NEEDS.get(command[1])
+        assert needed is None or needed in copied_packages(dockerfile), f"{where}: {command[1]} needs {needed}/"
 
 
 def test_configmap_and_secret_name_known_settings() -> None:

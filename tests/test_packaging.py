@@ -31,7 +31,7 @@ def test_help_lists_every_subcommand() -> None:
 
 
 def test_dockerfile_copy_sources_exist() -> None:
-    for dockerfile in ("Dockerfile.api", "Dockerfile.worker"):
+    for dockerfile in ("Dockerfile.api", "Dockerfile.worker", "Dockerfile.worker-cpu"):
         for line in (ROOT / dockerfile).read_text().splitlines():
             if line.startswith("COPY "):
                 for source in line.split()[1:-1]:
