@@ -33,8 +33,10 @@ down:
 status: venv
 	$(BIN)/illustrations status
 
+## ruff, then the import contracts in pyproject.toml (the arrows between the rooms, no cycles).
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-logo --no-cache
 
 typecheck: venv
 	$(BIN)/mypy
