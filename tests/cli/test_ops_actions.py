@@ -15,6 +15,10 @@ from shared.errors import ErrorCode
 from shared.models import Client, Job, PausedQueue
 from tests.shared.test_jobs import add_job, claim, load, unpublished_ids
 
+# The lease of a job a test leaves running: longer than the session, so another test's lease sweep over the shared
+# database (tests/shared/test_webhooks.py counts what it expires) never finds it expired.
+LEFT_RUNNING_S = 3600.0
+
 
 def client_name(database: Database, job_id: str) -> str:
     with database.begin() as session:
@@ -39,7 +43,7 @@ def test_a_paused_client_is_neither_published_nor_run(any_db: Database) -> None:
         assert ops_actions.set_client_paused(session, name, False)
     with any_db.begin() as session:
         assert job_id in unpublished_ids(session, -1)  # the relay publishes it now
-    assert claim(any_db, job_id).attempt == 1
+    assert claim(any_db, job_id, lease_s=LEFT_RUNNING_S).attempt == 1
     with any_db.begin() as session, pytest.raises(ops_actions.UnknownClient):
         ops_actions.set_client_paused(session, "no-such-client", True)
 
@@ -80,7 +84,7 @@ def test_retry_failed_submits_new_jobs_and_leaves_the_failed_ones(any_db: Databa
 
 def test_bulk_cancel_cancels_queued_and_flags_running(any_db: Database) -> None:
     queued, running = add_job(any_db, user_id="u-bulk"), add_job(any_db, user_id="u-bulk")
-    claim(any_db, running)
+    claim(any_db, running, lease_s=LEFT_RUNNING_S)
     name = client_name(any_db, queued)
     other_client_job = add_job(any_db, user_id="u-bulk")
     with any_db.begin() as session:
