@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo up down status test lint typecheck pytest clean chromium
+.PHONY: venv demo up down status test lint typecheck pytest clean chromium docs
 
 # (Re)create the virtualenv when it is missing or pyproject.toml changed.
 $(STAMP): pyproject.toml Makefile
@@ -32,6 +32,10 @@ down:
 
 status: venv
 	$(BIN)/illustrations status
+
+## docs/configuration.md, rendered from the settings' own descriptions (a test fails when it is stale).
+docs: venv
+	$(BIN)/python -m shared.settings_docs
 
 ## ruff, then the import contracts in pyproject.toml (the arrows between the rooms, no cycles).
 lint: venv

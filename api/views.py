@@ -1,4 +1,4 @@
-"""Shaping rows into the contract's JSON (field names exactly as ``api-contract.md``); the pure part is
+"""Shaping rows into the contract's JSON (field names exactly as ``docs/api.md``); the pure part is
 ``shared.views`` (webhook bodies use it too)."""
 
 from __future__ import annotations

@@ -31,79 +31,135 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, validate_default=True)
 
     # --- Places -------------------------------------------------------------------------------------------------
-    var_dir: Path = Field(Path("var"), description="Working folder of the embedded mode (database, storage, Redis).")
-    database_url: str = Field("", description="SQLAlchemy URL; empty = SQLite file under var_dir.")
-    broker_url: str = Field("", description="Celery broker URL (redis:// or amqp://); empty = embedded Redis.")
-    storage_url: str = Field("", description="s3://bucket/prefix or a local folder; empty = var_dir/storage.")
-    s3_endpoint_url: str | None = Field(None, description="S3 endpoint for the services (None = AWS).")
-    s3_public_endpoint_url: str | None = Field(None, description="Endpoint written into presigned URLs for clients.")
-    s3_region: str = "us-east-1"
-    presign_expires_s: int = Field(3600, ge=1, le=7 * 24 * 3600, description="Lifetime of presigned image URLs.")
-    s3_connect_timeout_s: float = Field(5.0, gt=0)
-    s3_read_timeout_s: float = Field(30.0, gt=0)
+    var_dir: Path = Field(
+        Path("var"), description="Working folder of the embedded mode: the SQLite database, local storage, the "
+        "embedded Redis, the models, logs and metrics folders live under it unless set elsewhere."
+    )
+    database_url: str = Field(
+        "", description="SQLAlchemy URL of the database, e.g. `postgresql+psycopg2://user:pw@host/db`. Unset: SQLite "
+        "`var/illustrations.db` (WAL, busy timeout; the schema is brought up to date at every start)."
+    )
+    broker_url: str = Field(
+        "", description="Celery broker URL, e.g. `redis://redis:6379/0` or `amqp://user:pass@host:5672/vhost`. "
+        "Unset: the embedded Redis on `var/redis/redis.sock`, started by the first process that needs it."
+    )
+    storage_url: str = Field(
+        "", description="Where images, subject photos, embeddings and LoRA files go: a folder, or "
+        "`s3://bucket/prefix`. Unset: `var/storage`."
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="S3 endpoint the services talk to (MinIO, rclone, another S3-compatible store). Unset: AWS."
+    )
+    s3_public_endpoint_url: str | None = Field(
+        None, description="Endpoint written into presigned image URLs: what clients can reach. Unset: the endpoint "
+        "the services use."
+    )
+    s3_region: str = Field("us-east-1", description="S3 region (signing).")
+    presign_expires_s: int = Field(
+        3600, ge=1, le=7 * 24 * 3600, description="Lifetime of the presigned image URLs the API redirects to on S3."
+    )
+    s3_connect_timeout_s: float = Field(5.0, gt=0, description="S3 socket connect timeout.")
+    s3_read_timeout_s: float = Field(30.0, gt=0, description="S3 socket read timeout.")
     s3_max_attempts: int = Field(3, ge=1, description="Attempts per S3 call (botocore standard retries).")
-    s3_access_key_id: str | None = None
-    s3_secret_access_key: str | None = None
-    s3_addressing_style: Literal["auto", "path", "virtual"] = "path"
+    s3_access_key_id: str | None = Field(None, description="S3 access key id (set it with the secret key, or "
+                                         "neither). Unset: boto3's own lookup (AWS defaults).")
+    s3_secret_access_key: str | None = Field(None, description="S3 secret access key (a secret: keep it in the "
+                                             "orchestrator's Secret, never in a ConfigMap or image).")
+    s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "path", description="S3 addressing: `path` (`host/bucket/key`), `virtual` (`bucket.host/key`) or `auto` "
+        "(botocore decides)."
+    )
     # boto3 >= 1.36 sends CRC checksums by default; several S3-compatible stores reject them.
-    s3_checksum_mode: Literal["when_supported", "when_required"] = "when_required"
+    s3_checksum_mode: Literal["when_supported", "when_required"] = Field(
+        "when_required", description="When boto3 sends and checks CRC checksums: boto3 >= 1.36 sends them by "
+        "default (`when_supported`), which some S3-compatible stores reject."
+    )
 
     # --- Database -----------------------------------------------------------------------------------------------
     sqlite_busy_timeout_ms: int = Field(10_000, ge=0, description="How long a SQLite writer waits for the lock.")
-    db_pool_size: int = Field(5, ge=1)
+    db_pool_size: int = Field(5, ge=1, description="Database connections pooled per process.")
     db_connect_timeout_s: float = Field(3.0, gt=0, description="Connect timeout for PostgreSQL.")
-    db_statement_timeout_ms: int = Field(15_000, ge=0, description="PostgreSQL statement_timeout (0 = none).")
+    db_statement_timeout_ms: int = Field(15_000, ge=0, description="PostgreSQL `statement_timeout` (0 = none).")
 
     # --- Model --------------------------------------------------------------------------------------------------
-    model_profile: Literal["tiny", "sdxl"] = "tiny"
-    model_dir: Path | None = Field(None, description="Folder of the weights; default var_dir/models/<profile>.")
+    model_profile: Literal["tiny", "sdxl"] = Field(
+        "tiny", description="`tiny`: random weights of the same architecture family, generated locally (`illustrations "
+        "models make-tiny`); `sdxl`: the real weights from a local folder or the Hugging Face cache."
+    )
+    model_dir: Path | None = Field(
+        None, description="Folder of the profile's weights (`base/`, `ip-adapter/`). Unset: `var/models/<profile>` "
+        "(for `sdxl` also the Hugging Face cache)."
+    )
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads on CPU (0 = torch's default).")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto: CUDA (bfloat16, SDPA attention) when a GPU is visible, else CPU (float32)."
     )
-    torch_compile: bool = Field(False, description="torch.compile the UNet at load (slow first job, faster after).")
+    torch_compile: bool = Field(False, description="torch.compile the UNet in place at load (slow first job, faster "
+                                "after).")
     vae_tiling: bool = Field(False, description="Decode large images in tiles (less GPU memory).")
     vae_slicing: bool = Field(False, description="Decode a job's images one at a time (less GPU memory).")
-    lora_slots: int = Field(4, ge=1, le=64, description="LoRA styles kept loaded per worker (least recently used out).")
+    lora_slots: int = Field(4, ge=1, le=64, description="LoRA styles kept loaded per worker (the least recently used "
+                            "one is replaced).")
     embedding_cache: bool = Field(True, description="Cache reference embeddings in storage, by image sha256.")
     embedding_memory_items: int = Field(
-        64, ge=0, description="Reference embeddings also kept in the worker's memory (0 = storage only)."
+        64, ge=0, description="Reference embeddings also kept in the worker's memory (the last N; 0 = storage only)."
     )
-    png_metadata: bool = Field(False, description="Write prompt/params into PNG text chunks (off: privacy).")
-    png_compress_level: int = Field(1, ge=0, le=9, description="zlib level for generated PNGs (1: fast, ~same size).")
+    png_metadata: bool = Field(False, description="Write prompt and seed into PNG text chunks (off: memoir text stays "
+                               "out of files).")
+    png_compress_level: int = Field(
+        1, ge=0, le=9, description="zlib level of generated PNGs (1: 68 ms for 1024², level 6: 311 ms, about the same "
+        "size; `bench/profile_job.py`)."
+    )
 
     # --- API ----------------------------------------------------------------------------------------------------
-    api_bind: str = "127.0.0.1:8000"
+    api_bind: str = Field("127.0.0.1:8000", description="Address gunicorn binds (`illustrations api --bind` "
+                          "overrides).")
     api_workers: int = Field(2, ge=1, description="gunicorn worker processes.")
     api_threads: int = Field(8, ge=1, description="gunicorn gthread threads per worker.")
     api_timeout_s: int = Field(70, ge=1, description="gunicorn worker timeout (above the longest Prefer: wait).")
-    api_graceful_timeout_s: int = Field(30, ge=1)
+    api_graceful_timeout_s: int = Field(30, ge=1, description="gunicorn graceful stop: how long requests in flight "
+                                        "may finish after SIGTERM.")
     retry_after_s: int = Field(5, ge=1, description="Retry-After of a 503 when a dependency is down.")
-    public_base_url: str | None = Field(None, description="Base of absolute URLs in responses (default: request host).")
+    public_base_url: str | None = Field(
+        None, description="Base of absolute URLs in answers and webhook bodies (e.g. `https://illustrations.example`). "
+        "Unset: the API uses the request's host, and webhook bodies carry paths."
+    )
 
     # --- Queue and timers ---------------------------------------------------------------------------------------
-    publish_timeout_s: float = Field(2.0, gt=0, description="Socket timeout of a publish from the API.")
-    broker_socket_timeout_s: float = Field(5.0, gt=0)
+    publish_timeout_s: float = Field(2.0, gt=0, description="Broker connect timeout (and how long a publishing "
+                                     "process retries a connect): a publish to a dead broker fails fast, and the "
+                                     "relay publishes the job later.")
+    broker_socket_timeout_s: float = Field(5.0, gt=0, description="Broker socket timeout (Redis transport; the "
+                                           "connect timeout is ILLUSTRATIONS_PUBLISH_TIMEOUT_S).")
     visibility_timeout_s: int = Field(
-        7_200, ge=1, description="Redis redelivers unacked tasks after this: keep it above the longest job."
+        7_200, ge=1, description="Redis redelivers unacked tasks after this: keep it above the longest job (the "
+        "hard time limit; checked at start)."
     )
     lease_s: float = Field(60.0, gt=0, description="How long a claim is valid without a heartbeat.")
-    heartbeat_s: float = Field(15.0, gt=0, description="How often a running job renews its lease.")
-    relay_interval_s: float = Field(5.0, gt=0, description="How often beat runs the outbox relay and lease sweep.")
-    relay_delay_s: float = Field(10.0, ge=0, description="Age after which an unpublished job is re-published.")
+    heartbeat_s: float = Field(15.0, gt=0, description="How often a running job renews its lease (below the lease; "
+                               "checked at start).")
+    relay_interval_s: float = Field(5.0, gt=0, description="How often beat runs the outbox relay and sweep (leases, "
+                                    "deadlines).")
+    relay_delay_s: float = Field(10.0, ge=0, description="How old an unpublished job must be before the relay "
+                                 "publishes it.")
     republish_after_s: float = Field(
         1800.0, gt=0, description="A job published this long ago and still queued is published again (its message "
         "may have died with a worker that had fetched it); a twin message is dropped at the claim."
     )
-    max_attempts: int = Field(3, ge=1, description="Attempts before a job fails with worker_lost.")
-    task_soft_time_limit_s: int = Field(600, ge=1, description="Soft time limit of one generation.")
-    task_time_limit_s: int = Field(660, ge=1, description="Hard time limit of one generation (kills the child).")
+    max_attempts: int = Field(3, ge=1, description="Attempts (every claim counts) before a job fails `worker_lost`, "
+                              "or before a transient fault becomes the job's failure.")
+    task_soft_time_limit_s: int = Field(600, ge=1, description="Soft time limit of one generation: the job fails "
+                                        "`time_limit`.")
+    task_time_limit_s: int = Field(660, ge=1, description="Hard time limit of one generation (kills the pool child; "
+                                   "the job fails `time_limit`). Above the soft one.")
     worker_proc_alive_timeout_s: float = Field(300.0, gt=0, description="Time a pool child may take to load its model.")
     worker_restart_delay_s: float = Field(
         5.0, ge=0, description="`worker --gpus`: wait before restarting a per-GPU worker that exited."
     )
-    progress_interval_s: float = Field(0.5, ge=0, description="Minimum time between progress writes.")
-    worker_prefetch_multiplier: int = Field(1, ge=1)
+    progress_interval_s: float = Field(0.5, ge=0, description="Minimum time between progress writes (the cancel flag "
+                                       "is read with them).")
+    worker_prefetch_multiplier: int = Field(1, ge=1, description="Celery prefetch of generation workers (keep 1: a "
+                                            "GPU worker holds one job).")
     worker_soft_shutdown_s: float = Field(
         20.0, ge=0, description="Grace period after SIGTERM: a running job may finish, then it is given back "
         "(Celery soft shutdown; keep it below the orchestrator's kill timeout minus a few seconds; 0 = off)."
@@ -112,41 +168,45 @@ class Settings(BaseSettings):
                                    "fault runs again; doubled per attempt, with jitter.")
     retry_backoff_max_s: float = Field(300.0, ge=0, description="Longest wait between two attempts of a job.")
     db_retry_s: float = Field(2.0, gt=0, description="First wait of a worker that finds the database down "
-                              "before it retries (doubled per try, with jitter).")
+                              "before it hands the message back or retries its write (doubled per try, with jitter).")
     db_retry_max_s: float = Field(30.0, gt=0, description="Longest wait of a worker between two database tries.")
     client_publish_cap: int = Field(
         100, ge=0, description="Most jobs of one client waiting in one broker queue; the rest wait in the "
-        "database and the relay publishes them as room frees (fairness between clients; 0 = no cap)."
+        "database and the relay publishes them as room frees (fairness between clients; 0 = no cap). Keep it above "
+        "what the GPU fleet takes in one relay interval, or workers idle between rounds."
     )
     api_key_cache_s: float = Field(
         5.0, ge=0, description="How long an API process trusts a key it has checked before it reads the key again "
-        "(also how long a revoked or expired key may still be accepted by a process that saw it; 0 = every request)."
+        "(saves two statements and a transaction per request; also how long a revoked key, or an expiry moved "
+        "earlier by hand, may still be accepted by a process that saw it; 0 = read it on every request)."
     )
     idempotency_ttl_s: float = Field(
-        90_000.0, gt=0, description="How long an Idempotency-Key is remembered (the contract promises >= 24 h)."
+        90_000.0, gt=0, description="How long an Idempotency-Key is remembered (25 h; the contract promises >= 24 h)."
     )
     idempotency_lock_s: float = Field(
         120.0, gt=0, description="How long a request holds its Idempotency-Key while in flight; a request that "
-        "died holding it frees it after this (keep it above the API timeout)."
+        "died holding it frees it after this (keep it above the API timeout; checked at start)."
     )
     maintenance_interval_s: float = Field(
-        300.0, gt=0, description="How often beat runs slow upkeep (forgetting expired idempotency keys)."
+        300.0, gt=0, description="How often beat runs slow upkeep (forgetting expired idempotency keys and result "
+        "cache entries)."
     )
     result_cache: bool = Field(
         True, description="Answer a request with an explicit seed whose images were already made (same client, "
         "inputs and model revision) from the stored images, and let an identical request that arrives while the "
-        "first is queued or running follow it (one GPU run)."
+        "first is queued or running follow it (one GPU run). false: every request runs."
     )
     cache_retention_s: float = Field(
-        30 * 86_400.0, gt=0, description="How long a finished job's images answer identical requests (the entry "
-        "is forgotten after this; the images stay with their jobs)."
+        30 * 86_400.0, gt=0, description="How long (30 d) a finished job's images answer identical requests "
+        "(older entries miss and upkeep deletes them; the images stay with their jobs)."
     )
 
     # --- The v1 contract: waiting, quotas, rate limits, fetching, deletion, prompts --------------------------------
     prefer_wait_max_s: float = Field(
         60.0, ge=0, le=60, description="Longest `Prefer: wait=N` honoured (the contract allows N <= 60)."
     )
-    compat_wait_s: float = Field(25.0, ge=0, le=60, description="Default wait of POST /api/illustrations/generate.")
+    compat_wait_s: float = Field(25.0, ge=0, le=60, description="Default wait of POST /api/illustrations/generate "
+                                 "(AutoBio's route; `Prefer: wait` overrides it).")
     wait_recheck_s: float = Field(
         5.0, gt=0, description="A waiting request re-reads its job this often even without a notification (a safety "
         "net for a dropped LISTEN connection on PostgreSQL)."
@@ -165,7 +225,8 @@ class Settings(BaseSettings):
         "empty = no limit."
     )
     rate_limit_storage_url: str | None = Field(
-        None, description="Where request counts live (limits' storage URL); default: the Redis broker, else memory."
+        None, description="Where request counts live (limits' storage URL). Unset: the Redis broker, else memory "
+        "(a count per process)."
     )
     fetch_allowlist: list[str] = Field(
         default_factory=list, description="Hosts or CIDR networks the URL fetcher may reach even when they are not "
@@ -173,40 +234,42 @@ class Settings(BaseSettings):
     )
     fetch_timeout_s: float = Field(15.0, gt=0, description="Whole-fetch deadline of a reference URL (all redirects).")
     fetch_connect_timeout_s: float = Field(5.0, gt=0, description="TCP/TLS connect timeout of the URL fetcher.")
-    fetch_ca_bundle: Path | None = Field(None, description="CA bundle for https fetches (default: certifi's).")
+    fetch_ca_bundle: Path | None = Field(None, description="CA bundle for https fetches. Unset: certifi's.")
     deletion_retry_s: float = Field(
         2.0, gt=0, description="A user deletion waiting for running jobs to stop is tried again after this."
     )
     deletion_lease_s: float = Field(120.0, gt=0, description="How long one run of a user deletion holds it.")
     tokenizer_dir: Path | None = Field(
-        None, description="CLIP tokenizer files (vocab.json, merges.txt) for prompt building; default "
-        "<model_dir>/base/tokenizer. Missing: token counts are estimated."
+        None, description="CLIP tokenizer files (vocab.json, merges.txt) for prompt building. Unset: "
+        "`<model_dir>/base/tokenizer`. Missing: token counts are estimated (and the warning says so)."
     )
 
     # --- Webhooks (Standard Webhooks) ----------------------------------------------------------------------------
     webhook_secret_keys: list[str] = Field(
         default_factory=list, description="Fernet keys (JSON list) that encrypt the clients' webhook secrets at rest; "
-        "the first encrypts, every one decrypts (MultiFernet: add a new key first to rotate). Empty: a key file "
-        "under var_dir (embedded mode only; every process that signs must share the same key)."
+        "the first encrypts, every one decrypts (MultiFernet: add a new key first to rotate, then run `illustrations "
+        "webhooks reencrypt`). Required once a database URL is set (signing refuses to start without it); every CPU "
+        "worker and CLI process must share it. Empty: a key file under var_dir (embedded mode only)."
     )
     webhook_dispatch_interval_s: float = Field(
-        2.0, gt=0, description="How often beat sends the webhook events that are due to the webhooks queue."
+        2.0, gt=0, description="How often beat sends the webhook events that are due to `illustrations.webhooks`."
     )
     webhook_lease_s: float = Field(
         60.0, gt=0, description="How long a webhook event sent to the queue stays claimed before beat may send it "
-        "again (keep it above the delivery timeout)."
+        "again (keep it above the delivery timeout; checked at start)."
     )
     webhook_timeout_s: float = Field(15.0, gt=0, description="Whole-request deadline of one webhook delivery.")
     webhook_retry_schedule_s: list[float] = Field(
         default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
-        description="Waits before each retry of an undelivered webhook (JSON list; about a day in all); after the "
-        "last one the event is `failed`.",
+        description="Waits before each retry of an undelivered webhook (JSON list; about a day in all, 8 attempts); "
+        "after the last one the event is `failed`.",
     )
     webhook_retry_jitter: float = Field(
         0.1, ge=0, le=1, description="Each wait is stretched or shrunk by up to this fraction (spreads retries)."
     )
     webhook_retry_after_max_s: float = Field(
-        3600.0, ge=0, description="Longest Retry-After of a receiver that is honoured."
+        3600.0, ge=0, description="A receiver's `Retry-After` is honoured (when longer than the schedule's step) up "
+        "to this."
     )
     webhook_secret_overlap_s: float = Field(
         86_400.0, ge=0, description="After `webhooks secret --rotate`, how long the previous secret still signs "
@@ -216,29 +279,37 @@ class Settings(BaseSettings):
 
     # --- Style training -----------------------------------------------------------------------------------------
     training_checkpoint_every: int = Field(
-        250, ge=1, description="A training writes a checkpoint (LoRA and optimizer state) to storage every N steps, "
+        250, ge=1, description="A training writes a checkpoint (LoRA and AdamW state) to storage every N steps, "
         "and when it is stopped by SIGTERM; a killed training resumes from the last one."
     )
     training_gradient_checkpointing: bool = Field(
-        True, description="Recompute activations in the backward pass: much less GPU memory, slower steps."
+        True, description="Recompute activations in the backward pass: much less GPU memory, slower steps (2x on the "
+        "tiny CPU bench)."
     )
     training_mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
         "auto", description="accelerate's mixed precision: auto = bf16 on a GPU that has it, none on a CPU."
     )
     training_soft_time_limit_s: int = Field(
-        6 * 3600, ge=1, description="A training running longer fails with time_limit."
+        6 * 3600, ge=1, description="A training running longer fails with `time_limit` (the generation limits do not "
+        "apply to trainings)."
     )
     training_time_limit_s: int = Field(
-        6 * 3600 + 300, ge=1, description="Hard time limit of a training (Celery kills the pool child)."
+        6 * 3600 + 300, ge=1, description="Hard time limit of a training (Celery kills the pool child). Above the soft "
+        "one."
     )
 
     # --- Embedded Redis -----------------------------------------------------------------------------------------
-    embedded_redis_start_timeout_s: float = Field(10.0, gt=0)
+    embedded_redis_start_timeout_s: float = Field(
+        10.0, gt=0, description="Embedded mode: how long to wait for the embedded Redis to start."
+    )
 
     # --- Flower -------------------------------------------------------------------------------------------------
-    flower_address: str = "127.0.0.1"
-    flower_port: int = Field(5555, ge=1, le=65535)
-    flower_basic_auth: str | None = Field(None, description="user:password for Flower's UI and API.")
+    flower_address: str = Field("127.0.0.1", description="Address Flower binds (`illustrations flower --address` "
+                                "overrides); keep it private: Flower's /metrics and /healthcheck stay open.")
+    flower_port: int = Field(5555, ge=1, le=65535, description="Flower's port (`--port` overrides).")
+    flower_basic_auth: str | None = Field(
+        None, description="`user:password` for Flower's UI and API; required outside the embedded mode."
+    )
 
     flower_unauthenticated: bool = Field(
         False, description="Let `illustrations flower` start without Basic auth outside the embedded mode (only "
@@ -249,22 +320,24 @@ class Settings(BaseSettings):
     # --- Operations: metrics, experiments -------------------------------------------------------------------------
     metrics_dir: Path | None = Field(
         None, description="Parent of the prometheus_client multiprocess folders (PROMETHEUS_MULTIPROC_DIR of the "
-        "API and of each worker); default var_dir/prometheus. Each process tree wipes its own folder at start."
+        "API and of each worker). Unset: `var/prometheus`. Each process tree wipes its own folder at start."
     )
     worker_metrics_port: int = Field(
-        0, ge=0, le=65535, description="Port of a worker host's Prometheus exporter (0 = none); a multi-GPU "
-        "`illustrations worker` serves one for all its per-GPU workers."
+        0, ge=0, le=65535, description="Port of a worker host's Prometheus exporter (0 = none; e.g. 9100); a "
+        "multi-GPU `illustrations worker` serves one for all its per-GPU workers."
     )
-    worker_metrics_address: str = Field("0.0.0.0", description="Address the worker exporter binds.")  # noqa: S104
+    worker_metrics_address: str = Field(
+        "0.0.0.0", description="Address the worker exporter binds (a private network: it has no auth).",  # noqa: S104
+    )
     experiment: Experiment | None = Field(
         None, description='The A/B experiment (JSON): {"name": "steps-20", "share": 0.5, "steps": 20} gives half '
-        "of the users (stably, by a hash of client and user) variant b with 20 steps; also guidance_scale, "
-        "style_lora, lora_scale. None: every job is variant a."
+        "of the users (stably, by a hash of the experiment's name, the client and the user) variant b with 20 steps; "
+        "also guidance_scale, style_lora, lora_scale. Unset: every job is variant a (see docs/operations.md)."
     )
     ops_page_size: int = Field(48, ge=1, le=500, description="Jobs shown on one /ops gallery page.")
 
     # --- Logging ------------------------------------------------------------------------------------------------
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Lowest level logged.")
     log_format: Literal["json", "text"] = Field(
         "json", description="json: one JSON object per line (with job_id and request_id where known); text: for "
         "reading in a terminal."

@@ -1,4 +1,4 @@
-"""Job states and the one table that says which transition is legal (ARCHITECTURE.md, "Job states").
+"""Job states and the one table that says which transition is legal (docs/architecture.md, "Job states").
 
 | from     | to                              | when                                                          |
 |----------|---------------------------------|---------------------------------------------------------------|

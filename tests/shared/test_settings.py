@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.settings import Settings, SettingsError, get_settings, load_settings
+from shared.settings import SettingsError, get_settings, load_settings
 
 
 def test_defaults_are_the_embedded_mode(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -83,11 +83,3 @@ def test_cli_reports_a_malformed_variable(monkeypatch: pytest.MonkeyPatch) -> No
         get_settings.cache_clear()
     assert result.exit_code != 0
     assert "ILLUSTRATIONS_RELAY_INTERVAL_S" in result.output
-
-
-def test_every_setting_is_documented_in_the_readme() -> None:
-    """Ops configure the service from the README's table: a setting it does not name is one they cannot find."""
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    missing = [name for name in Settings.model_fields
-               if f"ILLUSTRATIONS_{name.upper()}" not in readme and f"`_{name.upper()}`" not in readme]
-    assert missing == []
