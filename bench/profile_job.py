@@ -115,7 +115,8 @@ def png_levels(image: Image.Image, repeats: int = 3) -> list[tuple[int, int, flo
 def copies(runtime: Any, image: Image.Image) -> tuple[int, int]:
     """(PNG size, peak bytes allocated by ``_store``) for one image."""
     from shared import jobs
-    from worker.generation import JobInput, _store
+    from worker.attempt import JobInput
+    from worker.generation import _store
 
     job = JobInput(request={"params": {"output_format": "png"}}, seed=0, prompt_used="x", created_at=None,  # type: ignore[arg-type]
                    started_at=None, client_id="c", user_id="u", queue="q")  # type: ignore[arg-type]

@@ -3,7 +3,8 @@
 Every transition is ``UPDATE jobs SET status = :to ... WHERE id = :id AND status = :from [AND attempt = :mine]``
 and reports whether it won (``rowcount == 1``). Of two workers that both ran a job, only the one whose attempt
 still holds the row records a result: exactly one terminal transition and one image set per job. Which transitions
-are legal is decided in ``shared.states``; timestamps come from the database clock (``utcnow``).
+are legal is decided in ``shared.states``; timestamps come from the database clock (``utcnow``). The lease
+statements (the fenced move, the heartbeat, giving back, expiry) are ``shared.leases``, shared with trainings.
 
 A caller owns the transaction (``with db.begin() as session:``); these functions only add statements to it.
 """
@@ -34,7 +35,7 @@ from sqlalchemy import (
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Session
 
-from shared import notify
+from shared import leases, notify
 from shared.db import utcnow
 from shared.errors import CancelReason, ErrorCode
 from shared.models import Client, Job, JobImage, JobTransition
@@ -78,6 +79,7 @@ def not_paused() -> ColumnElement[bool]:
     return Job.client_id.not_in(select(Client.id).where(Client.paused_at.is_not(None)))
 
 
+_LEASED = leases.Leased(Job, Job.id, Job.cancel_requested, Job.attempt, "worker")
 _JOBS = cast(Table, Job.__table__)
 _TRANSITIONS = cast(Table, JobTransition.__table__)
 _IMAGES = cast(Table, JobImage.__table__)
@@ -105,15 +107,12 @@ def _move(
     **values: Any,
 ) -> bool:
     check_transition(source, target)
-    stmt = update(Job).where(Job.id == job_id, Job.status == source.value, *where)
-    if attempt is not None:
-        stmt = stmt.where(Job.attempt == attempt)
-    moved = session.execute(
-        stmt.values(status=target.value, **values).returning(Job.attempt, Job.worker)
-        .execution_options(synchronize_session=False)
-    ).one_or_none()
-    if moved is None:
+    fence = [Job.id == job_id] if attempt is None else leases.held(_LEASED, job_id, attempt)
+    rows = leases.move(session, _LEASED, [*fence, *where], source.value, target.value, (Job.attempt, Job.worker),
+                       **values)
+    if not rows:
         return False
+    moved = rows[0]
     _log(session, [{"job_id": job_id, "attempt": moved.attempt, "from_status": source.value,
                     "to_status": target.value, "reason": reason, "worker": moved.worker}])
     if target.is_terminal():
@@ -411,18 +410,7 @@ def started(session: Session, job_id: str, worker: str, lease_s: float,
 
 def heartbeat(session: Session, claim: Claim, lease_s: float, step: int | None = None) -> bool | None:
     """Renew the lease (and record progress). ``None``: the attempt lost the job; else whether cancel was asked."""
-    values: dict[str, Any] = {"lease_until": utcnow(lease_s)}
-    if step is not None:
-        values["progress_step"] = step
-    stmt = (
-        update(Job)
-        .where(Job.id == claim.job_id, Job.status == JobStatus.RUNNING.value, Job.attempt == claim.attempt)
-        .values(**values)
-        .returning(Job.cancel_requested)
-        .execution_options(synchronize_session=False)
-    )
-    result = session.execute(stmt).scalar_one_or_none()
-    return None if result is None else bool(result)
+    return leases.renew(session, _LEASED, claim.job_id, claim.attempt, lease_s, progress_step=step)
 
 
 # --- running -> terminal ------------------------------------------------------------------------------------------
@@ -463,8 +451,7 @@ def failed(
     timings: dict[str, float] | None = None,
     model: dict[str, Any] | None = None,
 ) -> bool:
-    values: dict[str, Any] = {"finished_at": utcnow(), "lease_until": None, "error_code": code.value,
-                              "error_message": message}
+    values = leases.ended(code.value, message)
     if timings is not None:
         values["timings"] = timings
     if model is not None:
@@ -476,28 +463,14 @@ def failed(
 def failed_on_worker(session: Session, job_id: str, worker_prefix: str, code: ErrorCode, message: str) -> bool:
     """Fail a running job whose attempt runs on a worker named ``worker_prefix...`` (the attempt is not known:
     its process was killed, e.g. at the hard time limit, and the main process of that worker reports it)."""
-    return _move(
-        session,
-        job_id,
-        JobStatus.RUNNING,
-        JobStatus.FAILED,
-        where=[Job.worker.startswith(worker_prefix, autoescape=True)],
-        finished_at=utcnow(),
-        lease_until=None,
-        error_code=code.value,
-        error_message=message,
-    )
+    return _move(session, job_id, JobStatus.RUNNING, JobStatus.FAILED,
+                 where=[leases.on_worker(_LEASED, worker_prefix)], **leases.ended(code.value, message))
 
 
 def canceled(session: Session, job_id: str, reason: CancelReason, claim: Claim | None = None, *,
              message: str | None = None) -> bool:
     """Cancel a queued job (no claim), or a running one by the attempt that holds it."""
-    values: dict[str, Any] = {
-        "finished_at": utcnow(),
-        "lease_until": None,
-        "error_code": reason.value,
-        "error_message": message or _CANCEL_MESSAGES[reason],
-    }
+    values = leases.ended(reason.value, message or _CANCEL_MESSAGES[reason])
     if claim is None:
         return _move(session, job_id, JobStatus.QUEUED, JobStatus.CANCELED, reason=reason.value, **values)
     return _move(session, job_id, JobStatus.RUNNING, JobStatus.CANCELED, attempt=claim.attempt, reason=reason.value,
@@ -525,47 +498,16 @@ def request_cancel(session: Session, job_id: str) -> bool:
 # --- running -> queued ----------------------------------------------------------------------------------------------
 def requeued(session: Session, claim: Claim, reason: str, delay_s: float = 0.0) -> bool:
     """Give the job back (worker stopping, transient fault); the relay publishes it again after ``delay_s``."""
-    return _move(
-        session,
-        claim.job_id,
-        JobStatus.RUNNING,
-        JobStatus.QUEUED,
-        attempt=claim.attempt,
-        reason=reason,
-        lease_until=None,
-        worker=None,
-        published_at=None,
-        progress_step=None,
-        not_before=utcnow(delay_s) if delay_s > 0 else None,
-    )
+    return _move(session, claim.job_id, JobStatus.RUNNING, JobStatus.QUEUED, attempt=claim.attempt, reason=reason,
+                 **leases.released(progress_step=None, not_before=utcnow(delay_s) if delay_s > 0 else None))
 
 
 def expire_leases(session: Session, max_attempts: int) -> tuple[list[str], list[str]]:
     """Running jobs whose lease ran out: back to queued, or ``failed``/``worker_lost`` after the last attempt."""
     check_transition(JobStatus.RUNNING, JobStatus.QUEUED)
     check_transition(JobStatus.RUNNING, JobStatus.FAILED)
-    expired = and_(Job.status == JobStatus.RUNNING.value, Job.lease_until < utcnow())
-    requeued_rows = session.execute(
-        update(Job)
-        .where(expired, Job.attempt < max_attempts)
-        .values(status=JobStatus.QUEUED.value, lease_until=None, worker=None, published_at=None, progress_step=None,
-                not_before=None)
-        .returning(Job.id, Job.attempt)
-        .execution_options(synchronize_session=False)
-    ).all()
-    failed_rows = session.execute(
-        update(Job)
-        .where(expired, Job.attempt >= max_attempts)
-        .values(
-            status=JobStatus.FAILED.value,
-            lease_until=None,
-            finished_at=utcnow(),
-            error_code=ErrorCode.WORKER_LOST.value,
-            error_message=f"the worker stopped responding {max_attempts} times",
-        )
-        .returning(Job.id, Job.attempt, Job.worker)
-        .execution_options(synchronize_session=False)
-    ).all()
+    requeued_rows, failed_rows = leases.expire(session, _LEASED, max_attempts, (Job.id, Job.attempt, Job.worker),
+                                               requeue={"progress_step": None, "not_before": None}, fail={})
     _log(session, [{"job_id": row.id, "attempt": row.attempt, "from_status": JobStatus.RUNNING.value,
                     "to_status": JobStatus.QUEUED.value, "reason": "lease_expired", "worker": None}
                    for row in requeued_rows])

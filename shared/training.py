@@ -2,12 +2,12 @@
 
 A trained version is its own job (``style_versions.job_id``, the only thing its queue message carries). Its
 ``status`` moves as the contract says (``queued → running → ready | failed | canceled``), with the same guarantees as
-a generation job (``shared.jobs``): a claim takes a lease renewed by a heartbeat; every later write of the attempt is
-fenced by ``attempt``; an expired lease puts the training back in the queue, where the next attempt resumes from the
-last checkpoint (``failed``/``worker_lost`` once ``max_attempts`` attempts were lost). A SIGTERM'd worker gives the
-training back itself (``requeued``), which is not a lost attempt (``requeues`` counts those). A version that becomes
-ready becomes active, unless a newer version is already active; a failed or canceled one leaves the active as it
-was.
+a generation job (``shared.jobs``), by the same lease statements (``shared.leases``): a claim takes a lease renewed
+by a heartbeat; every later write of the attempt is fenced by ``attempt``; an expired lease puts the training back in
+the queue, where the next attempt resumes from the last checkpoint (``failed``/``worker_lost`` once ``max_attempts``
+attempts were lost). A SIGTERM'd worker gives the training back itself (``requeued``), which is not a lost attempt
+(``requeues`` counts those). A version that becomes ready becomes active, unless a newer version is already active; a
+failed or canceled one leaves the active as it was.
 
 | from    | to                         | when                                                                       |
 |---------|----------------------------|----------------------------------------------------------------------------|
@@ -27,10 +27,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from sqlalchemy import ColumnElement, and_, case, func, or_, select, update
+from sqlalchemy import ColumnElement, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from shared import tasks
+from shared import leases, tasks
 from shared.db import utcnow
 from shared.errors import CancelReason, ErrorCode
 from shared.models import Style, StyleVersion, new_id
@@ -91,14 +91,16 @@ def _check(source: str, target: str) -> None:
         raise ValueError(f"style version transition {source} -> {target} is not allowed")
 
 
+# Lost attempts: SIGTERM give-backs (``requeues``) do not count against ``max_attempts``.
+_LEASED = leases.Leased(StyleVersion, StyleVersion.job_id, StyleVersion.cancel_reason,
+                        StyleVersion.attempt - StyleVersion.requeues, "training worker")
+
+
 def _move(session: Session, where: Sequence[ColumnElement[bool]], source: str, target: str, **values: Any) -> bool:
     _check(source, target)
-    moved = session.execute(
-        update(StyleVersion).where(StyleVersion.status == source, *where)
-        .values(status=target, **values).returning(StyleVersion.job_id).execution_options(synchronize_session=False)
-    ).scalars().all()
+    moved = leases.move(session, _LEASED, where, source, target, (StyleVersion.job_id,), **values)
     if target in TERMINAL:
-        _ended(session, [str(job_id) for job_id in moved if job_id is not None])
+        _ended(session, [str(row.job_id) for row in moved if row.job_id is not None])
     return len(moved) == 1
 
 
@@ -109,7 +111,7 @@ def _ended(session: Session, job_ids: Sequence[str]) -> None:
 
 
 def _mine(claim: TrainingClaim) -> list[ColumnElement[bool]]:
-    return [StyleVersion.job_id == claim.job_id, StyleVersion.attempt == claim.attempt]
+    return leases.held(_LEASED, claim.job_id, claim.attempt)
 
 
 def claim(session: Session, job_id: str, worker: str, lease_s: float) -> TrainingClaim | str:
@@ -143,16 +145,7 @@ def claim(session: Session, job_id: str, worker: str, lease_s: float) -> Trainin
 def heartbeat(session: Session, claim: TrainingClaim, lease_s: float, *, step: int | None = None,
               loss: float | None = None) -> bool | None:
     """Renew the lease (and record progress). ``None``: the attempt lost the training; else whether to cancel."""
-    values: dict[str, Any] = {"lease_until": utcnow(lease_s)}
-    if step is not None:
-        values["progress_step"] = step
-    if loss is not None:
-        values["loss"] = loss
-    result = session.execute(
-        update(StyleVersion).where(*_mine(claim), StyleVersion.status == RUNNING).values(**values)
-        .returning(StyleVersion.cancel_reason).execution_options(synchronize_session=False)
-    ).one_or_none()
-    return None if result is None else result.cancel_reason is not None
+    return leases.renew(session, _LEASED, claim.job_id, claim.attempt, lease_s, progress_step=step, loss=loss)
 
 
 def checkpointed(session: Session, claim: TrainingClaim, step: int) -> bool:
@@ -169,7 +162,7 @@ def requeued(session: Session, claim: TrainingClaim, *, stopping: bool) -> bool:
     """Give the training back (``stopping``: the worker got SIGTERM, not a lost attempt); the relay or the caller
     publishes it again."""
     extra = {"requeues": StyleVersion.requeues + 1} if stopping else {}
-    return _move(session, _mine(claim), RUNNING, QUEUED, lease_until=None, worker=None, published_at=None, **extra)
+    return _move(session, _mine(claim), RUNNING, QUEUED, **leases.released(**extra))
 
 
 def ready(session: Session, claim: TrainingClaim, *, storage_key: str, sha256: str, size_bytes: int, rank: int,
@@ -189,17 +182,14 @@ def ready(session: Session, claim: TrainingClaim, *, storage_key: str, sha256: s
 
 
 def failed(session: Session, claim: TrainingClaim, code: ErrorCode, message: str) -> bool:
-    return _move(session, _mine(claim), RUNNING, FAILED, error_code=code.value, error_message=message,
-                 finished_at=utcnow(), lease_until=None, checkpoint_step=None)
+    return _move(session, _mine(claim), RUNNING, FAILED, **leases.ended(code.value, message, checkpoint_step=None))
 
 
 def failed_on_worker(session: Session, job_id: str, worker_prefix: str, code: ErrorCode, message: str) -> bool:
     """Fail a running training whose attempt runs on a worker named ``worker_prefix...`` (its process was killed,
     e.g. at the hard time limit, and the main process of that worker reports it)."""
-    return _move(session, [StyleVersion.job_id == job_id, StyleVersion.worker.startswith(worker_prefix,
-                                                                                        autoescape=True)],
-                 RUNNING, FAILED, error_code=code.value, error_message=message, finished_at=utcnow(),
-                 lease_until=None, checkpoint_step=None)
+    return _move(session, [StyleVersion.job_id == job_id, leases.on_worker(_LEASED, worker_prefix)], RUNNING, FAILED,
+                 **leases.ended(code.value, message, checkpoint_step=None))
 
 
 def canceled_running(session: Session, claim: TrainingClaim) -> bool:
@@ -207,8 +197,7 @@ def canceled_running(session: Session, claim: TrainingClaim) -> bool:
     reason = func.coalesce(StyleVersion.cancel_reason, CancelReason.CANCELED_BY_CLIENT.value)
     message = case(*[(StyleVersion.cancel_reason == code, text) for code, text in CANCEL_MESSAGES.items()],
                    else_=CANCEL_MESSAGES[CancelReason.CANCELED_BY_CLIENT.value])
-    return _move(session, _mine(claim), RUNNING, CANCELED, error_code=reason, error_message=message,
-                 finished_at=utcnow(), lease_until=None, checkpoint_step=None)
+    return _move(session, _mine(claim), RUNNING, CANCELED, **leases.ended(reason, message, checkpoint_step=None))
 
 
 def cancel(session: Session, style_id: str, version: int, reason: CancelReason) -> str:
@@ -268,19 +257,8 @@ def expire_leases(session: Session, max_attempts: int) -> tuple[list[str], list[
     ``failed``/``worker_lost`` once ``max_attempts`` attempts were lost (SIGTERM give-backs do not count)."""
     _check(RUNNING, QUEUED)
     _check(RUNNING, FAILED)
-    expired = and_(StyleVersion.status == RUNNING, StyleVersion.lease_until < utcnow())
-    lost = StyleVersion.attempt - StyleVersion.requeues
-    requeued_ids = session.execute(
-        update(StyleVersion).where(expired, lost < max_attempts)
-        .values(status=QUEUED, lease_until=None, worker=None, published_at=None)
-        .returning(StyleVersion.job_id).execution_options(synchronize_session=False)
-    ).scalars().all()
-    failed_ids = session.execute(
-        update(StyleVersion).where(expired, lost >= max_attempts)
-        .values(status=FAILED, lease_until=None, finished_at=utcnow(), checkpoint_step=None,
-                error_code=ErrorCode.WORKER_LOST.value,
-                error_message=f"the training worker stopped responding {max_attempts} times")
-        .returning(StyleVersion.job_id).execution_options(synchronize_session=False)
-    ).scalars().all()
-    _ended(session, [str(i) for i in failed_ids])
-    return [str(i) for i in requeued_ids], [str(i) for i in failed_ids]
+    requeued_rows, failed_rows = leases.expire(session, _LEASED, max_attempts, (StyleVersion.job_id,), requeue={},
+                                               fail={"checkpoint_step": None})
+    failed_ids = [str(row.job_id) for row in failed_rows]
+    _ended(session, failed_ids)
+    return [str(row.job_id) for row in requeued_rows], failed_ids

@@ -45,7 +45,7 @@ def test_cpu_processes_never_import_torch() -> None:
         "import worker.tasks.prepare, worker.preparation, shared.fetch, shared.deletion.run\n"
         "import worker.pipeline.profiles, worker.launcher, worker.generation, shared.styles, shared.lora_files\n"
         "import worker.tasks.train, worker.tasks.prepare_style, worker.style_preparation, worker.training.stop\n"
-        "import worker.training_maintenance, shared.training, shared.deletion.training\n"
+        "import worker.maintenance, shared.training, shared.deletion.training\n"
         "heavy = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )

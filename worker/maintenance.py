@@ -1,11 +1,15 @@
-"""Maintenance logic run by beat through the maintenance tasks: the outbox relay, the sweep and upkeep.
+"""Maintenance logic run by beat through the maintenance tasks: the outbox relays, the sweep and upkeep.
+
+No torch here: the CPU worker that runs maintenance imports this.
 
 - ``relay_unpublished``: publishes queued jobs that have no publish on record (broker down at submit, jobs given
   back, jobs held back by the per-client cap), all queued jobs when the broker lost its data, and jobs whose
   publish is so old that their message may have died with a worker (``republish_after_s``).
-- ``sweep``: expired leases back to the queue (or ``failed``/``worker_lost``), queued jobs past ``cancel_after``
-  to ``canceled``/``deadline``.
-  Followers (in-flight dedupe) whose leader finished or vanished without taking them along are settled.
+- ``relay_trainings``: the same for queued trainings (broker down at submit, given back, re-queued).
+- ``sweep``: expired leases of jobs and trainings back to the queue (trainings resume from their checkpoint), or
+  ``failed``/``worker_lost`` once ``max_attempts`` attempts were lost; queued jobs past ``cancel_after`` to
+  ``canceled``/``deadline``. Followers (in-flight dedupe) whose leader finished or vanished without taking them
+  along are settled.
 - ``upkeep``: forgets idempotency keys and result cache entries older than their retention.
 """
 
@@ -14,7 +18,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from shared import cache, idempotency, jobs
+from shared import cache, idempotency, jobs, tasks, training
 from shared.db import Database
 from shared.queue import Publisher
 from shared.settings import Settings
@@ -28,21 +32,26 @@ class Sweep:
     failed: list[str] = field(default_factory=list)
     deadline: list[str] = field(default_factory=list)
     followers: list[str] = field(default_factory=list)
+    trainings_requeued: list[str] = field(default_factory=list)
+    trainings_failed: list[str] = field(default_factory=list)
 
 
 def sweep(db: Database, settings: Settings) -> Sweep:
-    """Expired leases and passed deadlines, each one fenced transition per job."""
+    """Expired leases and passed deadlines, each one fenced transition per row."""
     with db.begin() as session:
         requeued, failed = jobs.expire_leases(session, settings.max_attempts)
         deadline = jobs.expire_deadlines(session)
         followers = cache.release_orphans(session)
-    if requeued or failed:
-        log.warning("lease sweep: %d job(s) re-queued, %d failed worker_lost", len(requeued), len(failed))
+    with db.begin() as session:
+        trainings_requeued, trainings_failed = training.expire_leases(session, settings.max_attempts)
+    for kind, back, lost in (("job", requeued, failed), ("training", trainings_requeued, trainings_failed)):
+        if back or lost:
+            log.warning("lease sweep: %d %s(s) re-queued, %d failed worker_lost", len(back), kind, len(lost))
     if deadline:
         log.info("deadline sweep: %d queued job(s) canceled (cancel_after passed)", len(deadline))
     if followers:
         log.warning("follower sweep: %d follower(s) of a finished or missing job settled", len(followers))
-    return Sweep(requeued, failed, deadline, followers)
+    return Sweep(requeued, failed, deadline, followers, trainings_requeued, trainings_failed)
 
 
 def relay_unpublished(db: Database, settings: Settings, publisher: Publisher, batch: int = 500) -> int:
@@ -62,6 +71,22 @@ def relay_unpublished(db: Database, settings: Settings, publisher: Publisher, ba
     if published:
         log.info("relay: published %d job(s)", len(published))
     return len(published)
+
+
+def relay_trainings(db: Database, settings: Settings, publisher: Publisher) -> int:
+    """Publish queued trainings that have no publish on record (broker down at submit, given back, re-queued)."""
+    with db.begin() as session:
+        pending = training.unpublished(session, settings.relay_delay_s)
+    published = 0
+    for job_id, queue in pending:
+        if not publisher.send(tasks.STYLE_TASK_BY_QUEUE[queue], job_id, queue):
+            break  # the broker is still down: the next round tries again
+        with db.begin() as session:
+            training.mark_published(session, job_id)
+        published += 1
+    if published:
+        log.info("relay: published %d training(s)", published)
+    return published
 
 
 def _forget_publishes(db: Database) -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -23,7 +24,9 @@ from shared.db import Database, is_unavailable
 from shared.models import Client, GenerationMetric, JobImage
 from shared.settings import Settings
 from tests.shared.test_jobs import add_job, load
-from worker.generation import fail_after_hard_time_limit, retry_delay, run_generation
+from worker import limits
+from worker.attempt import retry_delay
+from worker.generation import run_generation
 from worker.runtime import Runtime
 
 pytestmark = pytest.mark.filterwarnings(
@@ -304,58 +307,43 @@ def test_hard_time_limit_fails_the_job_of_this_worker_only(runtime: Runtime, db:
     job_id = add_job(db, request=request_doc())
     with db.begin() as session:
         assert isinstance(jobs.started(session, job_id, "gpu0@host-a:4242", 60), jobs.Claim)
-    assert not fail_after_hard_time_limit(runtime, job_id, "gpu0@host")  # not this node (prefix of another)
-    assert not fail_after_hard_time_limit(runtime, job_id, "gpu1@host-a")
-    assert fail_after_hard_time_limit(runtime, job_id, "gpu0@host-a")
+    assert not limits.GENERATION.fail(runtime, job_id, "gpu0@host")  # not this node (prefix of another)
+    assert not limits.GENERATION.fail(runtime, job_id, "gpu1@host-a")
+    assert limits.GENERATION.fail(runtime, job_id, "gpu0@host-a")
     job = load(db, job_id)
     assert job.status == "failed" and job.error_code == "time_limit"
-    assert not fail_after_hard_time_limit(runtime, job_id, "gpu0@host-a")  # terminal: unchanged
+    assert not limits.GENERATION.fail(runtime, job_id, "gpu0@host-a")  # terminal: unchanged
 
 
-def test_the_task_fails_its_job_when_celery_reports_the_hard_time_limit(runtime: Runtime, db: Database,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """Celery (celery.worker.request.Request.on_timeout) calls the task's on_failure in the worker's main process
-    with TimeLimitExceeded after killing the pool child; the node name comes from celeryd_after_setup."""
-    from billiard.exceptions import TimeLimitExceeded
+@contextlib.contextmanager
+def at_unet_call(runtime: Runtime, number: int, action: Callable[[], object]) -> Iterator[list[int]]:
+    """Run ``action`` as the pipeline's ``number``-th UNet call starts (one call per step: guidance is batched);
+    yields the count of calls so far."""
+    calls = [0]
 
-    from worker import node
-    from worker import runtime as runtime_module
-    from worker.tasks.generate import generate
+    def hook(*_: object) -> None:
+        calls[0] += 1
+        if calls[0] == number:
+            action()
 
-    job_id = add_job(db, request=request_doc())
-    with db.begin() as session:
-        assert isinstance(jobs.started(session, job_id, "gpu2@host-b:99", 60), jobs.Claim)
-    monkeypatch.setattr(runtime_module, "_runtime", runtime)  # this process's runtime, as get_runtime() gives it
-    node._remember(sender="gpu2@host-b", instance=None)
+    handle = runtime.engine().pipe.unet.register_forward_pre_hook(hook)
     try:
-        generate.on_failure(ValueError("not a time limit"), "task-1", [job_id], {}, None)
-        assert load(db, job_id).status == "running"
-        generate.on_failure(TimeLimitExceeded(660), "task-1", [job_id], {}, None)
+        yield calls
     finally:
-        node.name = None
-    job = load(db, job_id)
-    assert (job.status, job.error_code) == ("failed", "time_limit")
-    assert job.error_message == "the generation was stopped at the hard time limit of 660 s"
+        handle.remove()
 
 
 def test_cancel_stops_within_one_step(runtime: Runtime, db: Database) -> None:
     runtime.settings = runtime.settings.model_copy(update={"progress_interval_s": 0.0})
     job_id = add_job(db, request=request_doc(steps=10))
-    calls = 0
 
-    def cancel_at_third_step(*_: object) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 3:  # the client cancels while step 3 runs
-            with db.begin() as session:
-                jobs.request_cancel(session, job_id)
+    def cancel() -> None:
+        with db.begin() as session:
+            jobs.request_cancel(session, job_id)
 
-    handle = runtime.engine().pipe.unet.register_forward_pre_hook(cancel_at_third_step)
-    try:
+    with at_unet_call(runtime, 3, cancel) as calls:  # the client cancels while step 3 runs
         assert run_generation(job_id, runtime) == "canceled"
-    finally:
-        handle.remove()
-    assert calls == 3  # step 3 finished, no step after it (one UNet call per step: guidance is batched)
+    assert calls == [3]  # step 3 finished, no step after it
     assert stored_images(db, job_id) == [] and runtime.storage.delete_prefix(f"jobs/{job_id}/") == 0
     assert metrics(db, job_id)[0].outcome == "canceled"
 
@@ -376,6 +364,34 @@ def test_a_metrics_row_says_where_the_time_went(runtime: Runtime, db: Database) 
     assert (row.identity_refs, row.style_ref, row.lora, row.embeddings_cached) == (0, False, None, 0)
     assert row.queue_wait_s >= 0 and row.load_s is not None and row.inference_s is not None
     assert row.store_s is not None and row.total_s >= row.inference_s + row.load_s + row.store_s
+
+
+def test_the_jobs_timings_and_its_metrics_row_tell_the_same_attempt(runtime: Runtime, db: Database) -> None:
+    job_id = add_job(db, request=request_doc(), seed=9)
+    assert run_generation(job_id, runtime) == "succeeded"
+    timings = load(db, job_id).timings
+    (row,) = metrics(db, job_id)
+    assert timings is not None and row.inference_s is not None
+    assert timings["queued_s"] == round(row.queue_wait_s, 3)
+    assert timings["inference_s"] == round(row.inference_s, 3)
+    # The job's total (from its creation) is taken as it finishes; the metrics row's runs to the end of the finish.
+    assert timings["total_s"] <= round(row.queue_wait_s + row.total_s, 3)
+    assert timings["total_s"] > timings["queued_s"] + timings["inference_s"]
+
+
+def test_a_worker_stopping_mid_job_gives_it_back_to_run_again_at_once(runtime: Runtime, db: Database) -> None:
+    runtime.settings = runtime.settings.model_copy(update={"progress_interval_s": 0.0})
+    job_id = add_job(db, request=request_doc(steps=10))
+    # Celery's soft shutdown ran out of grace while step 3 runs (worker.lifecycle sets the flag).
+    with at_unet_call(runtime, 3, runtime.stopping.set) as calls:
+        assert run_generation(job_id, runtime) == "requeued:shutdown"
+    assert calls == [3]  # no step after the one that saw the stop
+    job = load(db, job_id)
+    assert (job.status, job.published_at, job.not_before) == ("queued", None, None)  # no backoff: not its fault
+    with db.begin() as session:
+        assert jobs.transitions(session, job_id)[-1][3] == "shutdown"
+    assert [(m.outcome, m.error_code) for m in metrics(db, job_id)] == [("requeued", "shutdown")]
+    assert stored_images(db, job_id) == []
 
 
 def test_a_storage_fault_is_retried_with_backoff_then_fails_on_the_last_attempt(runtime: Runtime,

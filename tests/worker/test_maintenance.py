@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import redis
+from sqlalchemy import select
 
-from shared import jobs
+from shared import jobs, tasks, training
 from shared.db import Database
-from shared.models import Job
+from shared.models import Job, StyleVersion
 from shared.queue import BROKER_EPOCH_KEY, Publisher, make_celery
 from shared.settings import Settings
+from shared.training import TrainingClaim
 from tests.shared.test_jobs import add_job, claim, load, unpublished_ids
-from worker.maintenance import relay_unpublished, sweep
+from worker.maintenance import relay_trainings, relay_unpublished, sweep
+
+ClaimTraining = Callable[[Database, str, float], TrainingClaim]  # the ``claimed_training`` fixture
 
 
 def queued_ids(client: redis.Redis, queue: str) -> list[str]:
@@ -64,6 +69,36 @@ def test_sweep_requeues_expired_leases_then_fails_worker_lost(any_db: Database, 
     assert job_id in result.failed
     job = load(any_db, job_id)
     assert job.status == "failed" and job.error_code == "worker_lost"
+
+
+def test_the_sweep_requeues_an_expired_training_then_fails_it_worker_lost(
+        any_db: Database, settings: Settings, claimed_training: ClaimTraining) -> None:
+    job_id = claimed_training(any_db, "w1", -1).job_id  # its worker died: the lease ran out
+    once = settings.model_copy(update={"max_attempts": 1})
+    assert job_id in sweep(any_db, settings).trainings_requeued
+    with any_db.begin() as session:
+        assert isinstance(training.claim(session, job_id, "w2", -1), training.TrainingClaim)
+    assert job_id in sweep(any_db, once).trainings_failed
+    with any_db.begin() as session:
+        row = session.execute(select(StyleVersion).where(StyleVersion.job_id == job_id)).scalar_one()
+    assert (row.status, row.error_code) == ("failed", "worker_lost")
+
+
+def test_the_relay_publishes_a_queued_training_once(
+        db: Database, settings: Settings, claimed_training: ClaimTraining) -> None:
+    job_id = claimed_training(db, "w1", -1).job_id
+    sweep(db, settings)  # back to the queue, unpublished
+    broker = redis.Redis.from_url(settings.broker_url)
+    broker.delete(tasks.QUEUE_TRAINING)
+    publisher = Publisher(make_celery(settings, producer=True))
+    relaxed = settings.model_copy(update={"relay_delay_s": 0.0})
+    rounds = 0
+    while relay_trainings(db, relaxed, publisher) and rounds < 100:  # older trainings of the session's tests first
+        rounds += 1
+    assert job_id in queued_ids(broker, tasks.QUEUE_TRAINING)
+    relay_trainings(db, relaxed, publisher)
+    assert queued_ids(broker, tasks.QUEUE_TRAINING).count(job_id) == 1  # marked published: not sent again
+    broker.delete(tasks.QUEUE_TRAINING)
 
 
 def test_a_broker_that_lost_its_data_gets_every_queued_job_again(db: Database, settings: Settings) -> None:

@@ -359,6 +359,24 @@ def test_a_missing_picture_or_missing_weights_fail_the_version(runtime: Runtime,
     assert run_training(job_id, runtime, publisher) == "skipped:terminal"  # a re-delivery is dropped
 
 
+def test_out_of_memory_in_a_training_step_fails_the_version_out_of_memory(runtime: Runtime, db: Database,
+                                                                         publisher: Publisher) -> None:
+    from diffusers import UNet2DConditionModel
+
+    def out_of_memory(module: torch.nn.Module, *_: object) -> None:
+        if isinstance(module, UNet2DConditionModel):  # inside the real training step's UNet call
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    job_id = queue_training(db, runtime.storage)
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(out_of_memory)
+    try:
+        assert run_training(job_id, runtime, publisher) == "failed:out_of_memory"
+    finally:
+        handle.remove()
+    row = version(db, job_id)
+    assert row.error_message == "the GPU ran out of memory; try a lower resolution or batch_size"
+
+
 def test_the_training_task_has_its_own_time_limits_and_generation_keeps_its_own() -> None:
     import worker.tasks.generate
     import worker.tasks.train  # noqa: F401 - registers the task, as a worker's `include` does

@@ -6,16 +6,13 @@ import logging
 import os
 import random
 import time
-from typing import Any
 
-from billiard.einfo import ExceptionInfo
-from billiard.exceptions import TimeLimitExceeded
 from celery import Task
 from celery.exceptions import Reject
 
 from shared import tasks
 from shared.db import is_unavailable
-from worker import node, observability
+from worker import limits, observability
 from worker.celery_app import app
 from worker.lifecycle import watch_for_stop
 from worker.runtime import get_runtime
@@ -23,16 +20,8 @@ from worker.runtime import get_runtime
 log = logging.getLogger(__name__)
 
 
-class GenerateTask(Task):
-    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: ExceptionInfo) -> None:
-        """At the hard time limit the pool child is killed and Celery calls this in the main process: the job
-        would otherwise stay running until its lease expires and then run again."""
-        if not isinstance(exc, TimeLimitExceeded) or not args or node.name is None:
-            return
-        from worker.generation import fail_after_hard_time_limit
-
-        if fail_after_hard_time_limit(get_runtime(), str(args[0]), node.name):
-            log.warning("job %s failed: time_limit (hard)", args[0])
+class GenerateTask(limits.HardTimeLimitTask):
+    hard_time_limit = limits.GENERATION  # the job fails time_limit, instead of running again after its lease
 
 
 @app.task(name=tasks.GENERATE, ignore_result=True, bind=True, base=GenerateTask)

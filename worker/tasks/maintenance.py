@@ -14,16 +14,14 @@ from shared.queue import Publisher
 from worker import maintenance, observability
 from worker.celery_app import app
 from worker.runtime import get_runtime
-from worker.training_maintenance import relay_trainings, sweep_training_leases
 
 
 @app.task(name=tasks.SWEEP, ignore_result=True, acks_late=False)
 def sweep() -> dict[str, int]:
     runtime = get_runtime()
     result = maintenance.sweep(runtime.db, runtime.settings)
-    trainings_requeued, trainings_failed = sweep_training_leases(runtime.db, runtime.settings)
-    return {"requeued": len(result.requeued) + len(trainings_requeued),
-            "failed": len(result.failed) + len(trainings_failed), "deadline": len(result.deadline)}
+    return {"requeued": len(result.requeued) + len(result.trainings_requeued),
+            "failed": len(result.failed) + len(result.trainings_failed), "deadline": len(result.deadline)}
 
 
 @app.task(name=tasks.RELAY, ignore_result=True, acks_late=False)
@@ -31,7 +29,7 @@ def relay() -> int:
     runtime = get_runtime()
     publisher = Publisher(app)
     published = maintenance.relay_unpublished(runtime.db, runtime.settings, publisher)
-    published += relay_trainings(runtime.db, runtime.settings, publisher)
+    published += maintenance.relay_trainings(runtime.db, runtime.settings, publisher)
     published += relay_deletions(runtime.db, publisher)
     observability.RELAY_RUNS.inc()
     observability.RELAY_PUBLISHED.inc(published)

@@ -3,8 +3,8 @@
 The task shell (``worker.tasks.train``) only calls ``run_training``; everything here is plain code over the
 database, storage and the trainer, so it is testable without Celery.
 
-While it trains, a heartbeat thread renews the lease; after each step the loop records progress and the mean loss
-(at most every ``progress_interval_s``, reading the cancel flag with it), writes a checkpoint every
+While it trains, a heartbeat thread renews the lease (``worker.leases``); after each step the loop records progress
+and the mean loss (at most every ``progress_interval_s``, reading the cancel flag with it), writes a checkpoint every
 ``training_checkpoint_every`` steps, and stops when the client canceled (``canceled``), another attempt owns the
 training (``lost``), or the worker got SIGTERM (checkpoint, back to the queue, published again: ``requeued``). A
 later attempt resumes from the checkpoint, its progress continuing from that step.
@@ -16,9 +16,7 @@ import hashlib
 import io
 import logging
 import tempfile
-import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +30,8 @@ from shared.lora_files import inspect_lora
 from shared.models import TrainingImage
 from shared.queue import Publisher
 from shared.storage import ObjectNotFound, StorageError
+from worker import limits
+from worker.leases import LeaseWatch
 from worker.runtime import Runtime
 from worker.training import checkpoints
 from worker.training.stop import stop_requested
@@ -44,51 +44,20 @@ log = logging.getLogger(__name__)
 CHECKPOINT_CONTENT_TYPE = "application/octet-stream"
 
 
-@dataclass
-class Watch:
-    """Renews the lease on a timer from the claim on (loading a model takes a while too); after each step records
-    progress, writes checkpoints, and says when to stop.
+class Watch(LeaseWatch[training.TrainingClaim]):
+    """The lease watch of a training, from the claim on (loading a model takes a while too); after each step it
+    records progress and the mean loss, writes checkpoints, and says when to stop.
 
     ``stop_reason``: ``canceled`` (the client asked), ``lost`` (another attempt owns the training now) or
     ``stopping`` (SIGTERM).
     """
 
-    runtime: Runtime
-    claim: training.TrainingClaim
-    total: int
-    trainer: LoraTrainer | None = None  # set once loaded
-    stop_reason: str | None = None
-    losses: list[float] = field(default_factory=list)
-    last_loss: float | None = None
-    _last_write: float = field(default_factory=time.monotonic)
-    _done: threading.Event = field(default_factory=threading.Event)
-
-    def __post_init__(self) -> None:
-        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{self.claim.job_id}", daemon=True)
-
-    def __enter__(self) -> Watch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._done.set()
-        self._thread.join()
-
-    def _renew(self, step: int | None = None, loss: float | None = None) -> None:
-        try:
-            with self.runtime.db.begin() as session:
-                cancel = training.heartbeat(session, self.claim, self.runtime.settings.lease_s, step=step, loss=loss)
-        except Exception as exc:  # a database blip: the next beat tries again, the lease has slack
-            log.warning("heartbeat of training %s failed (%s)", self.claim.job_id, type(exc).__name__)
-            return
-        if cancel is None:
-            self.stop_reason = "lost"
-        elif cancel:
-            self.stop_reason = self.stop_reason or "canceled"
-
-    def _beat(self) -> None:
-        while not self._done.wait(self.runtime.settings.heartbeat_s):
-            self._renew()
+    def __init__(self, runtime: Runtime, claim: training.TrainingClaim, total: int) -> None:
+        super().__init__(runtime, claim, training.heartbeat, "training")
+        self.total = total
+        self.trainer: LoraTrainer | None = None  # set once loaded
+        self.losses: list[float] = []
+        self.last_loss: float | None = None
 
     def mean_loss(self) -> float | None:
         if self.losses:
@@ -102,16 +71,14 @@ class Watch:
         self.losses.append(loss)
         if step < self.total and step % settings.training_checkpoint_every == 0:
             self.save_checkpoint()
-        now = time.monotonic()
-        if step < self.total and now - self._last_write >= settings.progress_interval_s:
-            self._last_write = now
-            self._renew(step, self.mean_loss())
+        if step < self.total and self.progress_due():
+            self.renew(step=step, loss=self.mean_loss())
         return self.go_on()
 
     def go_on(self) -> bool:
         """Whether to keep training: nobody canceled it, it still holds its lease, and the worker is not stopping."""
-        if self.stop_reason is None and stop_requested():
-            self.stop_reason = "stopping"
+        if stop_requested():
+            self.stop("stopping")
         return self.stop_reason is None
 
     def save_checkpoint(self) -> None:
@@ -237,12 +204,6 @@ def _give_back(runtime: Runtime, publisher: Publisher, claim: training.TrainingC
     return moved
 
 
-def _is_out_of_memory(exc: BaseException) -> bool:
-    import torch
-
-    return isinstance(exc, torch.cuda.OutOfMemoryError)
-
-
 def run_training(job_id: str, runtime: Runtime, publisher: Publisher) -> str:
     """Run one training to its end (or give it back); returns what happened, for the worker log."""
     from worker.training.trainer import TrainingDiverged
@@ -306,18 +267,8 @@ def run_training(job_id: str, runtime: Runtime, publisher: Publisher) -> str:
             return "requeued:storage"
         return fail(ErrorCode.INTERNAL, "the store kept failing")
     except Exception as exc:
-        if _is_out_of_memory(exc):
+        if limits.is_out_of_memory(exc):
             return fail(ErrorCode.OUT_OF_MEMORY, "the GPU ran out of memory; try a lower resolution or batch_size")
         # The exception type only: a message could echo a caption.
         log.error("training %s: unexpected %s", job_id, type(exc).__name__, exc_info=settings.log_level == "DEBUG")
         return fail(ErrorCode.INTERNAL, "an unexpected error occurred while training")
-
-
-def fail_after_hard_time_limit(runtime: Runtime, job_id: str, hostname: str) -> bool:
-    """The pool child running ``job_id`` was killed at the hard time limit: fail the training ``time_limit``.
-
-    Runs in the worker's main process (Celery calls the task's ``on_failure`` there), fenced by the worker name.
-    """
-    message = f"the training was stopped at the hard time limit of {runtime.settings.training_time_limit_s} s"
-    with runtime.db.begin() as session:
-        return training.failed_on_worker(session, job_id, f"{hostname}:", ErrorCode.TIME_LIMIT, message)
