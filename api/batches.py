@@ -6,6 +6,8 @@ written in one transaction. A request that does not name its ``priority`` goes t
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from flask import Blueprint, Flask, Response, jsonify
 from sqlalchemy import select
 
@@ -21,6 +23,7 @@ from shared import jobs
 from shared.models import Batch, Job
 from shared.schemas import BatchCreated, BatchOut, BatchRequest
 from shared.states import JobStatus
+from shared.stored_request import RequestOutline
 
 bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
 
@@ -63,6 +66,11 @@ def create_batch() -> tuple[Response, int, dict[str, str]]:
     return jsonify(created.model_dump(mode="json")), 202, headers
 
 
+def _request_order(job: Job) -> tuple[int, datetime, str]:
+    """A batch lists its jobs in the order of its requests."""
+    return RequestOutline.model_validate(job.request).batch_index or 0, job.created_at, job.id
+
+
 @bp.get("/<batch_id>")
 @require("generate")
 @operation("Read a batch: counts per state and its jobs", tags=["batches"],
@@ -75,8 +83,7 @@ def get_batch(batch_id: str) -> Response:
         ).scalar_one_or_none()
         if batch is None:
             raise not_found("batch")
-        rows = sorted(session.execute(select(Job).where(Job.batch_id == batch.id)).scalars(),
-                      key=lambda job: (job.request.get("batch_index", 0), job.created_at, job.id))
+        rows = sorted(session.execute(select(Job).where(Job.batch_id == batch.id)).scalars(), key=_request_order)
         counts = {state.value: 0 for state in JobStatus}
         for job in rows:
             counts[job.status] += 1

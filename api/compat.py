@@ -30,6 +30,7 @@ from shared.autobio import GeneratePending, GenerateRequest, GenerateResult, Res
 from shared.models import Job
 from shared.schemas import IllustrationRequest
 from shared.states import JobStatus
+from shared.stored_request import StoredRequest
 
 bp = Blueprint("autobio", __name__, url_prefix="/api/illustrations")
 
@@ -53,10 +54,11 @@ def _answer(job: Job) -> tuple[Response, int, dict[str, str]]:
     headers = {"Location": status_path(job.id)}
     if job.status == JobStatus.SUCCEEDED.value and job.images:
         timings = job.timings or {}
+        params = StoredRequest.model_validate(job.request).params
         result = GenerateResult(
             image_url=f"{base_url()}{job_path(job.id)}/images/0",
             generation_id=job.id,
-            metadata=ResultMetadata(model=_model_name(job.model), parameters=dict(job.request.get("params", {})),
+            metadata=ResultMetadata(model=_model_name(job.model), parameters=params.model_dump(mode="json"),
                                     generation_time=float(timings.get("inference_s") or timings.get("total_s") or 0)),
         )
         return jsonify(result.model_dump(mode="json", by_alias=True)), 200, headers

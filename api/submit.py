@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Sequence
-from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -24,6 +23,7 @@ from shared.models import Client, Job, Subject
 from shared.prompts import build_prompt
 from shared.schemas import IllustrationRequest, ImageRef, SubjectRef
 from shared.states import JobStatus
+from shared.stored_request import Reference, Resolved, StoredRef, StoredRequest, UrlRef
 from shared.subjects import latest_version, reference
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ _PUBLISHED_WAITING = "submit.published_waiting"  # session.info: client id -> qu
 
 
 def _stored(session: Session, client_id: str, user_id: str, *, subject_id: str | None = None,
-            name: str | None = None) -> dict[str, Any] | None:
+            name: str | None = None) -> StoredRef | None:
     query = select(Subject).where(Subject.client_id == client_id, Subject.user_id == user_id)
     query = query.where(Subject.id == subject_id) if subject_id is not None else query.where(Subject.name == name)
     subject = session.execute(query).scalar_one_or_none()
@@ -58,13 +58,12 @@ def _url(url: str, field: str, svc: Services, errors: list[tuple[str, str]]) -> 
 
 
 def _resolve_one(session: Session, svc: Services, client_id: str, user_id: str, ref: SubjectRef | ImageRef,
-                 field: str, index: int, errors: list[tuple[str, str]]) -> dict[str, Any] | None:
+                 field: str, index: int, errors: list[tuple[str, str]]) -> Reference | None:
+    name = ref.name if isinstance(ref, SubjectRef) else None
     if ref.image_url is not None:
         if not _url(ref.image_url, f"{field}.image_url", svc, errors):
             return None
-        name = ref.name if isinstance(ref, SubjectRef) else None
-        return {"index": index, "name": name, "image_url": ref.image_url}  # fetched by the preparation step
-    name = ref.name if isinstance(ref, SubjectRef) else None
+        return UrlRef(index=index, name=name, image_url=ref.image_url)  # fetched by the preparation step
     resolved = _stored(session, client_id, user_id, subject_id=ref.subject_id, name=name)
     if resolved is None:
         errors.append((field, "no such subject for this user"))
@@ -72,7 +71,7 @@ def _resolve_one(session: Session, svc: Services, client_id: str, user_id: str, 
 
 
 def resolve_references(session: Session, svc: Services, client_id: str, body: IllustrationRequest,
-                       prefix: str, errors: list[tuple[str, str]]) -> dict[str, Any]:
+                       prefix: str, errors: list[tuple[str, str]]) -> Resolved:
     """Subjects and the style reference, resolved to stored versions (or URLs for the preparation step)."""
     identity = []
     for i, ref in enumerate(body.subjects):
@@ -87,11 +86,11 @@ def resolve_references(session: Session, svc: Services, client_id: str, body: Il
     if body.params.style_lora is not None:
         style_lora = _resolve_style(session, client_id, body.params.style_lora, f"{prefix}params.style_lora", errors)
     check_webhook_url(body.webhook_url, f"{prefix}webhook_url", svc, errors)  # checked again at delivery (resolved)
-    return {"identity": identity, "style": style, "style_lora": style_lora}
+    return Resolved(identity=identity, style=style, style_lora=style_lora)
 
 
 def _resolve_style(session: Session, client_id: str, text: str, field: str,
-                   errors: list[tuple[str, str]]) -> dict[str, Any] | None:
+                   errors: list[tuple[str, str]]) -> styles.StyleRef | None:
     """A style by name (its active version when the job runs) or name@version; it must be ready now."""
     try:
         ref = styles.parse_ref(text)
@@ -102,12 +101,7 @@ def _resolve_style(session: Session, client_id: str, text: str, field: str,
     except styles.StyleNotFound:
         errors.append((field, "unknown style, or no ready version of it"))
         return None
-    return styles.submitted(ref)
-
-
-def _needs_preparation(resolved: dict[str, Any]) -> bool:
-    refs = [*resolved["identity"], *([resolved["style"]] if resolved["style"] else [])]
-    return any("image_url" in ref for ref in refs)
+    return ref
 
 
 def refuse_if_deleting(session: Session, client_id: str, user_ids: set[str]) -> None:
@@ -162,6 +156,20 @@ def apply_variant(session: Session, svc: Services, client_id: str,
     return body.model_copy(update={"params": body.params.model_copy(update=overrides)}), variant
 
 
+def stored_request(body: IllustrationRequest, svc: Services, *, seed: int, priority: str, resolved: Resolved,
+                   variant: str, batch_index: int | None) -> StoredRequest:
+    """What the job row keeps of an accepted request (``shared.stored_request``): the request as given (without
+    the metadata, webhook URL and deadline, which have columns), the seed drawn, the references resolved."""
+    asked = body.model_dump(mode="json", exclude={"metadata", "webhook_url", "cancel_after"})
+    asked["params"]["seed"] = seed
+    experiment = svc.settings.experiment
+    # One validation of the dumped request (half the time of building the parts one by one: bench/README.md).
+    return StoredRequest.model_validate({
+        **asked, "priority": priority, "resolved": resolved, "variant": variant,
+        "experiment": experiment.name if experiment is not None else None, "batch_index": batch_index,
+    })
+
+
 def accept(session: Session, svc: Services, principal: Principal, bodies: Sequence[IllustrationRequest], *,
            batch_id: str | None = None, priorities: Sequence[str] | None = None,
            prefixes: Sequence[str] | None = None) -> list[Job]:
@@ -180,22 +188,16 @@ def accept(session: Session, svc: Services, principal: Principal, bodies: Sequen
         priority = priorities[i] if priorities is not None else body.priority
         seed = body.params.seed if body.params.seed is not None else secrets.randbelow(limits.SEED_MAX + 1)
         built = build_prompt(body, counter)
-        queue = tasks.QUEUE_PREPARE if _needs_preparation(resolved) else tasks.QUEUE_BY_PRIORITY[priority]
-        request_doc = body.model_dump(mode="json", exclude={"metadata", "webhook_url", "cancel_after"})
-        request_doc["params"]["seed"] = seed
-        request_doc["priority"] = priority
-        request_doc["resolved"] = resolved
-        request_doc["variant"] = variant
-        if svc.settings.experiment is not None:
-            request_doc["experiment"] = svc.settings.experiment.name
-        if batch_id is not None:
-            request_doc["batch_index"] = i  # a batch lists its jobs in request order
-        key = cache.request_key(session, svc.settings, principal.client_id, body, request_doc, built.prompt)
+        queue = tasks.QUEUE_PREPARE if resolved.needs_fetching() else tasks.QUEUE_BY_PRIORITY[priority]
+        request = stored_request(body, svc, seed=seed, priority=priority, resolved=resolved, variant=variant,
+                                 batch_index=i if batch_id is not None else None)  # a batch keeps request order
+        key, request = cache.request_key(session, svc.settings, principal.client_id, body, request, built.prompt)
         rows.append(cached.new_job(
             key, client_id=principal.client_id, user_id=body.user_id, priority=priority, queue=queue,
-            request=request_doc, seed=seed, prompt_used=built.prompt, warnings=built.warnings, meta=body.metadata,
-            webhook_url=body.webhook_url, cancel_after=body.cancel_after, batch_id=batch_id,
+            request=request.model_dump(mode="json"), seed=seed, prompt_used=built.prompt, warnings=built.warnings,
+            meta=body.metadata, webhook_url=body.webhook_url, cancel_after=body.cancel_after, batch_id=batch_id,
         ))
+
     if errors:
         raise validation_error(errors)
     refuse_if_deleting(session, principal.client_id, {body.user_id for body in bodies})

@@ -23,16 +23,18 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import PIL.Image
 from billiard.exceptions import SoftTimeLimitExceeded
 from PIL.PngImagePlugin import PngInfo
+from pydantic import ValidationError
 from sqlalchemy import Table, insert
 from sqlalchemy.orm import Session
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential, wait_random
 
-from shared import jobs, styles
+from shared import experiments, jobs, styles
 from shared.db import is_unavailable
 from shared.errors import CancelReason, ErrorCode, JobFailure
 from shared.models import GenerationMetric, Job
 from shared.settings import Settings
 from shared.storage import ObjectNotFound, StorageError
+from shared.stored_request import StoredRef, StoredRequest, UrlRef
 from worker import observability
 from worker.runtime import Runtime, SetupFailed
 
@@ -51,7 +53,7 @@ BASE_MODELS = {"sdxl": "stable-diffusion-xl-base-1.0", "tiny": "tiny-sdxl-random
 class JobInput:
     """What the row says to do (read once, in the claim's transaction)."""
 
-    request: dict[str, Any]
+    stored: StoredRequest | None  # None: the row's request cannot be read (a poison job: it fails ``internal``)
     seed: int
     prompt_used: str
     created_at: datetime
@@ -63,13 +65,16 @@ class JobInput:
     style_error: str | None = None  # the style it names is gone: the job fails style_not_found
 
     @property
-    def params(self) -> dict[str, Any]:
-        return dict(self.request["params"])
+    def request(self) -> StoredRequest:
+        """The stored request; a row whose request cannot be read fails the job (``internal``, never retried)."""
+        if self.stored is None:
+            raise JobFailure(ErrorCode.INTERNAL, "the job's stored request cannot be read")
+        return self.stored
 
     @property
     def variant(self) -> str:
         """The A/B variant decided at submit (``shared.experiments``); jobs from before experiments are ``a``."""
-        return str(self.request.get("variant") or "a")
+        return self.stored.variant_or_control if self.stored is not None else experiments.CONTROL
 
 
 @dataclass
@@ -148,24 +153,27 @@ JOB_COLUMNS = (Job.request, Job.seed, Job.prompt_used, Job.created_at, Job.start
 def _read_job(session: Session, claim: jobs.Claim) -> JobInput:
     """The claimed row (returned by the claim itself) and the style it names, resolved now."""
     row = claim.row
+    try:
+        stored: StoredRequest | None = StoredRequest.model_validate(row.request)
+    except ValidationError:
+        stored = None  # fails in the run, once, with its metrics row
     style, style_error = None, None
-    submitted = (row.request.get("resolved") or {}).get("style_lora")
-    if submitted:
-        ref = styles.from_submitted(submitted)
+    if stored is not None and stored.resolved.style_lora is not None:
         try:
-            style = styles.resolve(session, row.client_id, ref)
+            style = styles.resolve(session, row.client_id, stored.resolved.style_lora)
         except styles.StyleNotFound as exc:
             style_error = str(exc)
-    return JobInput(row.request, row.seed, row.prompt_used or row.request["prompt"], row.created_at, row.started_at,
-                    row.client_id, row.user_id, row.queue, style, style_error)
+    prompt = row.prompt_used or (stored.prompt if stored is not None else "")
+    return JobInput(stored, row.seed, prompt, row.created_at, row.started_at, row.client_id, row.user_id, row.queue,
+                    style, style_error)
 
 
 # --- 2. References and the LoRA ---------------------------------------------------------------------------------
 
 
-def _load_reference(runtime: Runtime, reference: dict[str, Any]) -> PIL.Image.Image:
+def _load_reference(runtime: Runtime, reference: StoredRef) -> PIL.Image.Image:
     try:
-        data = runtime.storage.get(reference["storage_key"])
+        data = runtime.storage.get(reference.storage_key)
     except ObjectNotFound:
         raise JobFailure(ErrorCode.REFERENCE_INVALID, "a reference image is no longer stored") from None
     try:
@@ -176,9 +184,11 @@ def _load_reference(runtime: Runtime, reference: dict[str, Any]) -> PIL.Image.Im
     return image.convert("RGB")
 
 
-def _embedding(runtime: Runtime, adapter: int, reference: dict[str, Any], attempt: Attempt) -> Any:
+def _embedding(runtime: Runtime, adapter: int, reference: StoredRef | UrlRef, attempt: Attempt) -> Any:
+    if isinstance(reference, UrlRef):  # the preparation step stores every URL reference before a GPU sees the job
+        raise JobFailure(ErrorCode.INTERNAL, "a reference given by URL reached a GPU worker unfetched")
     embedding, hit = runtime.embeddings().embedding(
-        adapter, reference["sha256"], lambda: _load_reference(runtime, reference)
+        adapter, reference.sha256, lambda: _load_reference(runtime, reference)
     )
     attempt.embeddings_cached += int(hit)
     observability.embedding_looked_up(hit)
@@ -202,29 +212,28 @@ def _lora_request(runtime: Runtime, job: JobInput) -> Any:
         except ObjectNotFound:
             raise JobFailure(ErrorCode.STYLE_NOT_FOUND, f"the file of style {style.label} is gone") from None
 
-    return LoraRequest(key=style.sha256, scale=float(job.params.get("lora_scale", 0.8)), fetch=fetch)
+    return LoraRequest(key=style.sha256, scale=job.request.params.lora_scale, fetch=fetch)
 
 
 def _request(runtime: Runtime, job: JobInput, attempt: Attempt) -> GenerationRequest:
     from worker.pipeline.engine import IDENTITY, STYLE, GenerationRequest
 
-    params = job.params
-    resolved = job.request.get("resolved") or {}
-    style_ref = resolved.get("style")
+    request = job.request
+    params, resolved = request.params, request.resolved
     return GenerationRequest(
         prompt=job.prompt_used,
-        negative_prompt=job.request.get("negative_prompt"),
-        width=params["width"],
-        height=params["height"],
-        steps=params["steps"],
-        guidance_scale=params["guidance_scale"],
+        negative_prompt=request.negative_prompt,
+        width=params.width,
+        height=params.height,
+        steps=params.steps,
+        guidance_scale=params.guidance_scale,
         seed=job.seed,
-        num_images=params["num_images"],
-        identity_embeds=tuple(_embedding(runtime, IDENTITY, ref, attempt) for ref in resolved.get("identity", [])),
-        identity_scale=params["identity_scale"],
-        style_embeds=_embedding(runtime, STYLE, style_ref, attempt) if style_ref else None,
-        style_scale=params["style_scale"],
-        content_scale=params["content_scale"],
+        num_images=params.num_images,
+        identity_embeds=tuple(_embedding(runtime, IDENTITY, ref, attempt) for ref in resolved.identity),
+        identity_scale=params.identity_scale,
+        style_embeds=_embedding(runtime, STYLE, resolved.style, attempt) if resolved.style is not None else None,
+        style_scale=params.style_scale,
+        content_scale=params.content_scale,
         lora=_lora_request(runtime, job),
     )
 
@@ -270,7 +279,7 @@ def _encode(image: PIL.Image.Image, fmt: str, runtime: Runtime, job: JobInput, i
 
 
 def _store(runtime: Runtime, claim: jobs.Claim, job: JobInput, images: list[PIL.Image.Image]) -> list[jobs.StoredImage]:
-    fmt = job.params.get("output_format", "png")
+    fmt = job.request.params.output_format
     stored = []
     for index, image in enumerate(images):
         data = _encode(image, fmt, runtime, job, index)
@@ -318,8 +327,7 @@ def _record(session: Session, runtime: Runtime, claim: jobs.Claim, job: JobInput
 
 def _metric(runtime: Runtime, claim: jobs.Claim, job: JobInput, attempt: Attempt, outcome: str,
             error_code: str | None = None) -> dict[str, Any]:
-    params = job.params
-    resolved = job.request.get("resolved") or {}
+    stored = job.stored  # None for a poison job, whose row is still written as it fails
     engine = runtime.loaded_engine()
     return {
         "job_id": claim.job_id,
@@ -334,15 +342,15 @@ def _metric(runtime: Runtime, claim: jobs.Claim, job: JobInput, attempt: Attempt
         "inference_s": attempt.inference_s,
         "store_s": attempt.store_s,
         "total_s": time.monotonic() - attempt.started,
-        # .get: the row of a job whose request is malformed (a poison job) must still be written as it fails.
-        "steps": int(params.get("steps", 0)),
-        "width": int(params.get("width", 0)),
-        "height": int(params.get("height", 0)),
-        "num_images": int(params.get("num_images", 0)),
+        # 0: the row of a job whose request cannot be read (a poison job) is still written as it fails.
+        "steps": stored.params.steps if stored is not None else 0,
+        "width": stored.params.width if stored is not None else 0,
+        "height": stored.params.height if stored is not None else 0,
+        "num_images": stored.params.num_images if stored is not None else 0,
         "profile": engine.profile.name if engine else runtime.settings.model_profile,
         "revision": engine.revision if engine else None,
-        "identity_refs": len(resolved.get("identity") or []),
-        "style_ref": bool(resolved.get("style")),
+        "identity_refs": len(stored.resolved.identity) if stored is not None else 0,
+        "style_ref": stored is not None and stored.resolved.style is not None,
         "embeddings_cached": attempt.embeddings_cached,
         "lora": job.style.label if job.style else None,
         "lora_resident": attempt.lora_resident,
