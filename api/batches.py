@@ -15,7 +15,7 @@ from api import submit
 from api.auth import current_principal, require
 from api.body import json_body
 from api.errors import not_found, validation_error
-from api.idempotency import idempotent, record
+from api.idempotency import idempotent
 from api.openapi import IDEMPOTENCY_KEY, Returns, operation
 from api.services import services
 from api.views import job_out
@@ -47,23 +47,16 @@ def create_batch() -> tuple[Response, int, dict[str, str]]:
     if errors:
         raise validation_error(errors)
     priorities = [r.priority if "priority" in r.model_fields_set else "batch" for r in body.requests]
-    with svc.db.begin() as session:
-        batch = Batch(client_id=principal.client_id, webhook_url=body.webhook_url)
-        session.add(batch)
-        session.flush()
-        rows = submit.accept(session, svc, principal, body.requests, batch_id=batch.id, priorities=priorities,
-                             prefixes=[f"requests.{i}." for i in range(len(body.requests))])
-        batch_id = batch.id
-        created = BatchCreated(id=batch_id, job_ids=[job.id for job in rows], links={"self": batch_path(batch_id)})
-        headers = {"Location": batch_path(batch_id)}
-        users = {job.user_id for job in rows}
-        # What a retry with the same Idempotency-Key gets (committed with the jobs). One user: deleting them removes
-        # the record; a batch for several users names none (the record holds only ids).
-        record(session, 202, created.model_dump(mode="json"), headers,
-               user_id=next(iter(users)) if len(users) == 1 else None)
-        queued = submit.publishable(session, svc, rows)
-    submit.publish(svc, queued)
-    return jsonify(created.model_dump(mode="json")), 202, headers
+    batch = Batch(client_id=principal.client_id, webhook_url=body.webhook_url)
+
+    def answer(rows: list[Job]) -> submit.Answer:
+        out = BatchCreated(id=batch.id, job_ids=[job.id for job in rows], links={"self": batch_path(batch.id)})
+        return submit.Answer(out.model_dump(mode="json"), {"Location": batch_path(batch.id)})
+
+    created = submit.create(svc, principal, body.requests, answer, batch=batch, priorities=priorities,
+                            prefixes=[f"requests.{i}." for i in range(len(body.requests))])
+    submit.mark(svc, created.published)
+    return jsonify(created.answer.body), 202, created.answer.headers
 
 
 def _request_order(job: Job) -> tuple[int, datetime, str]:
