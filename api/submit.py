@@ -182,7 +182,7 @@ def stored_request(body: IllustrationRequest, svc: Services, *, seed: int, prior
     asked = body.model_dump(mode="json", exclude={"metadata", "webhook_url", "cancel_after"})
     asked["params"]["seed"] = seed
     experiment = svc.settings.experiment
-    # One validation of the dumped request (half the time of building the parts one by one: bench/README.md).
+    # One validation of the dumped request: about half the time of building the parts one by one.
     return StoredRequest.model_validate({
         **asked, "priority": priority, "resolved": resolved, "variant": variant,
         "experiment": experiment.name if experiment is not None else None, "batch_index": batch_index,
