@@ -6,6 +6,8 @@ written in one transaction. A request that does not name its ``priority`` goes t
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from flask import Blueprint, Flask, Response, jsonify
 from sqlalchemy import select
 
@@ -13,7 +15,7 @@ from api import submit
 from api.auth import current_principal, require
 from api.body import json_body
 from api.errors import not_found, validation_error
-from api.idempotency import idempotent, record
+from api.idempotency import idempotent
 from api.openapi import IDEMPOTENCY_KEY, Returns, operation
 from api.services import services
 from api.views import job_out
@@ -21,6 +23,7 @@ from shared import jobs
 from shared.models import Batch, Job
 from shared.schemas import BatchCreated, BatchOut, BatchRequest
 from shared.states import JobStatus
+from shared.stored_request import RequestOutline
 
 bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
 
@@ -44,23 +47,21 @@ def create_batch() -> tuple[Response, int, dict[str, str]]:
     if errors:
         raise validation_error(errors)
     priorities = [r.priority if "priority" in r.model_fields_set else "batch" for r in body.requests]
-    with svc.db.begin() as session:
-        batch = Batch(client_id=principal.client_id, webhook_url=body.webhook_url)
-        session.add(batch)
-        session.flush()
-        rows = submit.accept(session, svc, principal, body.requests, batch_id=batch.id, priorities=priorities,
-                             prefixes=[f"requests.{i}." for i in range(len(body.requests))])
-        batch_id = batch.id
-        created = BatchCreated(id=batch_id, job_ids=[job.id for job in rows], links={"self": batch_path(batch_id)})
-        headers = {"Location": batch_path(batch_id)}
-        users = {job.user_id for job in rows}
-        # What a retry with the same Idempotency-Key gets (committed with the jobs). One user: deleting them removes
-        # the record; a batch for several users names none (the record holds only ids).
-        record(session, 202, created.model_dump(mode="json"), headers,
-               user_id=next(iter(users)) if len(users) == 1 else None)
-        queued = submit.publishable(session, svc, rows)
-    submit.publish(svc, queued)
-    return jsonify(created.model_dump(mode="json")), 202, headers
+    batch = Batch(client_id=principal.client_id, webhook_url=body.webhook_url)
+
+    def answer(rows: list[Job]) -> submit.Answer:
+        out = BatchCreated(id=batch.id, job_ids=[job.id for job in rows], links={"self": batch_path(batch.id)})
+        return submit.Answer(out.model_dump(mode="json"), {"Location": batch_path(batch.id)})
+
+    created = submit.create(svc, principal, body.requests, answer, batch=batch, priorities=priorities,
+                            prefixes=[f"requests.{i}." for i in range(len(body.requests))])
+    submit.mark(svc, created.published)
+    return jsonify(created.answer.body), 202, created.answer.headers
+
+
+def _request_order(job: Job) -> tuple[int, datetime, str]:
+    """A batch lists its jobs in the order of its requests."""
+    return RequestOutline.model_validate(job.request).batch_index or 0, job.created_at, job.id
 
 
 @bp.get("/<batch_id>")
@@ -75,8 +76,7 @@ def get_batch(batch_id: str) -> Response:
         ).scalar_one_or_none()
         if batch is None:
             raise not_found("batch")
-        rows = sorted(session.execute(select(Job).where(Job.batch_id == batch.id)).scalars(),
-                      key=lambda job: (job.request.get("batch_index", 0), job.created_at, job.id))
+        rows = sorted(session.execute(select(Job).where(Job.batch_id == batch.id)).scalars(), key=_request_order)
         counts = {state.value: 0 for state in JobStatus}
         for job in rows:
             counts[job.status] += 1

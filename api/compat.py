@@ -21,7 +21,7 @@ from api.auth import current_principal, require
 from api.autobio import GeneratePending, GenerateRequest, GenerateResult, ResultMetadata, to_v1, v1_field
 from api.body import json_body
 from api.errors import ApiError, fields_of, validation_error
-from api.idempotency import idempotent, record
+from api.idempotency import idempotent
 from api.illustrations import owned_job, wait_for
 from api.openapi import IDEMPOTENCY_KEY, PREFER, Returns, operation
 from api.services import Services, services
@@ -30,6 +30,7 @@ from api.waiting import prefer_wait
 from shared.models import Job
 from shared.schemas import IllustrationRequest
 from shared.states import JobStatus
+from shared.stored_request import StoredRequest
 
 bp = Blueprint("autobio", __name__, url_prefix="/api/illustrations")
 
@@ -53,10 +54,11 @@ def _answer(job: Job) -> tuple[Response, int, dict[str, str]]:
     headers = {"Location": status_path(job.id)}
     if job.status == JobStatus.SUCCEEDED.value and job.images:
         timings = job.timings or {}
+        params = StoredRequest.model_validate(job.request).params
         result = GenerateResult(
             image_url=f"{base_url()}{job_path(job.id)}/images/0",
             generation_id=job.id,
-            metadata=ResultMetadata(model=_model_name(job.model), parameters=dict(job.request.get("params", {})),
+            metadata=ResultMetadata(model=_model_name(job.model), parameters=params.model_dump(mode="json"),
                                     generation_time=float(timings.get("inference_s") or timings.get("total_s") or 0)),
         )
         return jsonify(result.model_dump(mode="json", by_alias=True)), 200, headers
@@ -86,6 +88,14 @@ def _wait_s(svc: Services) -> float:
     return preferred if preferred is not None else min(svc.settings.compat_wait_s, svc.settings.prefer_wait_max_s)
 
 
+def _accepted(rows: list[Job]) -> submit.Answer:
+    """What a retry with the same Idempotency-Key gets: the generation as accepted, and it follows statusUrl from
+    there (never a second job)."""
+    (job,) = rows
+    pending = GeneratePending(generation_id=job.id, status=job.status, status_url=status_path(job.id))
+    return submit.Answer(pending.model_dump(mode="json", by_alias=True), {"Location": status_path(job.id)})
+
+
 def _read(svc: Services, job_id: str) -> tuple[Response, int, dict[str, str]]:
     with svc.db.begin() as session:
         return _answer(owned_job(session, job_id, None))
@@ -105,19 +115,12 @@ def generate() -> tuple[Response, int, dict[str, str]]:
     body = _translate(json_body(GenerateRequest))
     svc = services()
     try:
-        with svc.db.begin() as session:
-            (job,) = submit.accept(session, svc, current_principal(), [body])
-            job_id = job.id
-            # A retry with the same Idempotency-Key gets the generation as accepted (committed with the job) and
-            # follows statusUrl from there: never a second job.
-            pending = GeneratePending(generation_id=job.id, status=job.status, status_url=status_path(job.id))
-            record(session, 202, pending.model_dump(mode="json", by_alias=True),
-                   {"Location": status_path(job.id)}, user_id=body.user_id)
-            queued = submit.publishable(session, svc, [job])
+        created = submit.create(svc, current_principal(), [body], _accepted)
     except ApiError as exc:
         exc.errors = [type(error)(field=v1_field(error.field), message=error.message) for error in exc.errors]
         raise
-    submit.publish(svc, queued)
+    submit.mark(svc, created.published)
+    job_id = created.jobs[0].id
     wait_for(svc, job_id, _wait_s(svc))
     return _read(svc, job_id)
 

@@ -19,6 +19,7 @@ from api.services import services
 from shared.models import Feedback
 from shared.schemas import FeedbackOut, FeedbackRequest
 from shared.states import JobStatus
+from shared.stored_request import RequestOutline
 
 bp = Blueprint("feedback", __name__, url_prefix="/v1/illustrations")
 
@@ -43,7 +44,7 @@ def create_feedback(job_id: str) -> tuple[Response, int]:
         session.execute(delete(Feedback).where(Feedback.job_id == job.id))
         row = Feedback(job_id=job.id, client_id=job.client_id, user_id=job.user_id, rating=body.rating,
                        comment=body.comment, profile=model.get("profile"),
-                       variant=model.get("variant") or (job.request or {}).get("variant"))
+                       variant=model.get("variant") or RequestOutline.model_validate(job.request).variant)
         session.add(row)
         session.flush()
         out = FeedbackOut(job_id=row.job_id, user_id=row.user_id, rating=row.rating, comment=row.comment,

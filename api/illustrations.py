@@ -11,7 +11,7 @@ from api import submit
 from api.auth import current_principal, require
 from api.body import json_body, query_args
 from api.errors import ApiError, not_found
-from api.idempotency import idempotent, record
+from api.idempotency import idempotent
 from api.openapi import IDEMPOTENCY_KEY, PREFER, Returns, operation
 from api.pagination import newest_page
 from api.services import Services, services
@@ -73,22 +73,18 @@ def create_illustration() -> tuple[Response, int, dict[str, str]]:
     body = json_body(IllustrationRequest)
     svc = services()
     wait = prefer_wait(request.headers.get("Prefer"), svc.settings.prefer_wait_max_s)
-    with svc.db.begin() as session:
-        (job,) = submit.accept(session, svc, current_principal(), [body])
-        view = job_out(job)
-        headers = {"Location": job_path(job.id)}
-        # What a retry with the same Idempotency-Key gets: the job as accepted (committed with the job).
-        record(session, 202, view.model_dump(mode="json"), headers, user_id=body.user_id)
-        publishable = submit.publishable(session, svc, [job])
-    published = submit.send(svc, publishable)  # before the answer: the job can start while it is being sent
+    # The answer (and what a retry with the same Idempotency-Key gets): the job as accepted.
+    created = submit.create(svc, current_principal(), [body], lambda rows: submit.Answer(
+        job_out(rows[0]).model_dump(mode="json"), {"Location": job_path(rows[0].id)}))
+    (job,), answer = created.jobs, created.answer
     if wait is None:
-        response = jsonify(view.model_dump(mode="json"))
-        response.call_on_close(lambda: submit.mark(svc, published))  # the outbox mark, once the answer is sent
-        return response, 202, headers
-    submit.mark(svc, published)  # before waiting: a long wait must not leave the job to the relay
-    headers["Preference-Applied"] = f"wait={wait:g}"
-    if view.status in TERMINAL_VALUES:  # a result cache hit is born finished: nothing to wait for
-        return jsonify(view.model_dump(mode="json")), 200, headers
+        response = jsonify(answer.body)
+        response.call_on_close(lambda: submit.mark(svc, created.published))  # the outbox mark, once it is sent
+        return response, 202, answer.headers
+    submit.mark(svc, created.published)  # before waiting: a long wait must not leave the job to the relay
+    headers = {**answer.headers, "Preference-Applied": f"wait={wait:g}"}
+    if job.status in TERMINAL_VALUES:  # a result cache hit is born finished: nothing to wait for
+        return jsonify(answer.body), 200, headers
     finished = wait_for(svc, job.id, wait)
     view = read_job(svc, job.id)
     return jsonify(view.model_dump(mode="json")), 200 if finished else 202, headers

@@ -26,6 +26,7 @@ from api.pagination import after_cursor, make_cursor
 from api.services import services
 from shared.models import Client, Feedback, Job, JobImage
 from shared.schemas import Cursor, JobState, Query
+from shared.stored_request import RequestOutline
 
 REALM: Final = 'Basic realm="illustrations ops", charset="UTF-8"'
 # The page runs no script; images and styles come from this origin (S3 thumbnails: the presigned redirect).
@@ -93,7 +94,7 @@ def _rows(args: OpsPageQuery, limit: int) -> tuple[list[dict[str, Any]], str | N
         rows = [{
             "id": job.id, "client": client, "user_id": job.user_id, "status": job.status, "queue": job.queue,
             "attempts": job.attempt, "created_at": job.created_at, "timings": job.timings or {},
-            "error_code": job.error_code, "variant": (job.request or {}).get("variant") or "a",
+            "error_code": job.error_code, "variant": RequestOutline.model_validate(job.request).variant_or_control,
             "profile": (job.model or {}).get("profile"), "images": [image.index for image in job.images],
             "rating": rating, "comment": comment, "cached": job.cached,
         } for job, client, rating, comment in found[:limit]]

@@ -1,38 +1,46 @@
-"""Accepting illustration requests (``POST /v1/illustrations``, batches, AutoBio's route): one path for all three.
+"""Accepting illustration requests (``POST /v1/illustrations``, batches, AutoBio's route): one entry point for all
+three, ``create``, which runs the outbox sequence once:
 
-In the caller's transaction: resolve subjects to stored versions (unknown → 422; URLs checked, fetched later by the
-preparation step), build the prompt, refuse a user whose data is being deleted (409) and a client over its queued
-quota (429), write the rows. After the commit, ``publish`` sends only the ids (outbox: the relay sends what fails).
+1. In one transaction, ``accept``: resolve subjects to stored versions (unknown → 422; URLs checked, fetched later by
+   the preparation step), build the prompt, refuse a user whose data is being deleted (409) and a client over its
+   queued quota (429), write the rows (``shared.stored_request`` is what a row keeps of the request).
+2. In the same transaction, the route's answer, recorded for its ``Idempotency-Key`` (a retry gets it, committed
+   with the jobs), and ``publishable``: which new jobs go to the broker now (the client's publish cap and pause, read
+   from what the quota check returned).
+3. After the commit, ``send`` publishes only the ids; the route then marks them (``mark``: at once, or once its answer
+   is sent). The relay publishes whatever is not marked.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError, validation_error
+from api.idempotency import record
 from api.keys import Principal
 from api.prompts import build_prompt
 from api.services import Services
 from shared import cache, deletion, experiments, jobs, limits, styles, tasks
 from shared.fetch import FetchBlocked, check_url
-from shared.models import Client, Job, Subject
+from shared.models import Batch, Client, Job, Subject
 from shared.schemas import IllustrationRequest, ImageRef, SubjectRef
 from shared.states import JobStatus
+from shared.stored_request import Reference, Resolved, StoredRef, StoredRequest, UrlRef
 from shared.subjects import latest_version, reference
 
 log = logging.getLogger(__name__)
-_LOCKED_CLIENTS = "submit.locked_clients"  # session.info: client id -> its row, locked by the quota check
-_PUBLISHED_WAITING = "submit.published_waiting"  # session.info: client id -> queue -> its published queued jobs
 
 
+# --- 1. accept: references, the stored request, the quota --------------------------------------------------------
 def _stored(session: Session, client_id: str, user_id: str, *, subject_id: str | None = None,
-            name: str | None = None) -> dict[str, Any] | None:
+            name: str | None = None) -> StoredRef | None:
     query = select(Subject).where(Subject.client_id == client_id, Subject.user_id == user_id)
     query = query.where(Subject.id == subject_id) if subject_id is not None else query.where(Subject.name == name)
     subject = session.execute(query).scalar_one_or_none()
@@ -58,13 +66,12 @@ def _url(url: str, field: str, svc: Services, errors: list[tuple[str, str]]) -> 
 
 
 def _resolve_one(session: Session, svc: Services, client_id: str, user_id: str, ref: SubjectRef | ImageRef,
-                 field: str, index: int, errors: list[tuple[str, str]]) -> dict[str, Any] | None:
+                 field: str, index: int, errors: list[tuple[str, str]]) -> Reference | None:
+    name = ref.name if isinstance(ref, SubjectRef) else None
     if ref.image_url is not None:
         if not _url(ref.image_url, f"{field}.image_url", svc, errors):
             return None
-        name = ref.name if isinstance(ref, SubjectRef) else None
-        return {"index": index, "name": name, "image_url": ref.image_url}  # fetched by the preparation step
-    name = ref.name if isinstance(ref, SubjectRef) else None
+        return UrlRef(index=index, name=name, image_url=ref.image_url)  # fetched by the preparation step
     resolved = _stored(session, client_id, user_id, subject_id=ref.subject_id, name=name)
     if resolved is None:
         errors.append((field, "no such subject for this user"))
@@ -72,7 +79,7 @@ def _resolve_one(session: Session, svc: Services, client_id: str, user_id: str, 
 
 
 def resolve_references(session: Session, svc: Services, client_id: str, body: IllustrationRequest,
-                       prefix: str, errors: list[tuple[str, str]]) -> dict[str, Any]:
+                       prefix: str, errors: list[tuple[str, str]]) -> Resolved:
     """Subjects and the style reference, resolved to stored versions (or URLs for the preparation step)."""
     identity = []
     for i, ref in enumerate(body.subjects):
@@ -87,11 +94,11 @@ def resolve_references(session: Session, svc: Services, client_id: str, body: Il
     if body.params.style_lora is not None:
         style_lora = _resolve_style(session, client_id, body.params.style_lora, f"{prefix}params.style_lora", errors)
     check_webhook_url(body.webhook_url, f"{prefix}webhook_url", svc, errors)  # checked again at delivery (resolved)
-    return {"identity": identity, "style": style, "style_lora": style_lora}
+    return Resolved(identity=identity, style=style, style_lora=style_lora)
 
 
 def _resolve_style(session: Session, client_id: str, text: str, field: str,
-                   errors: list[tuple[str, str]]) -> dict[str, Any] | None:
+                   errors: list[tuple[str, str]]) -> styles.StyleRef | None:
     """A style by name (its active version when the job runs) or name@version; it must be ready now."""
     try:
         ref = styles.parse_ref(text)
@@ -102,12 +109,7 @@ def _resolve_style(session: Session, client_id: str, text: str, field: str,
     except styles.StyleNotFound:
         errors.append((field, "unknown style, or no ready version of it"))
         return None
-    return styles.submitted(ref)
-
-
-def _needs_preparation(resolved: dict[str, Any]) -> bool:
-    refs = [*resolved["identity"], *([resolved["style"]] if resolved["style"] else [])]
-    return any("image_url" in ref for ref in refs)
+    return ref
 
 
 def refuse_if_deleting(session: Session, client_id: str, user_ids: set[str]) -> None:
@@ -118,25 +120,36 @@ def refuse_if_deleting(session: Session, client_id: str, user_ids: set[str]) -> 
                                             "has finished")
 
 
-def _check_quota(session: Session, svc: Services, client_id: str, adding: int) -> None:
+@dataclass(frozen=True)
+class Quota:
+    """What the quota check read, with the client's row locked until the transaction ends; ``publishable`` uses it
+    instead of reading again."""
+
+    client: Client  # its ``paused_at``: a paused client's jobs wait in PostgreSQL
+    # Per queue, how many of the client's queued jobs are published (the publish cap); None when the client has
+    # no queued quota, so nothing was counted.
+    published: Mapping[str, int] | None
+
+
+def check_quota(session: Session, svc: Services, client_id: str, adding: int) -> Quota:
+    """Lock the client's row and refuse (429) ``adding`` more queued jobs over its quota."""
     client = session.execute(select(Client).where(Client.id == client_id).with_for_update()).scalar_one()
-    session.info.setdefault(_LOCKED_CLIENTS, {})[client_id] = client  # publishable reads its pause from this row
     cap = client.max_queued_jobs if client.max_queued_jobs is not None else svc.settings.max_queued_jobs_per_client
     if not cap:
-        return
+        return Quota(client, None)
     # One statement for two counts: the client's queued jobs (this quota) and, per queue, those of them already
-    # published (the publish cap, read again by ``publishable`` in this transaction instead of ``jobs.has_room``).
+    # published (the publish cap, used by ``publishable`` in this transaction instead of ``jobs.has_room``).
     by_queue = session.execute(
         select(Job.queue, func.count(), func.count(Job.published_at))
         .where(Job.client_id == client_id, Job.status == JobStatus.QUEUED.value)
         .group_by(Job.queue)
     ).all()
-    session.info.setdefault(_PUBLISHED_WAITING, {})[client_id] = {queue: published for queue, _, published in by_queue}
     queued = sum(count for _, count, _ in by_queue)
     if queued + adding > cap:
         raise ApiError(429, "Too Many Requests",
                        f"this client has {queued} queued jobs; at most {cap} may wait at once",
                        headers={"Retry-After": str(svc.settings.quota_retry_after_s)})
+    return Quota(client, {queue: published for queue, _, published in by_queue})
 
 
 def apply_variant(session: Session, svc: Services, client_id: str,
@@ -162,9 +175,29 @@ def apply_variant(session: Session, svc: Services, client_id: str,
     return body.model_copy(update={"params": body.params.model_copy(update=overrides)}), variant
 
 
+def stored_request(body: IllustrationRequest, svc: Services, *, seed: int, priority: str, resolved: Resolved,
+                   variant: str, batch_index: int | None) -> StoredRequest:
+    """What the job row keeps of an accepted request (``shared.stored_request``): the request as given (without
+    the metadata, webhook URL and deadline, which have columns), the seed drawn, the references resolved."""
+    asked = body.model_dump(mode="json", exclude={"metadata", "webhook_url", "cancel_after"})
+    asked["params"]["seed"] = seed
+    experiment = svc.settings.experiment
+    # One validation of the dumped request: about half the time of building the parts one by one.
+    return StoredRequest.model_validate({
+        **asked, "priority": priority, "resolved": resolved, "variant": variant,
+        "experiment": experiment.name if experiment is not None else None, "batch_index": batch_index,
+    })
+
+
+@dataclass(frozen=True)
+class Accepted:
+    jobs: list[Job]
+    quota: Quota | None  # None: no job waits in a queue (every one a cache hit), so the quota was not checked
+
+
 def accept(session: Session, svc: Services, principal: Principal, bodies: Sequence[IllustrationRequest], *,
            batch_id: str | None = None, priorities: Sequence[str] | None = None,
-           prefixes: Sequence[str] | None = None) -> list[Job]:
+           prefixes: Sequence[str] | None = None) -> Accepted:
     """Validate and write every request, or none (422 naming each bad field, 409, 429)."""
     errors: list[tuple[str, str]] = []
     counter = svc.token_counter()
@@ -180,68 +213,94 @@ def accept(session: Session, svc: Services, principal: Principal, bodies: Sequen
         priority = priorities[i] if priorities is not None else body.priority
         seed = body.params.seed if body.params.seed is not None else secrets.randbelow(limits.SEED_MAX + 1)
         built = build_prompt(body, counter)
-        queue = tasks.QUEUE_PREPARE if _needs_preparation(resolved) else tasks.QUEUE_BY_PRIORITY[priority]
-        request_doc = body.model_dump(mode="json", exclude={"metadata", "webhook_url", "cancel_after"})
-        request_doc["params"]["seed"] = seed
-        request_doc["priority"] = priority
-        request_doc["resolved"] = resolved
-        request_doc["variant"] = variant
-        if svc.settings.experiment is not None:
-            request_doc["experiment"] = svc.settings.experiment.name
-        if batch_id is not None:
-            request_doc["batch_index"] = i  # a batch lists its jobs in request order
-        key = cache.request_key(session, svc.settings, principal.client_id, body, request_doc, built.prompt)
+        queue = tasks.QUEUE_PREPARE if resolved.needs_fetching() else tasks.QUEUE_BY_PRIORITY[priority]
+        request = stored_request(body, svc, seed=seed, priority=priority, resolved=resolved, variant=variant,
+                                 batch_index=i if batch_id is not None else None)  # a batch keeps request order
+        key, request = cache.request_key(session, svc.settings, principal.client_id, body, request, built.prompt)
         rows.append(cached.new_job(
             key, client_id=principal.client_id, user_id=body.user_id, priority=priority, queue=queue,
-            request=request_doc, seed=seed, prompt_used=built.prompt, warnings=built.warnings, meta=body.metadata,
-            webhook_url=body.webhook_url, cancel_after=body.cancel_after, batch_id=batch_id,
+            request=request.model_dump(mode="json"), seed=seed, prompt_used=built.prompt, warnings=built.warnings,
+            meta=body.metadata, webhook_url=body.webhook_url, cancel_after=body.cancel_after, batch_id=batch_id,
         ))
     if errors:
         raise validation_error(errors)
     refuse_if_deleting(session, principal.client_id, {body.user_id for body in bodies})
     queued = sum(row.status == JobStatus.QUEUED.value for row in rows)
-    if queued:  # cache hits are born finished: they take no room in the queue
-        _check_quota(session, svc, principal.client_id, queued)
+    # Cache hits are born finished: they take no room in the queue.
+    quota = check_quota(session, svc, principal.client_id, queued) if queued else None
     jobs.insert_new(session, rows)
     cached.accepted()
-    return rows
+    return Accepted(rows, quota)
 
 
-def publishable(session: Session, svc: Services, rows: Sequence[Job]) -> list[tuple[str, str]]:
-    """Which new jobs to publish at once: over the client's publish cap (per queue) they wait in PostgreSQL and the
-    relay publishes them as the client gets room (``ILLUSTRATIONS_CLIENT_PUBLISH_CAP``); a paused client's jobs wait
-    until it is resumed (``illustrations ops pause-client``)."""
+# --- 2. which to publish now -------------------------------------------------------------------------------------
+def publishable(session: Session, svc: Services, rows: Sequence[Job], quota: Quota | None) -> list[tuple[str, str]]:
+    """Which new jobs (of one client) to publish at once: over the client's publish cap (per queue) they wait in
+    PostgreSQL and the relay publishes them as the client gets room (``ILLUSTRATIONS_CLIENT_PUBLISH_CAP``); a paused
+    client's jobs wait until it is resumed (``illustrations ops pause-client``). ``quota``: what the quota check read
+    in this transaction (the client's locked row, the published counts), which spares statements here."""
     rows = [row for row in rows if cache.needs_publish(row)]  # not a cache hit (finished), nor a follower
     if not rows:
         return []
+    client = quota.client if quota is not None else session.get_one(Client, rows[0].client_id)
+    if client.paused_at is not None:
+        return []  # a paused client's jobs wait in PostgreSQL; the relay publishes them after resume-client
     cap = svc.settings.client_publish_cap
-    chosen: list[tuple[str, str]] = []
-    # The client row read FOR UPDATE by the quota check (in this transaction) spares a statement here.
-    locked: dict[str, Client] = session.info.get(_LOCKED_CLIENTS, {})
-    clients = (locked.get(client_id) or session.get(Client, client_id) for client_id in {row.client_id for row in rows})
-    paused = {client.id for client in clients if client is not None and client.paused_at is not None}
+    counted = quota.published if quota is not None else None
     room: dict[str, bool] = {}
-    counted: dict[str, dict[str, int]] = session.info.get(_PUBLISHED_WAITING, {})  # by the quota check, if it ran
+    chosen: list[tuple[str, str]] = []
     for row in rows:
-        if row.client_id in paused:
-            continue  # a paused client's jobs wait in PostgreSQL; the relay publishes them after resume-client
         if row.queue not in room:
-            waiting = counted.get(row.client_id)
-            room[row.queue] = (jobs.has_room(session, row.client_id, row.queue, cap) if waiting is None
-                               else cap <= 0 or waiting.get(row.queue, 0) < cap)
+            room[row.queue] = (jobs.has_room(session, row.client_id, row.queue, cap) if counted is None
+                               else cap <= 0 or counted.get(row.queue, 0) < cap)
         if room[row.queue]:
             chosen.append((row.id, row.queue))
     return chosen
 
 
-def publish(svc: Services, queued: Sequence[tuple[str, str]]) -> None:
-    """After the commit (outbox): publish each (job id, queue) and mark it; a failed publish, or a database lost
-    between publish and mark, leaves the job to the relay (a twin message is dropped at the claim)."""
-    mark(svc, send(svc, queued))
+# --- 3. the entry point, and the publish after the commit ---------------------------------------------------------
+@dataclass(frozen=True)
+class Answer:
+    """A create route's answer (202), recorded for its ``Idempotency-Key`` with the jobs: what a retry gets."""
+
+    body: dict[str, Any]  # JSON
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Created:
+    """What ``create`` made: the route's answer, the new jobs, and the ids the broker took (``mark`` them)."""
+
+    answer: Answer
+    jobs: list[Job]
+    published: list[str]
+
+
+def create(svc: Services, principal: Principal, bodies: Sequence[IllustrationRequest],
+           answer: Callable[[list[Job]], Answer], *, batch: Batch | None = None,
+           priorities: Sequence[str] | None = None, prefixes: Sequence[str] | None = None) -> Created:
+    """Accept ``bodies`` (all or none), record the route's ``answer`` to them, commit, and publish what may go now.
+
+    ``batch``: a new batch row, written with its jobs. The recorded answer names the user whose data it shows (so
+    deleting them removes it) when the jobs are of one user; one for several users names none (it holds only ids).
+    The caller marks ``published`` (``mark``) at once, or once its answer is sent; until then, and if the mark is
+    lost, the relay publishes them again (a twin message is dropped at the claim).
+    """
+    with svc.db.begin() as session:
+        if batch is not None:
+            session.add(batch)
+            session.flush()
+        accepted = accept(session, svc, principal, bodies, batch_id=batch.id if batch is not None else None,
+                          priorities=priorities, prefixes=prefixes)
+        made = answer(accepted.jobs)
+        users = {job.user_id for job in accepted.jobs}
+        record(session, 202, made.body, made.headers, user_id=next(iter(users)) if len(users) == 1 else None)
+        queued = publishable(session, svc, accepted.jobs, accepted.quota)
+    return Created(made, accepted.jobs, send(svc, queued))
 
 
 def send(svc: Services, queued: Sequence[tuple[str, str]]) -> list[str]:
-    """The publish half of ``publish``: the ids whose message the broker took (``mark`` them next)."""
+    """Publish each (job id, queue) after the commit: the ids whose message the broker took (``mark`` them next)."""
     return [job_id for job_id, queue in queued if svc.publisher.publish(job_id, queue)]
 
 

@@ -115,10 +115,14 @@ def png_levels(image: Image.Image, repeats: int = 3) -> list[tuple[int, int, flo
 def copies(runtime: Any, image: Image.Image) -> tuple[int, int]:
     """(PNG size, peak bytes allocated by ``_store``) for one image."""
     from shared import jobs
+    from shared.stored_request import StoredRequest
     from worker.attempt import JobInput
     from worker.generation import _store
 
-    job = JobInput(request={"params": {"output_format": "png"}}, seed=0, prompt_used="x", created_at=None,  # type: ignore[arg-type]
+    stored = StoredRequest.model_validate({"prompt": "x", "params": {
+        "width": image.width, "height": image.height, "steps": 1, "guidance_scale": 0.0, "num_images": 1,
+        "identity_scale": 0.0, "style_scale": 0.0, "content_scale": 0.0, "output_format": "png"}})
+    job = JobInput(stored=stored, seed=0, prompt_used="x", created_at=None,  # type: ignore[arg-type]
                    started_at=None, client_id="c", user_id="u", queue="q")  # type: ignore[arg-type]
     claim = jobs.Claim("bench-copies", 1)
     _store(runtime, claim, job, [image])  # warm (imports, folders)

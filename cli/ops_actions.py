@@ -23,6 +23,7 @@ from shared.db import utcnow
 from shared.errors import CancelReason
 from shared.models import Client, Job, PausedQueue
 from shared.states import JobStatus
+from shared.stored_request import RequestOutline
 
 
 class UnknownClient(LookupError):
@@ -107,9 +108,11 @@ def retry_failed(session: Session, selection: JobFilter) -> list[tuple[str, str,
     for old in failed:
         if deletion.in_progress(session, old.client_id, old.user_id) is not None:
             continue
-        request = {**old.request, "retry_of": old.id}
+        # The outline keeps every key of the old request (whatever this version can read of it) and adds one.
+        request = RequestOutline.model_validate(old.request).model_copy(update={"retry_of": old.id})
         new = jobs.new_job(
-            client_id=old.client_id, user_id=old.user_id, priority=old.priority, queue=old.queue, request=request,
+            client_id=old.client_id, user_id=old.user_id, priority=old.priority, queue=old.queue,
+            request=request.model_dump(mode="json"),
             seed=old.seed, prompt_used=old.prompt_used, warnings=list(old.warnings or []), meta=old.meta,
             webhook_url=old.webhook_url,
         )

@@ -42,7 +42,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Final
 
@@ -58,9 +58,9 @@ from shared.models import CacheEntry, GenerationMetric, Job, JobImage, new_id
 from shared.schemas import IllustrationRequest
 from shared.settings import Settings
 from shared.states import JobStatus
+from shared.stored_request import StoredRef, StoredRequest
 
 KEY_VERSION: Final = 1
-FLOAT_PARAMS: Final = ("guidance_scale", "identity_scale", "style_scale", "content_scale", "lora_scale")
 # A leader that failed for one of these reasons failed through no fault of the request: followers run themselves.
 RELEASING_CODES: Final = frozenset({ErrorCode.WORKER_LOST.value})
 
@@ -75,54 +75,55 @@ def canonical(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
 
 
-def key_document(client_id: str, profile: str, request: dict[str, Any], prompt_used: str,
+def key_document(client_id: str, profile: str, request: StoredRequest, prompt_used: str,
                  lora: styles.ResolvedStyle | None) -> dict[str, Any]:
-    """What the key is computed over (see the module docstring for what is left out, and why)."""
-    params = dict(request["params"])
-    params.pop("style_lora", None)  # replaced by the resolved version and its file's sha256 below
-    for name in FLOAT_PARAMS:
-        if name in params:
-            params[name] = float(params[name])  # 7 and 7.0 are one guidance scale
-    resolved = request.get("resolved") or {}
-    style_ref = resolved.get("style")
+    """What the key is computed over (see the module docstring for what is left out, and why). A request with a
+    reference given by URL has no key (its content is known only after the preparation step)."""
+    resolved = request.resolved
+    if resolved.needs_fetching():
+        raise ValueError("a request with a reference given by URL has no key")
+    # The style is replaced by the resolved version and its file's sha256 below. Floats are floats (the model's
+    # types): 7 and 7.0 are one guidance scale.
+    params = request.params.model_dump(mode="json", exclude={"style_lora"})
     return {
         "v": KEY_VERSION,
         "client": client_id,
         "profile": profile,
         "prompt": prompt_used,
-        "negative_prompt": request.get("negative_prompt"),
+        "negative_prompt": request.negative_prompt,
         "params": params,
-        "identity": [ref["sha256"] for ref in resolved.get("identity") or []],
-        "style_reference": style_ref["sha256"] if style_ref else None,
+        "identity": [ref.sha256 for ref in resolved.identity if isinstance(ref, StoredRef)],
+        "style_reference": resolved.style.sha256 if isinstance(resolved.style, StoredRef) else None,
         "lora": {"name": lora.label, "sha256": lora.sha256} if lora else None,
-        "variant": request.get("variant"),
-        "experiment": request.get("experiment"),
+        "variant": request.variant,
+        "experiment": request.experiment,
     }
 
 
-def compute_key(client_id: str, profile: str, request: dict[str, Any], prompt_used: str,
+def compute_key(client_id: str, profile: str, request: StoredRequest, prompt_used: str,
                 lora: styles.ResolvedStyle | None) -> str:
     return hashlib.sha256(canonical(key_document(client_id, profile, request, prompt_used, lora))).hexdigest()
 
 
 def request_key(session: Session, settings: Settings, client_id: str, body: IllustrationRequest,
-                request: dict[str, Any], prompt_used: str) -> str | None:
-    """The key of an accepted request, or None when it is not cacheable. ``request`` is the stored request document
-    (variant applied, references resolved); a bare LoRA name in it is pinned to the version the key names."""
+                request: StoredRequest, prompt_used: str) -> tuple[str | None, StoredRequest]:
+    """The key of an accepted request (None when it is not cacheable) and the request to store. ``request`` is the
+    stored request (variant applied, references resolved); a keyed request's bare LoRA name is pinned to the
+    version the key names."""
     if not settings.result_cache or body.params.seed is None:
-        return None
-    resolved = request.get("resolved") or {}
-    references = [*(resolved.get("identity") or []), *([resolved["style"]] if resolved.get("style") else [])]
-    if any("sha256" not in ref for ref in references):
-        return None  # given by URL: fetched (and known) only later, by the preparation step
+        return None, request
+    resolved = request.resolved
+    if resolved.needs_fetching():
+        return None, request  # given by URL: fetched (and known) only later, by the preparation step
     lora = None
-    if resolved.get("style_lora"):
+    if resolved.style_lora is not None:
         try:
-            lora = styles.resolve(session, client_id, styles.from_submitted(resolved["style_lora"]))
+            lora = styles.resolve(session, client_id, resolved.style_lora)
         except styles.StyleNotFound:
-            return None
-        resolved["style_lora"] = {**resolved["style_lora"], "version": lora.version}
-    return compute_key(client_id, settings.model_profile, request, prompt_used, lora)
+            return None, request
+        pinned = replace(resolved.style_lora, version=lora.version)
+        request = request.model_copy(update={"resolved": resolved.model_copy(update={"style_lora": pinned})})
+    return compute_key(client_id, settings.model_profile, request, prompt_used, lora), request
 
 
 # --- submit: hit, follow or miss --------------------------------------------------------------------------------

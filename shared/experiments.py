@@ -6,9 +6,9 @@ of the experiment's name, the client and the user: ``sha256("name:client_id:user
 shared state, and a new experiment (a new name) draws a fresh split. Without an experiment every job is ``a``.
 
 The variant is decided at submit (``api.submit.accept``), before the job row is written: its overrides go into the
-stored request's ``params`` and its name into ``request["variant"]`` (and ``request["experiment"]``), which the
-result cache keys on and the worker copies into ``model.variant`` and the metrics row. An override applies only to
-a parameter the request left at its default: a client that asks for 30 steps gets 30 steps.
+stored request's ``params`` and its name into its ``variant`` (and ``experiment``; ``shared.stored_request``),
+which the result cache keys on and the worker copies into ``model.variant`` and the metrics row. An override
+applies only to a parameter the request left at its default: a client that asks for 30 steps gets 30 steps.
 """
 
 from __future__ import annotations

@@ -155,7 +155,8 @@ class Job(Base):
     attempt: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     priority: Mapped[str] = mapped_column(String(16))
     queue: Mapped[str] = mapped_column(String(64))
-    # The validated request (prompt, params, style, memory context) with subjects resolved to stored versions.
+    # The validated request (prompt, params, style, memory context) with subjects resolved to stored versions:
+    # ``shared.stored_request.StoredRequest`` is its shape, read and written through that model.
     request: Mapped[dict[str, Any]] = mapped_column(JsonType)
     seed: Mapped[int] = mapped_column(BigInteger)
     prompt_used: Mapped[str | None] = mapped_column(Text)

@@ -17,7 +17,6 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -103,15 +102,6 @@ def resolve(session: Session, client_id: str, ref: StyleRef) -> ResolvedStyle:
     if row.status != READY or row.storage_key is None or row.sha256 is None:
         raise StyleNotFound(f"version {version} of style {ref.name!r} is {row.status}, not ready")
     return ResolvedStyle(style.id, style.name, row.version, row.storage_key, row.sha256, row.base_profile)
-
-
-def submitted(ref: StyleRef) -> dict[str, Any]:
-    """What the job row keeps at submit: the name and the version asked for (None: the active one when it runs)."""
-    return {"name": ref.name, "version": ref.version}
-
-
-def from_submitted(doc: dict[str, Any]) -> StyleRef:
-    return StyleRef(str(doc["name"]), None if doc.get("version") is None else int(doc["version"]))
 
 
 def storage_key(style_id: str, version: int) -> str:

@@ -16,6 +16,7 @@ from shared.errors import IllustrationsError
 from shared.images import NormalisedImage
 from shared.models import Subject, SubjectVersion
 from shared.storage import Storage
+from shared.stored_request import StoredRef
 
 
 class SubjectExists(IllustrationsError):
@@ -76,7 +77,7 @@ def store_version(session: Session, storage: Storage, client_id: str, user_id: s
     return StoredVersion(subject, version, created=True)
 
 
-def reference(subject: Subject, version: SubjectVersion) -> dict[str, object]:
+def reference(subject: Subject, version: SubjectVersion) -> StoredRef:
     """What a job's ``request.resolved`` keeps of a subject: enough for a GPU worker to read it from storage."""
-    return {"subject_id": subject.id, "name": subject.name, "version": version.version,
-            "storage_key": version.storage_key, "sha256": version.sha256}
+    return StoredRef(subject_id=subject.id, name=subject.name, version=version.version,
+                     storage_key=version.storage_key, sha256=version.sha256)

@@ -20,12 +20,13 @@ from sqlalchemy import Table, insert
 from sqlalchemy.orm import Session
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential, wait_random
 
-from shared import jobs, styles
+from shared import experiments, jobs, styles
 from shared.db import is_unavailable
-from shared.errors import CancelReason, ErrorCode
+from shared.errors import CancelReason, ErrorCode, JobFailure
 from shared.models import GenerationMetric
 from shared.settings import Settings
 from shared.storage import StorageError
+from shared.stored_request import StoredRequest
 from worker import observability
 from worker.leases import LeaseWatch
 from worker.runtime import Runtime
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 class JobInput:
     """What the row says to do (read once, in the claim's transaction)."""
 
-    request: dict[str, Any]
+    stored: StoredRequest | None  # None: the row's request cannot be read (a poison job: it fails ``internal``)
     seed: int
     prompt_used: str
     created_at: datetime
@@ -51,13 +52,16 @@ class JobInput:
     style_error: str | None = None  # the style it names is gone: the job fails style_not_found
 
     @property
-    def params(self) -> dict[str, Any]:
-        return dict(self.request["params"])
+    def request(self) -> StoredRequest:
+        """The stored request; a row whose request cannot be read fails the job (``internal``, never retried)."""
+        if self.stored is None:
+            raise JobFailure(ErrorCode.INTERNAL, "the job's stored request cannot be read")
+        return self.stored
 
     @property
     def variant(self) -> str:
         """The A/B variant decided at submit (``shared.experiments``); jobs from before experiments are ``a``."""
-        return str(self.request.get("variant") or "a")
+        return self.stored.variant_or_control if self.stored is not None else experiments.CONTROL
 
 
 def write(runtime: Runtime, change: Callable[[Session], T]) -> T:
@@ -129,8 +133,7 @@ class Attempt:
     def metric(self, outcome: str, error_code: str | None = None) -> dict[str, Any]:
         """The attempt's ``generation_metrics`` row."""
         runtime, job = self.runtime, self.job
-        params = job.params
-        resolved = job.request.get("resolved") or {}
+        stored = job.stored  # None for a poison job, whose row is still written as it fails
         engine = runtime.loaded_engine()
         return {
             "job_id": self.claim.job_id,
@@ -145,15 +148,15 @@ class Attempt:
             "inference_s": self.inference_s,
             "store_s": self.store_s,
             "total_s": self.elapsed_s,
-            # .get: the row of a job whose request is malformed (a poison job) must still be written as it fails.
-            "steps": int(params.get("steps", 0)),
-            "width": int(params.get("width", 0)),
-            "height": int(params.get("height", 0)),
-            "num_images": int(params.get("num_images", 0)),
+            # 0: the row of a job whose request cannot be read (a poison job) is still written as it fails.
+            "steps": stored.params.steps if stored is not None else 0,
+            "width": stored.params.width if stored is not None else 0,
+            "height": stored.params.height if stored is not None else 0,
+            "num_images": stored.params.num_images if stored is not None else 0,
             "profile": engine.profile.name if engine else runtime.settings.model_profile,
             "revision": engine.revision if engine else None,
-            "identity_refs": len(resolved.get("identity") or []),
-            "style_ref": bool(resolved.get("style")),
+            "identity_refs": len(stored.resolved.identity) if stored is not None else 0,
+            "style_ref": stored is not None and stored.resolved.style is not None,
             "embeddings_cached": self.embeddings_cached,
             "lora": job.style.label if job.style else None,
             "lora_resident": self.lora_resident,

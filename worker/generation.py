@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import PIL.Image
 from billiard.exceptions import SoftTimeLimitExceeded
 from PIL.PngImagePlugin import PngInfo
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from shared import jobs, styles
@@ -26,6 +27,7 @@ from shared.db import is_unavailable
 from shared.errors import ErrorCode, JobFailure
 from shared.models import Job
 from shared.storage import ObjectNotFound, StorageError
+from shared.stored_request import StoredRef, StoredRequest, UrlRef
 from worker import limits, observability
 from worker.attempt import Attempt, JobInput
 from worker.runtime import Runtime, SetupFailed
@@ -49,24 +51,27 @@ JOB_COLUMNS = (Job.request, Job.seed, Job.prompt_used, Job.created_at, Job.start
 def _read_job(session: Session, claim: jobs.Claim) -> JobInput:
     """The claimed row (returned by the claim itself) and the style it names, resolved now."""
     row = claim.row
+    try:
+        stored: StoredRequest | None = StoredRequest.model_validate(row.request)
+    except ValidationError:
+        stored = None  # fails in the run, once, with its metrics row
     style, style_error = None, None
-    submitted = (row.request.get("resolved") or {}).get("style_lora")
-    if submitted:
-        ref = styles.from_submitted(submitted)
+    if stored is not None and stored.resolved.style_lora is not None:
         try:
-            style = styles.resolve(session, row.client_id, ref)
+            style = styles.resolve(session, row.client_id, stored.resolved.style_lora)
         except styles.StyleNotFound as exc:
             style_error = str(exc)
-    return JobInput(row.request, row.seed, row.prompt_used or row.request["prompt"], row.created_at, row.started_at,
-                    row.client_id, row.user_id, row.queue, style, style_error)
+    prompt = row.prompt_used or (stored.prompt if stored is not None else "")
+    return JobInput(stored, row.seed, prompt, row.created_at, row.started_at, row.client_id, row.user_id, row.queue,
+                    style, style_error)
 
 
 # --- 2. References and the LoRA ---------------------------------------------------------------------------------
 
 
-def _load_reference(runtime: Runtime, reference: dict[str, Any]) -> PIL.Image.Image:
+def _load_reference(runtime: Runtime, reference: StoredRef) -> PIL.Image.Image:
     try:
-        data = runtime.storage.get(reference["storage_key"])
+        data = runtime.storage.get(reference.storage_key)
     except ObjectNotFound:
         raise JobFailure(ErrorCode.REFERENCE_INVALID, "a reference image is no longer stored") from None
     try:
@@ -77,9 +82,11 @@ def _load_reference(runtime: Runtime, reference: dict[str, Any]) -> PIL.Image.Im
     return image.convert("RGB")
 
 
-def _embedding(runtime: Runtime, adapter: int, reference: dict[str, Any], attempt: Attempt) -> Any:
+def _embedding(runtime: Runtime, adapter: int, reference: StoredRef | UrlRef, attempt: Attempt) -> Any:
+    if isinstance(reference, UrlRef):  # the preparation step stores every URL reference before a GPU sees the job
+        raise JobFailure(ErrorCode.INTERNAL, "a reference given by URL reached a GPU worker unfetched")
     embedding, hit = runtime.embeddings().embedding(
-        adapter, reference["sha256"], lambda: _load_reference(runtime, reference)
+        adapter, reference.sha256, lambda: _load_reference(runtime, reference)
     )
     attempt.embeddings_cached += int(hit)
     observability.embedding_looked_up(hit)
@@ -103,29 +110,28 @@ def _lora_request(runtime: Runtime, job: JobInput) -> Any:
         except ObjectNotFound:
             raise JobFailure(ErrorCode.STYLE_NOT_FOUND, f"the file of style {style.label} is gone") from None
 
-    return LoraRequest(key=style.sha256, scale=float(job.params.get("lora_scale", 0.8)), fetch=fetch)
+    return LoraRequest(key=style.sha256, scale=job.request.params.lora_scale, fetch=fetch)
 
 
 def _request(runtime: Runtime, job: JobInput, attempt: Attempt) -> GenerationRequest:
     from worker.pipeline.engine import IDENTITY, STYLE, GenerationRequest
 
-    params = job.params
-    resolved = job.request.get("resolved") or {}
-    style_ref = resolved.get("style")
+    request = job.request
+    params, resolved = request.params, request.resolved
     return GenerationRequest(
         prompt=job.prompt_used,
-        negative_prompt=job.request.get("negative_prompt"),
-        width=params["width"],
-        height=params["height"],
-        steps=params["steps"],
-        guidance_scale=params["guidance_scale"],
+        negative_prompt=request.negative_prompt,
+        width=params.width,
+        height=params.height,
+        steps=params.steps,
+        guidance_scale=params.guidance_scale,
         seed=job.seed,
-        num_images=params["num_images"],
-        identity_embeds=tuple(_embedding(runtime, IDENTITY, ref, attempt) for ref in resolved.get("identity", [])),
-        identity_scale=params["identity_scale"],
-        style_embeds=_embedding(runtime, STYLE, style_ref, attempt) if style_ref else None,
-        style_scale=params["style_scale"],
-        content_scale=params["content_scale"],
+        num_images=params.num_images,
+        identity_embeds=tuple(_embedding(runtime, IDENTITY, ref, attempt) for ref in resolved.identity),
+        identity_scale=params.identity_scale,
+        style_embeds=_embedding(runtime, STYLE, resolved.style, attempt) if resolved.style is not None else None,
+        style_scale=params.style_scale,
+        content_scale=params.content_scale,
         lora=_lora_request(runtime, job),
     )
 
@@ -172,7 +178,7 @@ def _encode(image: PIL.Image.Image, fmt: str, runtime: Runtime, job: JobInput, i
 
 
 def _store(runtime: Runtime, claim: jobs.Claim, job: JobInput, images: list[PIL.Image.Image]) -> list[jobs.StoredImage]:
-    fmt = job.params.get("output_format", "png")
+    fmt = job.request.params.output_format
     stored = []
     for index, image in enumerate(images):
         data = _encode(image, fmt, runtime, job, index)

@@ -15,10 +15,9 @@ A job whose request names a photo by URL is accepted onto ``illustrations.prepar
 
 from __future__ import annotations
 
-import copy
 import logging
-from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -32,6 +31,7 @@ from shared.models import Job
 from shared.queue import Publisher
 from shared.states import JobStatus
 from shared.storage import Storage
+from shared.stored_request import StoredRef, StoredRequest, UrlRef
 from shared.subjects import reference, store_version
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def _fetch_image(fetcher: Fetcher, url: str, field: str) -> NormalisedImage:
         raise JobFailure(ErrorCode.REFERENCE_INVALID, f"{field}: {exc}") from None
 
 
-def _store_subject(db: Database, storage: Storage, job: Job, name: str, image: NormalisedImage) -> dict[str, Any]:
+def _store_subject(db: Database, storage: Storage, job: Job, name: str, image: NormalisedImage) -> StoredRef:
     for _ in range(2):  # a concurrent first upload of the same name: the second try finds it
         try:
             with db.begin() as session:
@@ -58,32 +58,35 @@ def _store_subject(db: Database, storage: Storage, job: Job, name: str, image: N
 
 
 def _resolve(db: Database, storage: Storage, fetcher: Fetcher, job: Job,
-             warnings: list[str]) -> dict[str, Any]:
-    request = copy.deepcopy(job.request)
-    resolved = request.get("resolved") or {}
-    text_only = request.get("on_subject_error") == "text_only"
-    identity: list[dict[str, Any]] = []
-    for position, ref in enumerate(resolved.get("identity", [])):
-        if "storage_key" in ref:
+             warnings: list[str]) -> StoredRequest:
+    try:
+        request = StoredRequest.model_validate(job.request)
+    except ValidationError:
+        raise JobFailure(ErrorCode.INTERNAL, "the job's stored request cannot be read") from None
+    resolved = request.resolved
+    identity: list[StoredRef | UrlRef] = []
+    for ref in resolved.identity:
+        if isinstance(ref, StoredRef):
             identity.append(ref)
             continue
-        field = f"subjects.{ref.get('index', position)}"
+        field = f"subjects.{ref.index}"
+        if ref.name is None:
+            raise JobFailure(ErrorCode.INTERNAL, f"{field}: a photo by URL names no subject")
         try:
-            image = _fetch_image(fetcher, ref["image_url"], field)
+            image = _fetch_image(fetcher, ref.image_url, field)
         except JobFailure as exc:
-            if not text_only:
+            if request.on_subject_error != "text_only":
                 raise
             warnings.append(f"{field} left out ({exc.code.value}): {exc.message.removeprefix(field + ': ')}")
             continue
-        identity.append(_store_subject(db, storage, job, ref["name"], image))
-    style = resolved.get("style")
-    if style is not None and "storage_key" not in style:
-        image = _fetch_image(fetcher, style["image_url"], "style.reference")
+        identity.append(_store_subject(db, storage, job, ref.name, image))
+    style = resolved.style
+    if isinstance(style, UrlRef):
+        image = _fetch_image(fetcher, style.image_url, "style.reference")
         key = reference_prefix(job.id) + "style.png"
         storage.put(key, image.png, "image/png")
-        style = {"storage_key": key, "sha256": image.sha256}
-    request["resolved"] = {**resolved, "identity": identity, "style": style}
-    return request
+        style = StoredRef(storage_key=key, sha256=image.sha256)
+    return request.model_copy(update={"resolved": resolved.model_copy(update={"identity": identity, "style": style})})
 
 
 def prepare_job(db: Database, storage: Storage, fetcher: Fetcher, publisher: Publisher, job_id: str) -> str:
@@ -111,7 +114,8 @@ def prepare_job(db: Database, storage: Storage, fetcher: Fetcher, publisher: Pub
     # 4. Hand it to its GPU queue, then publish (the relay publishes it if this publish fails).
     gpu_queue = tasks.QUEUE_BY_PRIORITY[job.priority]
     with db.begin() as session:
-        if not jobs.prepared(session, job_id, tasks.QUEUE_PREPARE, gpu_queue, request, warnings):
+        if not jobs.prepared(session, job_id, tasks.QUEUE_PREPARE, gpu_queue, request.model_dump(mode="json"),
+                             warnings):
             return "skipped"  # canceled (or deleted) while it was being prepared
     if publisher.publish(job_id, gpu_queue):
         with db.begin() as session:

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from shared.deletion import part
 from shared.models import Feedback, GenerationMetric, Job, Subject, SubjectVersion
 from shared.storage import Storage
+from shared.stored_request import RequestOutline, StoredRef
 
 
 def embedding_prefix(sha256: str) -> str:
@@ -23,9 +24,9 @@ def embedding_prefix(sha256: str) -> str:
 
 
 def _job_reference_hashes(request: dict[str, Any]) -> set[str]:
-    resolved = request.get("resolved") or {}
-    refs = [*(resolved.get("identity") or []), resolved.get("style")]
-    return {ref["sha256"] for ref in refs if isinstance(ref, dict) and ref.get("sha256")}
+    """The images a job's references name (a reference still given by URL names none yet)."""
+    refs = RequestOutline.model_validate(request).resolved.references
+    return {ref.sha256 for ref in refs if isinstance(ref, StoredRef)}
 
 
 @part("embeddings", order=5)

@@ -22,6 +22,7 @@ from shared.deletion.run import run_deletion
 from shared.errors import CancelReason, ErrorCode
 from shared.models import ApiKey, CacheEntry, GenerationMetric, Job, JobImage, UserDeletion, WebhookEvent
 from shared.settings import Settings
+from shared.stored_request import StoredRequest
 from tests.api.test_illustrations import upload
 from tests.conftest import make_key
 from tests.shared.test_styles import lora
@@ -341,10 +342,37 @@ def test_deleting_a_user_removes_their_entries_and_keeps_images_another_job_shar
     assert not storage.exists(key)  # nobody lists it any more
 
 
+def key(client_id: str, profile: str, request: dict[str, Any], prompt_used: str,
+        lora: styles.ResolvedStyle | None) -> str:
+    """The key of a stored request given as the JSON a job row keeps."""
+    return cache.compute_key(client_id, profile, StoredRequest.model_validate(request), prompt_used, lora)
+
+
 def test_the_key_ignores_how_a_float_is_written() -> None:
-    request: dict[str, Any] = {"params": {"guidance_scale": 7, "seed": 1}, "resolved": {}}
-    same = {"params": {"guidance_scale": 7.0, "seed": 1}, "resolved": {}}
-    assert cache.compute_key("c", "tiny", request, "p", None) == cache.compute_key("c", "tiny", same, "p", None)
+    request = copy.deepcopy(KEY_REQUEST)
+    request["params"]["guidance_scale"] = 7
+    same = copy.deepcopy(KEY_REQUEST)
+    same["params"]["guidance_scale"] = 7.0
+    assert key("c", "tiny", request, "p", None) == key("c", "tiny", same, "p", None)
+
+
+def test_the_key_of_a_stored_request_is_the_one_its_json_had() -> None:
+    """The key of a request, now computed from the typed stored request, is the one computed from its JSON before
+    (this digest): entries written before still answer (``KEY_VERSION`` changes only on purpose)."""
+    request = {
+        "prompt": "grandma", "negative_prompt": None,
+        "params": {"width": 64, "height": 64, "steps": 2, "guidance_scale": 7.5, "seed": 1, "num_images": 1,
+                   "identity_scale": 0.6, "style_scale": 0.8, "content_scale": 1.0, "lora_scale": 0.8,
+                   "output_format": "png", "style_lora": "ink"},
+        "resolved": {"identity": [{"subject_id": "s-1", "name": "grandma", "version": 1,
+                                   "storage_key": "subjects/s-1/v1.png", "sha256": "a" * 64}],
+                     "style": {"storage_key": "jobs/j-1/references/style.png", "sha256": "c" * 64},
+                     "style_lora": {"name": "ink", "version": 1}},
+        "variant": "b", "experiment": "steps-test",
+    }
+    ink = styles.ResolvedStyle("s", "ink", 1, "k", "d" * 64, "tiny")
+    assert key("c", "tiny", request, "grandma, watercolor", ink) == (
+        "9064f479e9cf419cf93728681fabb27a4545965e240fb89160def71285330fc7")
 
 
 def test_a_style_lora_counts_as_name_at_version_resolved_at_submit(
@@ -368,12 +396,17 @@ def test_a_style_lora_counts_as_name_at_version_resolved_at_submit(
     assert submit(client, auth, bare)["status"] == "queued"  # "ink" is version 2 now
 
 
+def ref(sha256: str) -> dict[str, str]:
+    return {"storage_key": f"subjects/{sha256[:8]}/v1.png", "sha256": sha256}
+
+
 KEY_REQUEST: dict[str, Any] = {
+    "prompt": "p",
     "negative_prompt": None,
     "params": {"width": 64, "height": 64, "steps": 2, "guidance_scale": 7.5, "seed": 1, "num_images": 1,
                "identity_scale": 0.6, "style_scale": 0.8, "content_scale": 1.0, "lora_scale": 0.8,
                "output_format": "png", "style_lora": None},
-    "resolved": {"identity": [{"sha256": "a" * 64}, {"sha256": "b" * 64}], "style": {"sha256": "c" * 64}},
+    "resolved": {"identity": [ref("a" * 64), ref("b" * 64)], "style": ref("c" * 64)},
     "variant": "a",
     "experiment": None,
 }
@@ -381,7 +414,7 @@ KEY_REQUEST: dict[str, Any] = {
 
 def test_every_input_of_the_key_changes_it() -> None:
     ink = styles.ResolvedStyle("s", "ink", 1, "k", "d" * 64, "tiny")
-    base = cache.compute_key("c", "tiny", KEY_REQUEST, "p", ink)
+    base = key("c", "tiny", KEY_REQUEST, "p", ink)
 
     def changed(path: tuple[str, ...], value: Any) -> dict[str, Any]:
         request = copy.deepcopy(KEY_REQUEST)
@@ -392,31 +425,30 @@ def test_every_input_of_the_key_changes_it() -> None:
         return request
 
     variants = [
-        cache.compute_key("other", "tiny", KEY_REQUEST, "p", ink),
-        cache.compute_key("c", "sdxl", KEY_REQUEST, "p", ink),
-        cache.compute_key("c", "tiny", KEY_REQUEST, "p2", ink),
-        cache.compute_key("c", "tiny", KEY_REQUEST, "p", None),
-        cache.compute_key("c", "tiny", KEY_REQUEST, "p", styles.ResolvedStyle("s", "ink", 2, "k", "d" * 64, "tiny")),
-        cache.compute_key("c", "tiny", KEY_REQUEST, "p", styles.ResolvedStyle("s", "ink", 1, "k", "e" * 64, "tiny")),
-        cache.compute_key("c", "tiny", changed(("negative_prompt",), "blurry"), "p", ink),
-        cache.compute_key("c", "tiny", changed(("variant",), "b"), "p", ink),
-        cache.compute_key("c", "tiny", changed(("experiment",), "steps-test"), "p", ink),
-        cache.compute_key("c", "tiny", changed(("resolved", "style"), None), "p", ink),
-        cache.compute_key("c", "tiny", changed(("resolved", "identity"), [{"sha256": "b" * 64}, {"sha256": "a" * 64}]),
-                          "p", ink),
-        cache.compute_key("c", "tiny", changed(("resolved", "identity"), [{"sha256": "a" * 64}]), "p", ink),
+        key("other", "tiny", KEY_REQUEST, "p", ink),
+        key("c", "sdxl", KEY_REQUEST, "p", ink),
+        key("c", "tiny", KEY_REQUEST, "p2", ink),
+        key("c", "tiny", KEY_REQUEST, "p", None),
+        key("c", "tiny", KEY_REQUEST, "p", styles.ResolvedStyle("s", "ink", 2, "k", "d" * 64, "tiny")),
+        key("c", "tiny", KEY_REQUEST, "p", styles.ResolvedStyle("s", "ink", 1, "k", "e" * 64, "tiny")),
+        key("c", "tiny", changed(("negative_prompt",), "blurry"), "p", ink),
+        key("c", "tiny", changed(("variant",), "b"), "p", ink),
+        key("c", "tiny", changed(("experiment",), "steps-test"), "p", ink),
+        key("c", "tiny", changed(("resolved", "style"), None), "p", ink),
+        key("c", "tiny", changed(("resolved", "identity"), [ref("b" * 64), ref("a" * 64)]), "p", ink),
+        key("c", "tiny", changed(("resolved", "identity"), [ref("a" * 64)]), "p", ink),
     ]
     for name, value in KEY_REQUEST["params"].items():
         if name == "style_lora":
             continue
         other = "jpeg" if name == "output_format" else value + 1
-        variants.append(cache.compute_key("c", "tiny", changed(("params", name), other), "p", ink))
+        variants.append(key("c", "tiny", changed(("params", name), other), "p", ink))
     assert base not in variants and len(set(variants)) == len(variants)
     # Left out: what does not change the pixels (the stored request's bookkeeping).
     extra = {**copy.deepcopy(KEY_REQUEST), "priority": "batch", "batch_index": 3, "user_id": "u-9",
-             "memory_context": {"content": "x"}, "on_subject_error": "text_only"}
+             "memory_context": {"content": "x"}, "on_subject_error": "text_only", "prompt": "as given"}
     extra["resolved"]["identity"][0]["storage_key"] = "subjects/x/v1.png"
-    assert cache.compute_key("c", "tiny", extra, "p", ink) == base
+    assert key("c", "tiny", extra, "p", ink) == base
 
 
 def test_images_of_a_user_being_deleted_answer_nobody(client: FlaskClient, admin: dict[str, str], app: Flask,
