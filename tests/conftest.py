@@ -1,4 +1,5 @@
 """Shared fixtures: real PostgreSQL, Redis and S3 (rclone) servers; the tiny model; the API app and keys.
+Plain helper functions live in ``tests/helpers.py``; each folder's conftest adds the fixtures of its own tests.
 
 PostgreSQL and Redis are the machine's own, on their standard loopback ports (``TEST_DATABASE_ADMIN_URL``,
 ``TEST_REDIS_URL`` override them): each session works in a fresh database of its own and a Redis db index it
@@ -15,20 +16,15 @@ from pathlib import Path
 
 import pytest
 import redis
-import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 
-from api.keys import create_key
 from shared.db import Database
 from shared.migrate import upgrade
 from shared.settings import Settings, get_settings
+from tests.helpers import RABBITMQ_URL, REDIS_URL, SYSTEM_REDIS_URL, make_key, new_database
+from tests.httpservers import Recorder
 from tests.s3server import S3Server
-
-ADMIN_URL = os.environ.get("TEST_DATABASE_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
-# System tests run real workers; they get a Redis db of their own so stray test messages never reach them.
-SYSTEM_REDIS_URL = os.environ.get("TEST_SYSTEM_REDIS_URL", "redis://127.0.0.1:6379/12")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -38,45 +34,18 @@ for _name in [name for name in os.environ if name.startswith("ILLUSTRATIONS_")]:
 get_settings.cache_clear()
 
 
-def _drop(connection: sa.Connection, name: str) -> None:
-    connection.execute(
-        sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE datname = :n AND pid <> pg_backend_pid()"),
-        {"n": name},
-    )
-    connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
-
-
-def _admin_engine() -> sa.Engine:
-    return sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-
-
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this session, migrated to head; dropped at the end."""
-    name = f"illustrations_test_{uuid.uuid4().hex[:10]}"
-    admin = _admin_engine()
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    upgrade(Settings(database_url=url))
-    yield url
-    with admin.connect() as connection:
-        _drop(connection, name)
-    admin.dispose()
+    with new_database("illustrations_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
 def empty_pg_url() -> Iterator[str]:
     """An empty PostgreSQL database (no migrations run)."""
-    name = f"illustrations_empty_{uuid.uuid4().hex[:10]}"
-    admin = _admin_engine()
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    yield ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as connection:
-        _drop(connection, name)
-    admin.dispose()
+    with new_database("illustrations_empty", migrated=False) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -94,9 +63,6 @@ def system_redis_url() -> str:
     client.flushdb()
     client.close()
     return SYSTEM_REDIS_URL
-
-
-RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672")
 
 
 @pytest.fixture
@@ -123,6 +89,14 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """A real S3 server (rclone serve s3: checks signatures and presign expiry) with the bucket `test-bucket`."""
     with S3Server(tmp_path_factory.mktemp("s3")) as server:
         yield server
+
+
+@pytest.fixture
+def recorder() -> Iterator[Recorder]:
+    """A socket on every local address counting connections (what a blocked fetch must never reach)."""
+    rec = Recorder()
+    yield rec
+    rec.close()
 
 
 @pytest.fixture(scope="session")
@@ -178,12 +152,6 @@ def app(settings: Settings) -> Iterator[Flask]:
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
-
-
-def make_key(database: Database, client_name: str | None = None, scopes: tuple[str, ...] = ("generate",)) -> str:
-    with database.begin() as session:
-        _, plaintext = create_key(session, client_name or f"client-{uuid.uuid4().hex[:8]}", scopes)
-    return plaintext
 
 
 @pytest.fixture

@@ -14,7 +14,8 @@ from typing import Any
 import requests
 import sqlalchemy as sa
 
-from tests.system.procs import Processes, free_port, http_ok, run_cli, wait_for
+from tests.helpers import wait_for
+from tests.system.procs import Processes, free_port, http_ok, run_cli
 
 TERMINAL = ("succeeded", "failed", "canceled")
 TINY_JOB = {"user_id": "u-fault", "prompt": "a lighthouse at dusk", "params": {"width": 64, "height": 64, "steps": 2}}

@@ -14,7 +14,8 @@ from pathlib import Path
 import redis
 import sqlalchemy as sa
 
-from tests.system.procs import free_port, wait_for
+from tests.helpers import wait_for
+from tests.system.procs import free_port
 
 
 class RedisServer:

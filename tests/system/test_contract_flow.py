@@ -4,7 +4,6 @@ deletion run by the maintenance worker."""
 
 from __future__ import annotations
 
-import io
 import time
 import uuid
 from pathlib import Path
@@ -12,23 +11,17 @@ from typing import Any
 
 import pytest
 import requests
-from PIL import Image
 
+from tests.helpers import png, wait_for
 from tests.httpservers import Server
-from tests.system.procs import clean_env, free_port, http_ok, processes, run_cli, wait_for
+from tests.system.procs import clean_env, free_port, http_ok, processes, run_cli
 
 pytestmark = pytest.mark.system
 
 
-def png_bytes() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (72, 72), (120, 90, 200)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def test_url_reference_to_gpu_with_wait_then_user_deletion(pg_url: str, system_redis_url: str,
                                                            tiny_model_dir: Path, tmp_path: Path) -> None:
-    photos = Server({"/dad.png": (200, {"Content-Type": "image/png"}, png_bytes())})
+    photos = Server({"/dad.png": (200, {"Content-Type": "image/png"}, png((72, 72), (120, 90, 200)))})
     env = clean_env(
         VAR_DIR=str(tmp_path / "var"), DATABASE_URL=pg_url, BROKER_URL=system_redis_url,
         STORAGE_URL=str(tmp_path / "storage"), MODEL_DIR=str(tiny_model_dir), TORCH_THREADS="1", API_WORKERS="1",

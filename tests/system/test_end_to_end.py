@@ -10,35 +10,18 @@ from __future__ import annotations
 
 import io
 import json
-import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
 from PIL import Image
 
+from tests.helpers import png, wait_for, wait_terminal
 from tests.s3server import S3Server
-from tests.system.procs import clean_env, free_port, http_ok, processes, run_cli, wait_for
+from tests.system.procs import clean_env, free_port, http_ok, processes, run_cli
 
 pytestmark = pytest.mark.system
-
-
-def png_bytes(color: tuple[int, int, int] = (210, 170, 140)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (80, 80), color).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def wait_terminal(base: str, headers: dict[str, str], job_id: str, timeout_s: float = 180) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job: dict[str, Any] = requests.get(f"{base}/v1/illustrations/{job_id}", headers=headers, timeout=10).json()
-        if job["status"] in ("succeeded", "failed", "canceled"):
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not finish in {timeout_s} s: {job}")
 
 
 def test_http_to_worker_to_s3_on_postgresql(fresh_pg_url: str, system_broker_url: str, s3_server: S3Server,
@@ -67,7 +50,7 @@ def test_http_to_worker_to_s3_on_postgresql(fresh_pg_url: str, system_broker_url
 
         subject = requests.post(f"{base}/v1/subjects", headers=headers, timeout=10,
                                 data={"user_id": "u-42", "name": "grandma"},
-                                files={"image": ("grandma.png", png_bytes())})
+                                files={"image": ("grandma.png", png((80, 80), (210, 170, 140)))})
         assert subject.status_code == 201, subject.text
         response = requests.post(f"{base}/v1/illustrations", headers=headers, timeout=10, json={
             "user_id": "u-42",
@@ -112,7 +95,7 @@ def test_embedded_mode_with_processes_started_separately(tmp_path: Path) -> None
     run_cli(["models", "make-tiny", "var/models/tiny"], env, tmp_path)
     api_port, flower_port = free_port(), free_port()
     face = tmp_path / "face.png"
-    face.write_bytes(png_bytes())
+    face.write_bytes(png((80, 80), (210, 170, 140)))
     try:
         with processes(env, tmp_path, tmp_path / "logs") as procs:
             # Any order: the worker starts first and brings up the embedded Redis; the API comes last.

@@ -20,8 +20,9 @@ import requests
 
 from shared.migrate import upgrade
 from shared.settings import Settings
+from tests.helpers import wait_for
 from tests.system.faults import TINY_JOB, Ledger, Stack, accepted_ids, burst, fast_env
-from tests.system.procs import processes, wait_for
+from tests.system.procs import processes
 from tests.system.servers import PostgresServer, RedisServer
 
 pytestmark = pytest.mark.system

@@ -20,9 +20,8 @@ from shared.db import Database
 from shared.models import GenerationMetric
 from shared.queue import Publisher, make_celery
 from shared.settings import Settings
-from tests.shared.test_jobs import add_job, load
-from tests.system.procs import clean_env, processes, wait_for
-from tests.worker.test_generation import request_doc
+from tests.helpers import add_job, load, request_doc, wait_for
+from tests.system.procs import clean_env, processes
 
 pytestmark = pytest.mark.system
 

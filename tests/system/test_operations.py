@@ -24,11 +24,9 @@ import requests
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.migrate import upgrade
-from shared.settings import Settings
-from tests.conftest import SYSTEM_REDIS_URL, _admin_engine, _drop
+from tests.helpers import SYSTEM_REDIS_URL, new_database, wait_for
 from tests.system.faults import TINY_JOB, Ledger, Stack, fast_env
-from tests.system.procs import Processes, free_port, http_ok, run_cli, wait_for
+from tests.system.procs import Processes, free_port, http_ok, run_cli
 
 pytestmark = pytest.mark.system
 
@@ -80,13 +78,11 @@ def new_key(env: dict[str, str], cwd: Path, name: str, *scopes: str) -> str:
 @pytest.fixture(scope="module")
 def ops_stack(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[OpsStack]:
     redis.Redis.from_url(SYSTEM_REDIS_URL).flushdb()
-    name = f"illustrations_ops_{uuid.uuid4().hex[:10]}"
-    admin = _admin_engine()
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = admin.url.set(database=name).render_as_string(hide_password=False)
-    upgrade(Settings(database_url=url))
-    tmp = tmp_path_factory.mktemp("ops")
+    with new_database("illustrations_ops") as url:
+        yield from _ops_stack(url, tmp_path_factory.mktemp("ops"), tiny_model_dir)
+
+
+def _ops_stack(url: str, tmp: Path, tiny_model_dir: Path) -> Iterator[OpsStack]:
     metrics_port, flower_port = free_port(), free_port()
     env = fast_env(tmp, url, SYSTEM_REDIS_URL, tiny_model_dir, FLOWER_BASIC_AUTH=":".join(FLOWER_AUTH),
                    METRICS_DIR=str(tmp / "metrics"))
@@ -114,9 +110,6 @@ def ops_stack(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) ->
     finally:
         procs.stop_all()
         ledger.close()
-        with admin.connect() as connection:
-            _drop(connection, name)
-        admin.dispose()
 
 
 def families(text: str) -> dict[str, Any]:

@@ -19,10 +19,10 @@ from sqlalchemy import func, select
 from shared.db import Database
 from shared.models import Job, JobImage
 from shared.settings import Settings
-from tests.system.procs import clean_env, free_port, http_ok, processes, run_cli, wait_for
+from tests.helpers import ROOT, wait_for
+from tests.system.procs import clean_env, free_port, http_ok, processes, run_cli
 
 pytestmark = pytest.mark.system
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def gpu_worker_manifest() -> tuple[list[str], list[str], int]:

@@ -26,14 +26,12 @@ import numpy as np
 import pytest
 import requests
 from PIL import Image
-from sqlalchemy import select
 
 from shared.db import Database
-from shared.models import StyleVersion
 from shared.settings import Settings
+from tests.helpers import style_version, wait_for, wait_terminal
 from tests.s3server import S3Server
-from tests.system.procs import Proc, Processes, clean_env, free_port, http_ok, processes, run_cli, wait_for
-from tests.system.test_end_to_end import wait_terminal
+from tests.system.procs import Proc, Processes, clean_env, free_port, http_ok, processes, run_cli
 
 pytestmark = pytest.mark.system
 
@@ -76,11 +74,6 @@ def wait_version(base: str, headers: dict[str, str], number: int, states: tuple[
 
     wait_for(reached, timeout_s, f"version {number} to be {'/'.join(states)}", interval_s=0.2)
     return result
-
-
-def row(db: Database, job_id: str) -> StyleVersion:
-    with db.begin() as session:
-        return session.execute(select(StyleVersion).where(StyleVersion.job_id == job_id)).scalar_one()
 
 
 def trainer(procs: Processes, name: str) -> Proc:
@@ -140,25 +133,26 @@ def test_train_generate_cancel_kill_and_sigterm_through_real_workers(
         canceled = wait_version(base, headers, 2, ("canceled", "ready", "failed"), timeout_s=60)
         assert canceled["status"] == "canceled" and canceled["error"]["code"] == "canceled_by_client"
         assert canceled["progress"]["step"] < 5000 and canceled["active_version"] == 1
-        assert row(db, long["job_id"]).checkpoint_step is None
+        assert style_version(db, long["job_id"]).checkpoint_step is None
 
         # 4a. kill -9 mid-training (after a checkpoint); a new worker resumes from it once the lease runs out.
         third = start_training(base, headers, steps=150)
-        wait_for(lambda: (row(db, third["job_id"]).checkpoint_step or 0) >= 5, 120, "a checkpoint of version 3")
+        wait_for(lambda: (style_version(db, third["job_id"]).checkpoint_step or 0) >= 5, 120,
+                 "a checkpoint of version 3")
         os.killpg(first_trainer.process.pid, signal.SIGKILL)
         first_trainer.process.wait(30)
-        killed_at = row(db, third["job_id"]).checkpoint_step or 0
+        killed_at = style_version(db, third["job_id"]).checkpoint_step or 0
         assert 5 <= killed_at < 150
         second_trainer = trainer(procs, "second")
-        wait_for(lambda: row(db, third["job_id"]).attempt == 2, 120, "attempt 2 of version 3")
+        wait_for(lambda: style_version(db, third["job_id"]).attempt == 2, 120, "attempt 2 of version 3")
         assert f"resumes from the checkpoint at step {killed_at} (attempt 2)" in wait_log(second_trainer,
                                                                                            "resumes from")
-        wait_for(lambda: (row(db, third["job_id"]).progress_step or 0) >= killed_at + 10, 120, "progress on")
+        wait_for(lambda: (style_version(db, third["job_id"]).progress_step or 0) >= killed_at + 10, 120, "progress on")
 
         # 4b. SIGTERM to the main process only: a checkpoint, the training back in the queue, a clean exit.
         os.kill(second_trainer.process.pid, signal.SIGTERM)
         assert second_trainer.process.wait(90) == 0
-        given_back = row(db, third["job_id"])
+        given_back = style_version(db, third["job_id"])
         assert (given_back.status, given_back.requeues) == ("queued", 1), given_back.status
         stopped_at = given_back.checkpoint_step or 0
         assert killed_at + 10 <= stopped_at < 150

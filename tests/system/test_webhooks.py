@@ -29,13 +29,11 @@ from standardwebhooks import Webhook
 
 from shared import jobs
 from shared.db import Database
-from shared.migrate import upgrade
 from shared.models import Client, Job, WebhookAttempt, WebhookEvent
 from shared.settings import Settings
-from tests.conftest import SYSTEM_REDIS_URL, _admin_engine, _drop
-from tests.shared.test_jobs import add_job, claim
+from tests.helpers import SYSTEM_REDIS_URL, add_job, claim, new_database, wait_for
 from tests.system.faults import fast_env
-from tests.system.procs import Processes, free_port, run_cli, wait_for
+from tests.system.procs import Processes, free_port, run_cli
 from tests.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.system
@@ -85,13 +83,11 @@ class HookStack:
 @pytest.fixture(scope="module")
 def hooks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HookStack]:
     redis.Redis.from_url(SYSTEM_REDIS_URL).flushdb()
-    name = f"illustrations_hooks_{uuid.uuid4().hex[:10]}"
-    admin = _admin_engine()
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = admin.url.set(database=name).render_as_string(hide_password=False)
-    upgrade(Settings(database_url=url))
-    tmp = tmp_path_factory.mktemp("hooks")
+    with new_database("illustrations_hooks") as url:
+        yield from _hook_stack(url, tmp_path_factory.mktemp("hooks"))
+
+
+def _hook_stack(url: str, tmp: Path) -> Iterator[HookStack]:
     key = Fernet.generate_key().decode()
     env = fast_env(tmp, url, SYSTEM_REDIS_URL, tmp / "no-model", FETCH_ALLOWLIST='["127.0.0.1"]',
                    WEBHOOK_SECRET_KEYS=json.dumps([key]), WEBHOOK_DISPATCH_INTERVAL_S="0.2",
@@ -109,9 +105,6 @@ def hooks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HookStack]:
     finally:
         procs.stop_all()
         database.engine.dispose()
-        with admin.connect() as connection:
-            _drop(connection, name)
-        admin.dispose()
 
 
 def verify_all(receiver: Receiver, *secrets: str) -> dict[str, set[str]]:
