@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 from api.keys import create_key
 from shared import jobs
 from shared.db import Database
+from shared.fetch import Fetcher
 from shared.migrate import upgrade
 from shared.models import Client, GenerationMetric, Job, JobImage, Style, StyleVersion, TrainingImage
 from shared.settings import Settings
@@ -275,6 +276,13 @@ def style_form(name: str = "ink", count: int = 4, captions: list[str] | None = N
     }
     data.update(fields)
     return data
+
+
+def photo_fetcher() -> Fetcher:
+    """A fetcher whose host names resolve by a table of ours: ``photos.test`` is the local picture server
+    (allowlisted), ``intranet.test`` a private address, ``sneaky.test`` loopback without the allowlist."""
+    table = {"photos.test": ["127.0.0.1"], "intranet.test": ["10.0.0.7"], "sneaky.test": ["127.0.0.1"]}
+    return Fetcher(allowlist=["photos.test"], resolve=lambda host, _port: table[host], timeout_s=5)
 
 
 # --- Over HTTP (the system tests) -------------------------------------------------------------------------------------

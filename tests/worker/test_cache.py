@@ -3,20 +3,16 @@ pipeline run; a later identical request answered from what the worker stored; re
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
-from sqlalchemy import select
 
 from shared import jobs
 from shared.db import Database
-from shared.models import GenerationMetric, Job, JobImage
-from shared.settings import Settings
-from tests.api.test_illustrations import png, upload
+from shared.models import Job
+from tests.helpers import image_keys, metric_rows, png, submit, upload
 from worker.generation import run_generation
 from worker.runtime import Runtime
 
@@ -26,34 +22,6 @@ pytestmark = pytest.mark.filterwarnings(
 
 BODY = {"user_id": "u-1", "prompt": "grandma teaching me to ride a bike", "subjects": [{"name": "grandma"}],
         "params": {"width": 64, "height": 64, "steps": 2, "seed": 42}}
-
-
-@pytest.fixture
-def runtime(settings: Settings, tiny_model_dir: Path) -> Iterator[Runtime]:
-    runtime = Runtime(settings.model_copy(update={"model_dir": tiny_model_dir, "torch_threads": 1}))
-    yield runtime
-    runtime.db.engine.dispose()
-
-
-def submit(client: FlaskClient, auth: dict[str, str], body: dict[str, Any], **headers: str) -> dict[str, Any]:
-    response = client.post("/v1/illustrations", json=body, headers={**auth, **headers})
-    assert response.status_code in (200, 202), response.json
-    result: dict[str, Any] = response.json  # type: ignore[assignment]
-    return result
-
-
-def metric_rows(db: Database, job_ids: list[str]) -> list[GenerationMetric]:
-    with db.begin() as session:
-        return list(session.execute(
-            select(GenerationMetric).where(GenerationMetric.job_id.in_(job_ids)).order_by(GenerationMetric.id)
-        ).scalars())
-
-
-def image_keys(db: Database, job_id: str) -> list[str]:
-    with db.begin() as session:
-        return list(session.execute(
-            select(JobImage.storage_key).where(JobImage.job_id == job_id).order_by(JobImage.index)
-        ).scalars())
 
 
 def test_two_identical_jobs_one_pipeline_run_then_a_hit(client: FlaskClient, auth: dict[str, str], db: Database,
@@ -78,7 +46,7 @@ def test_two_identical_jobs_one_pipeline_run_then_a_hit(client: FlaskClient, aut
         assert [t[1] for t in jobs.transitions(session, follower["id"])] == ["queued", "succeeded"]  # never ran
 
     # The worker recorded its revision on the job and its metrics row: the next identical request is a hit.
-    hit = submit(client, auth, BODY, Prefer="wait=5")
+    hit = submit(client, auth, BODY, headers={"Prefer": "wait=5"})
     assert hit["status"] == "succeeded" and hit["cached"] is True
     assert hit["model"]["revision"] == first["model"]["revision"]
     assert hit["images"][0]["sha256"] == first["images"][0]["sha256"]

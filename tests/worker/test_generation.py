@@ -6,7 +6,6 @@ import contextlib
 import hashlib
 import io
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -21,9 +20,9 @@ from sqlalchemy import select
 
 from shared import jobs, styles
 from shared.db import Database, is_unavailable
-from shared.models import Client, GenerationMetric, JobImage
+from shared.models import Client, JobImage
 from shared.settings import Settings
-from tests.shared.test_jobs import add_job, load
+from tests.helpers import add_job, load, metric_rows, request_doc, wait_for
 from worker import limits
 from worker.attempt import retry_delay
 from worker.generation import run_generation
@@ -32,24 +31,6 @@ from worker.runtime import Runtime
 pytestmark = pytest.mark.filterwarnings(
     "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
 )
-
-
-def request_doc(steps: int = 2, width: int = 64, height: int = 64, **params: object) -> dict[str, object]:
-    return {
-        "prompt": "a quiet street in the rain",
-        "negative_prompt": None,
-        "params": {"width": width, "height": height, "steps": steps, "guidance_scale": 5.0, "num_images": 1,
-                   "identity_scale": 0.6, "style_scale": 0.8, "content_scale": 1.0, "output_format": "png",
-                   **params},
-        "resolved": {"identity": [], "style": None},
-    }
-
-
-@pytest.fixture
-def runtime(settings: Settings, tiny_model_dir: Path) -> Iterator[Runtime]:
-    runtime = Runtime(settings.model_copy(update={"model_dir": tiny_model_dir, "torch_threads": 1}))
-    yield runtime
-    runtime.db.engine.dispose()
 
 
 def stored_images(db: Database, job_id: str) -> list[JobImage]:
@@ -142,12 +123,12 @@ def test_cancel_while_running_stops_and_stores_nothing(runtime: Runtime, db: Dat
     outcome: list[str] = []
     worker = threading.Thread(target=lambda: outcome.append(run_generation(job_id, runtime)))
     worker.start()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def stepping() -> bool:
         job = load(db, job_id)
-        if job.status == "running" and job.progress_step:
-            break
-        time.sleep(0.01)
+        return job.status == "running" and bool(job.progress_step)
+
+    wait_for(stepping, 30, "a step of the running job", interval_s=0.01)
     with db.begin() as session:
         assert jobs.request_cancel(session, job_id)
     worker.join(60)
@@ -159,12 +140,6 @@ def test_cancel_while_running_stops_and_stores_nothing(runtime: Runtime, db: Dat
 
 
 # --- Styles (LoRA), embeddings, faults, metrics -------------------------------------------------------------------
-
-
-def metrics(db: Database, job_id: str) -> list[GenerationMetric]:
-    with db.begin() as session:
-        return list(session.execute(select(GenerationMetric).where(GenerationMetric.job_id == job_id)
-                                    .order_by(GenerationMetric.id)).scalars())
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +180,7 @@ def test_a_style_runs_with_its_lora_and_says_which_version_ran(runtime: Runtime,
     model = load(db, styled).model
     assert model is not None and model["style_lora"] == "watercolor@1"
     assert load(db, plain).model["style_lora"] is None  # type: ignore[index]
-    first, second = metrics(db, styled)[0], metrics(db, pinned)[0]
+    first, second = metric_rows(db, [styled])[0], metric_rows(db, [pinned])[0]
     assert (first.lora, first.lora_resident, second.lora_resident) == ("watercolor@1", False, True)
     # The job after the styled ones ran with the LoRA disabled: the plain image again (PNG of the same pixels,
     # unless float noise moved a value by one; then the hashes differ and the pixels agree within 1).
@@ -225,7 +200,7 @@ def test_a_style_removed_before_the_job_runs_fails_style_not_found(runtime: Runt
     assert run_generation(job_id, runtime) == "failed:style_not_found"
     job = load(db, job_id)
     assert job.error_code == "style_not_found" and job.error_message == "no style named 'watercolor'"
-    assert metrics(db, job_id)[0].error_code == "style_not_found"
+    assert metric_rows(db, [job_id])[0].error_code == "style_not_found"
 
 
 def test_a_style_made_for_another_model_fails_style_not_found(runtime: Runtime, db: Database,
@@ -259,7 +234,7 @@ def test_cached_embeddings_reproduce_the_uncached_image_exactly(runtime: Runtime
     runtime.storage.delete(str(face["storage_key"]))
     runtime.storage.delete(str(scene["storage_key"]))
     assert run_generation(warm, fresh) == "succeeded"
-    assert [m.embeddings_cached for m in metrics(db, cold) + metrics(db, warm)] == [0, 2]
+    assert [m.embeddings_cached for m in metric_rows(db, [cold]) + metric_rows(db, [warm])] == [0, 2]
     # Without the cache (photos back in storage): the same image again.
     reference(runtime, "subjects/f/v1.png", (200, 150, 120))
     reference(runtime, "subjects/s/v1.png", (40, 90, 160))
@@ -284,7 +259,7 @@ def test_out_of_memory_fails_that_job_and_the_next_succeeds(runtime: Runtime, db
         handle.remove()
     job = load(db, oom)
     assert job.status == "failed" and job.error_code == "out_of_memory" and stored_images(db, oom) == []
-    assert (metrics(db, oom)[0].outcome, metrics(db, oom)[0].error_code) == ("failed", "out_of_memory")
+    assert (metric_rows(db, [oom])[0].outcome, metric_rows(db, [oom])[0].error_code) == ("failed", "out_of_memory")
     following = add_job(db, request=request_doc(), seed=4)
     assert run_generation(following, runtime) == "succeeded"
 
@@ -345,7 +320,7 @@ def test_cancel_stops_within_one_step(runtime: Runtime, db: Database) -> None:
         assert run_generation(job_id, runtime) == "canceled"
     assert calls == [3]  # step 3 finished, no step after it
     assert stored_images(db, job_id) == [] and runtime.storage.delete_prefix(f"jobs/{job_id}/") == 0
-    assert metrics(db, job_id)[0].outcome == "canceled"
+    assert metric_rows(db, [job_id])[0].outcome == "canceled"
 
 
 def test_a_metrics_row_says_where_the_time_went(runtime: Runtime, db: Database) -> None:
@@ -353,7 +328,7 @@ def test_a_metrics_row_says_where_the_time_went(runtime: Runtime, db: Database) 
     runtime.gpu = "3"
     job_id = add_job(db, request=request_doc(width=64, height=96, num_images=2), seed=9, user_id="u-metrics")
     assert run_generation(job_id, runtime) == "succeeded"
-    (row,) = metrics(db, job_id)
+    (row,) = metric_rows(db, [job_id])
     assert (row.outcome, row.attempt, row.user_id) == ("succeeded", 1, "u-metrics")
     assert row.queue == "illustrations.interactive"
     assert (row.steps, row.width, row.height, row.num_images) == (2, 64, 96, 2)
@@ -370,7 +345,7 @@ def test_the_jobs_timings_and_its_metrics_row_tell_the_same_attempt(runtime: Run
     job_id = add_job(db, request=request_doc(), seed=9)
     assert run_generation(job_id, runtime) == "succeeded"
     timings = load(db, job_id).timings
-    (row,) = metrics(db, job_id)
+    (row,) = metric_rows(db, [job_id])
     assert timings is not None and row.inference_s is not None
     assert timings["queued_s"] == round(row.queue_wait_s, 3)
     assert timings["inference_s"] == round(row.inference_s, 3)
@@ -390,7 +365,7 @@ def test_a_worker_stopping_mid_job_gives_it_back_to_run_again_at_once(runtime: R
     assert (job.status, job.published_at, job.not_before) == ("queued", None, None)  # no backoff: not its fault
     with db.begin() as session:
         assert jobs.transitions(session, job_id)[-1][3] == "shutdown"
-    assert [(m.outcome, m.error_code) for m in metrics(db, job_id)] == [("requeued", "shutdown")]
+    assert [(m.outcome, m.error_code) for m in metric_rows(db, [job_id])] == [("requeued", "shutdown")]
     assert stored_images(db, job_id) == []
 
 
@@ -435,4 +410,4 @@ def test_a_job_with_a_malformed_request_fails_internal_once(runtime: Runtime, db
     assert run_generation(job_id, runtime) == "failed:internal"
     job = load(db, job_id)
     assert job.status == "failed" and job.error_code == "internal" and job.attempt == 1
-    assert [(m.outcome, m.error_code, m.width) for m in metrics(db, job_id)] == [("failed", "internal", 0)]
+    assert [(m.outcome, m.error_code, m.width) for m in metric_rows(db, [job_id])] == [("failed", "internal", 0)]

@@ -18,7 +18,7 @@ from shared.db import Database
 from shared.errors import CancelReason, ErrorCode
 from shared.models import Job, StyleVersion
 from shared.settings import Settings
-from tests.shared.test_jobs import add_job
+from tests.helpers import add_job, wait_for
 from worker.leases import Heartbeat, LeaseWatch
 from worker.runtime import Runtime
 
@@ -27,11 +27,8 @@ WORKER = "lease-test"  # the workers of this module's claims: w1 holds the row, 
 
 
 @pytest.fixture
-def runtime(settings: Settings) -> Iterator[Runtime]:
-    runtime = Runtime(settings.model_copy(update={"heartbeat_s": 0.05, "lease_s": 30.0,
-                                                  "progress_interval_s": 3600.0}))
-    yield runtime
-    runtime.db.engine.dispose()
+def runtime(make_runtime: Callable[..., Runtime]) -> Runtime:
+    return make_runtime(heartbeat_s=0.05, lease_s=30.0, progress_interval_s=3600.0)
 
 
 @pytest.fixture(autouse=True)
@@ -128,12 +125,12 @@ def test_the_watch_renews_the_lease_on_its_timer(runtime: Runtime, db: Database,
                                                  claimed_training: ClaimTraining) -> None:
     claim = kind.claim(db, claimed_training)
     with LeaseWatch(runtime, claim, kind.heartbeat, kind.name) as watch:
-        deadline, renewed = time.monotonic() + 10, False
-        while not renewed and time.monotonic() < deadline:  # the claim gave it one second, a renewal 30
+
+        def renewed() -> bool:  # the claim gave it one second, a renewal 30
             until = kind.lease(db, claim.job_id)
-            renewed = until is not None and until > datetime.now(UTC) + timedelta(seconds=20)
-            time.sleep(0.02)
-        assert renewed
+            return until is not None and until > datetime.now(UTC) + timedelta(seconds=20)
+
+        wait_for(renewed, 10, "the lease renewed", interval_s=0.02)
         assert watch.stop_reason is None
 
 

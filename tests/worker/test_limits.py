@@ -3,7 +3,7 @@ detector, on the exception types both runs see, and the tasks' answer to Celery'
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,7 +16,7 @@ from shared import jobs, training
 from shared.db import Database
 from shared.models import Job, StyleVersion
 from shared.settings import Settings
-from tests.shared.test_jobs import add_job
+from tests.helpers import add_job
 from worker.limits import is_out_of_memory
 from worker.runtime import Runtime
 
@@ -40,10 +40,8 @@ def test_another_runtime_error_is_not_out_of_memory() -> None:
 
 
 @pytest.fixture
-def runtime(settings: Settings) -> Iterator[Runtime]:
-    runtime = Runtime(settings)
-    yield runtime
-    runtime.db.engine.dispose()
+def runtime(make_runtime: Callable[..., Runtime]) -> Runtime:
+    return make_runtime()  # no model: nothing here generates
 
 
 def running_job(db: Database, claimed_training: ClaimTraining, worker: str) -> tuple[Task, str]:

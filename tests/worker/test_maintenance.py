@@ -16,7 +16,7 @@ from shared.models import Job, StyleVersion
 from shared.queue import BROKER_EPOCH_KEY, Publisher, make_celery
 from shared.settings import Settings
 from shared.training import TrainingClaim
-from tests.shared.test_jobs import add_job, claim, load, unpublished_ids
+from tests.helpers import add_job, claim, load, unpublished_ids
 from worker.maintenance import relay_trainings, relay_unpublished, sweep
 
 ClaimTraining = Callable[[Database, str, float], TrainingClaim]  # the ``claimed_training`` fixture

@@ -3,52 +3,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import redis
 from flask.testing import FlaskClient
 
 from shared.db import Database
-from shared.fetch import Fetcher
 from shared.models import Job, Subject
 from shared.queue import Publisher
 from shared.settings import Settings
 from shared.storage import Storage
-from tests.api.test_illustrations import VALID, png
+from tests.helpers import load, photo_fetcher, submit
 from tests.httpservers import Recorder, Server
-from tests.shared.test_jobs import load
 from worker.preparation import prepare_job
-
-
-@pytest.fixture
-def photos() -> Iterator[Server]:
-    server = Server({"/dad.png": (200, {"Content-Type": "image/png"}, png((48, 40), "teal")),
-                     "/style.png": (200, {"Content-Type": "image/png"}, png((32, 32), "yellow")),
-                     "/text.png": (200, {}, b"hello")})
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def recorder() -> Iterator[Recorder]:
-    rec = Recorder()
-    yield rec
-    rec.close()
-
-
-def fetcher(photos: Server, recorder: Recorder) -> Fetcher:
-    table = {"photos.test": ["127.0.0.1"], "intranet.test": ["10.0.0.7"], "sneaky.test": ["127.0.0.1"]}
-    return Fetcher(allowlist=["photos.test"], resolve=lambda host, _port: table[host], timeout_s=5)
-
-
-def submit(client: FlaskClient, auth: dict[str, str], **fields: Any) -> str:
-    response = client.post("/v1/illustrations", json={**VALID, **fields}, headers=auth)
-    assert response.status_code == 202, response.json
-    response.close()  # the outbox mark is made once the answer is sent (as a WSGI server closes it)
-    job_id: str = response.json["id"]  # type: ignore[index]
-    return job_id
 
 
 def test_url_references_are_fetched_stored_and_handed_to_the_gpu_queue(
@@ -57,12 +24,12 @@ def test_url_references_are_fetched_stored_and_handed_to_the_gpu_queue(
 ) -> None:
     base = f"http://photos.test:{photos.port}"
     job_id = submit(client, auth, subjects=[{"name": "dad", "image_url": f"{base}/dad.png"}],
-                    style={"reference": {"image_url": f"{base}/style.png"}})
+                    style={"reference": {"image_url": f"{base}/style.png"}})["id"]
     job = load(db, job_id)
     assert job.queue == "illustrations.prepare" and job.published_at is not None
     queue = redis.Redis.from_url(settings.broker_url)
     queue.delete("illustrations.interactive")
-    assert prepare_job(db, storage, fetcher(photos, recorder), publisher, job_id) == "prepared"
+    assert prepare_job(db, storage, photo_fetcher(), publisher, job_id) == "prepared"
     job = load(db, job_id)
     assert job.status == "queued" and job.queue == "illustrations.interactive" and job.published_at is not None
     identity = job.request["resolved"]["identity"]
@@ -76,7 +43,7 @@ def test_url_references_are_fetched_stored_and_handed_to_the_gpu_queue(
     assert all("image_url" not in ref for ref in [*identity, style])
     message = json.loads(queue.lrange("illustrations.interactive", 0, -1)[0])
     assert message["headers"]["task"] == "illustrations.generate" and job_id in message["headers"]["argsrepr"]
-    assert prepare_job(db, storage, fetcher(photos, recorder), publisher, job_id) == "skipped"  # a redelivery
+    assert prepare_job(db, storage, photo_fetcher(), publisher, job_id) == "skipped"  # a redelivery
 
 
 @pytest.mark.parametrize(("path", "code"), [
@@ -90,8 +57,8 @@ def test_a_reference_that_cannot_be_used_fails_the_job(
     photos: Server, recorder: Recorder, path: str, code: str,
 ) -> None:
     url = path.format(photos=photos.port, recorder=recorder.port)
-    job_id = submit(client, auth, subjects=[{"name": "dad", "image_url": url}])
-    assert prepare_job(db, storage, fetcher(photos, recorder), publisher, job_id) == f"failed:{code}"
+    job_id = submit(client, auth, subjects=[{"name": "dad", "image_url": url}])["id"]
+    assert prepare_job(db, storage, photo_fetcher(), publisher, job_id) == f"failed:{code}"
     job = load(db, job_id)
     assert job.status == "failed" and job.error_code == code and job.finished_at is not None
     assert job.error_message is not None and job.error_message.startswith("subjects.0: ") and url not in \
@@ -105,8 +72,8 @@ def test_text_only_leaves_the_subject_out_and_says_so(
 ) -> None:
     job_id = submit(client, auth, on_subject_error="text_only", subjects=[
         {"name": "dad", "image_url": f"http://photos.test:{photos.port}/dad.png"},
-        {"name": "mum", "image_url": "http://intranet.test/mum.png"}])
-    assert prepare_job(db, storage, fetcher(photos, recorder), publisher, job_id) == "prepared"
+        {"name": "mum", "image_url": "http://intranet.test/mum.png"}])["id"]
+    assert prepare_job(db, storage, photo_fetcher(), publisher, job_id) == "prepared"
     job = load(db, job_id)
     assert [ref["name"] for ref in job.request["resolved"]["identity"]] == ["dad"]
     assert job.warnings[-1].startswith("subjects.1 left out (reference_blocked)")
@@ -116,9 +83,10 @@ def test_a_job_canceled_before_preparation_stays_canceled(
     client: FlaskClient, auth: dict[str, str], db: Database, storage: Storage, publisher: Publisher,
     photos: Server, recorder: Recorder,
 ) -> None:
-    job_id = submit(client, auth, subjects=[{"name": "dad", "image_url": f"http://photos.test:{photos.port}/dad.png"}])
+    dad = f"http://photos.test:{photos.port}/dad.png"
+    job_id = submit(client, auth, subjects=[{"name": "dad", "image_url": dad}])["id"]
     assert client.post(f"/v1/illustrations/{job_id}/cancel", headers=auth).status_code == 200
-    assert prepare_job(db, storage, fetcher(photos, recorder), publisher, job_id) == "skipped"
+    assert prepare_job(db, storage, photo_fetcher(), publisher, job_id) == "skipped"
     assert load(db, job_id).status == "canceled"
     with db.begin() as session:
         assert session.get_one(Job, job_id).queue == "illustrations.prepare"

@@ -3,7 +3,7 @@ events on the worker's own engine (what ``bench/profile_job.py`` measures)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +14,7 @@ from sqlalchemy.orm import Session
 from shared import jobs
 from shared.db import Database
 from shared.models import JobTransition
-from shared.settings import Settings
-from tests.shared.test_jobs import add_job
-from tests.worker.test_generation import request_doc
+from tests.helpers import add_job, request_doc
 from worker.generation import run_generation
 from worker.runtime import Runtime
 
@@ -26,12 +24,9 @@ pytestmark = pytest.mark.filterwarnings(
 
 
 @pytest.fixture
-def runtime(settings: Settings, tiny_model_dir: Path) -> Iterator[Runtime]:
+def runtime(make_runtime: Callable[..., Runtime], tiny_model_dir: Path) -> Runtime:
     # No heartbeat or progress write during a ~0.1 s job: only the claim and the finish are counted.
-    runtime = Runtime(settings.model_copy(update={"model_dir": tiny_model_dir, "torch_threads": 1,
-                                                  "heartbeat_s": 60, "progress_interval_s": 60}))
-    yield runtime
-    runtime.db.engine.dispose()
+    return make_runtime(model_dir=tiny_model_dir, torch_threads=1, heartbeat_s=60, progress_interval_s=60)
 
 
 class Transactions:

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from PIL import Image
 from sqlalchemy import select
 
 from shared import styles
@@ -20,9 +19,8 @@ from shared.db import Database
 from shared.fetch import Fetcher
 from shared.models import ApiKey, GenerationMetric, Job
 from shared.queue import Publisher
-from shared.settings import Settings
 from shared.stored_request import StoredRef, StoredRequest, UrlRef
-from tests.conftest import make_key
+from tests.helpers import make_key, png
 from tests.httpservers import Server
 from worker.generation import run_generation
 from worker.preparation import prepare_job
@@ -33,19 +31,6 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 
-def png(size: tuple[int, int], color: str) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, color).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-@pytest.fixture
-def runtime(settings: Settings, tiny_model_dir: Path) -> Iterator[Runtime]:
-    runtime = Runtime(settings.model_copy(update={"model_dir": tiny_model_dir, "torch_threads": 1}))
-    yield runtime
-    runtime.db.engine.dispose()
-
-
 @pytest.fixture
 def api(runtime: Runtime) -> Iterator[Flask]:
     from api import create_app
@@ -54,13 +39,6 @@ def api(runtime: Runtime) -> Iterator[Flask]:
     yield app
     app.extensions["illustrations"].waiter.close()
     app.extensions["illustrations"].db.engine.dispose()
-
-
-@pytest.fixture
-def photos() -> Iterator[Server]:
-    server = Server({"/dad.png": (200, {"Content-Type": "image/png"}, png((48, 40), "teal"))})
-    yield server
-    server.close()
 
 
 def test_a_request_written_by_the_api_is_prepared_and_run_as_written(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,14 +13,10 @@ from flask.testing import FlaskClient
 
 from shared import tasks, training
 from shared.db import Database
-from shared.fetch import Fetcher
 from shared.queue import Publisher
 from shared.settings import Settings
 from shared.storage import Storage
-from tests.api.test_illustrations import png, upload
-from tests.api.test_styles import pictures, row
-from tests.api.test_users import finished_job
-from tests.conftest import make_key
+from tests.helpers import make_key, photo_fetcher, style_version, succeeded_job, training_images, upload
 from tests.httpservers import Server
 from worker.style_preparation import prepare_style
 
@@ -29,21 +24,6 @@ from worker.style_preparation import prepare_style
 @pytest.fixture
 def auth(db: Database) -> dict[str, str]:
     return {"Authorization": f"Bearer {make_key(db, scopes=('generate', 'styles'))}"}
-
-
-@pytest.fixture
-def photos() -> Iterator[Server]:
-    server = Server({"/dad.png": (200, {"Content-Type": "image/png"}, png((48, 40), "teal")),
-                     "/style.png": (200, {"Content-Type": "image/png"}, png((32, 32), "yellow")),
-                     "/text.png": (200, {}, b"hello")})
-    yield server
-    server.close()
-
-
-def fetcher() -> Fetcher:
-    """Host names resolved by a table of ours: photos.test is the local server (allowlisted), intranet.test private."""
-    table = {"photos.test": ["127.0.0.1"], "intranet.test": ["10.0.0.7"]}
-    return Fetcher(allowlist=["photos.test"], resolve=lambda host, _port: table[host], timeout_s=5)
 
 
 def request(client: FlaskClient, auth: dict[str, str], images: list[dict[str, Any]]) -> str:
@@ -60,16 +40,16 @@ def test_pictures_are_fetched_or_copied_into_the_set_then_handed_to_the_training
     publisher: Publisher, settings: Settings, photos: Server,
 ) -> None:
     subject = upload(client, auth, user_id="u-sub")
-    job = finished_job(client, auth, app, db, "u-job", "blue")
+    job = succeeded_job(client, auth, app, db, "u-job", "blue")
     base = f"http://photos.test:{photos.port}"
     job_id = request(client, auth, [{"subject_id": subject["id"]}, {"illustration_id": job["id"], "index": 0},
                                     {"image_url": f"{base}/dad.png"}, {"image_url": f"{base}/style.png"}])
     broker = redis.Redis.from_url(settings.broker_url)
     broker.delete(tasks.QUEUE_TRAINING)
-    assert prepare_style(db, storage, fetcher(), publisher, job_id) == "prepared"
-    version = row(db, job_id)
+    assert prepare_style(db, storage, photo_fetcher(), publisher, job_id) == "prepared"
+    version = style_version(db, job_id)
     assert (version.status, version.queue) == ("queued", tasks.QUEUE_TRAINING) and version.published_at is not None
-    stored = pictures(db, job_id)
+    stored = training_images(db, job_id)
     assert [(p.source, p.user_id) for p in stored] == [("subject", "u-sub"), ("illustration", "u-job"),
                                                        ("url", "u-url"), ("url", "u-url")]
     assert [(p.width, p.height) for p in stored] == [(32, 32), (64, 64), (48, 40), (32, 32)]
@@ -80,7 +60,7 @@ def test_pictures_are_fetched_or_copied_into_the_set_then_handed_to_the_training
     decoded = json.loads(message)
     assert decoded["headers"]["task"] == tasks.TRAIN
     assert json.loads(base64.b64decode(decoded["body"]))[0] == [job_id]
-    assert prepare_style(db, storage, fetcher(), publisher, job_id) == "skipped"  # a redelivery
+    assert prepare_style(db, storage, photo_fetcher(), publisher, job_id) == "skipped"  # a redelivery
     # The set no longer depends on the subject: deleting it leaves the training's copy.
     assert client.delete(f"/v1/subjects/{subject['id']}", headers=auth).status_code == 204
     assert storage.exists(stored[0].storage_key or "")
@@ -99,11 +79,11 @@ def test_a_picture_that_cannot_be_had_fails_the_version_and_stores_nothing(
     good = f"http://photos.test:{photos.port}/dad.png"
     job_id = request(client, auth, [{"image_url": good}, {"image_url": good}, {"image_url": url},
                                     {"image_url": good}])
-    assert prepare_style(db, storage, fetcher(), publisher, job_id) == f"failed:{code}"
-    version = row(db, job_id)
+    assert prepare_style(db, storage, photo_fetcher(), publisher, job_id) == f"failed:{code}"
+    version = style_version(db, job_id)
     assert (version.status, version.error_code) == ("failed", code) and version.finished_at is not None
     assert (version.error_message or "").startswith("images.2: ") and url not in (version.error_message or "")
-    assert all(p.storage_key is None for p in pictures(db, job_id))
+    assert all(p.storage_key is None for p in training_images(db, job_id))
     assert not storage.exists(training.image_key(version.style_id, version.version, 0))
 
 
@@ -114,11 +94,11 @@ def test_a_subject_removed_before_preparation_fails_reference_invalid_and_a_canc
     subject = upload(client, auth, user_id="u-sub")
     job_id = request(client, auth, [{"subject_id": subject["id"]}] * 4)
     assert client.delete(f"/v1/subjects/{subject['id']}", headers=auth).status_code == 204
-    assert prepare_style(db, storage, fetcher(), publisher, job_id) == "failed:reference_invalid"
-    assert row(db, job_id).error_message == "images.0: the subject is no longer stored"
+    assert prepare_style(db, storage, photo_fetcher(), publisher, job_id) == "failed:reference_invalid"
+    assert style_version(db, job_id).error_message == "images.0: the subject is no longer stored"
 
     other = upload(client, auth, user_id="u-sub", name="dad")
     canceled = request(client, auth, [{"subject_id": other["id"]}] * 4)
     assert client.post("/v1/styles/ink/versions/2/cancel", headers=auth).status_code == 200
-    assert prepare_style(db, storage, fetcher(), publisher, canceled) == "skipped"
-    assert row(db, canceled).status == "canceled"
+    assert prepare_style(db, storage, photo_fetcher(), publisher, canceled) == "skipped"
+    assert style_version(db, canceled).status == "canceled"

@@ -4,13 +4,12 @@ ready version without Celery (real PostgreSQL, real storage, the model through `
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +25,11 @@ from shared import tasks, training
 from shared.db import Database
 from shared.errors import CancelReason
 from shared.lora_files import inspect_lora
-from shared.models import Client, Style, StyleVersion, TrainingImage
+from shared.models import Style, StyleVersion, TrainingImage
 from shared.queue import Publisher, make_celery
 from shared.settings import Settings
 from shared.storage import Storage
-from tests.shared.test_jobs import add_job, load
-from tests.worker.test_generation import request_doc
+from tests.helpers import active_version, add_job, encode_png, load, new_client, request_doc, style_version
 from worker import pipeline
 from worker.generation import run_generation
 from worker.pipeline.engine import Engine, GenerationRequest
@@ -176,13 +174,12 @@ def test_bad_inputs_are_refused_naming_the_parameter(tiny_model_dir: Path) -> No
 
 
 @pytest.fixture
-def runtime(settings: Settings, tiny_model_dir: Path) -> Iterator[Runtime]:
-    runtime = Runtime(settings.model_copy(update={"model_dir": tiny_model_dir, "torch_threads": 1,
-                                                  "progress_interval_s": 0.0, "training_checkpoint_every": 4}))
+def runtime(make_runtime: Callable[..., Runtime], tiny_model_dir: Path) -> Iterator[Runtime]:
+    runtime = make_runtime(model_dir=tiny_model_dir, torch_threads=1, progress_interval_s=0.0,
+                           training_checkpoint_every=4)
     runtime.worker_name = "train@test:1"
     yield runtime
     stop.reset()
-    runtime.db.engine.dispose()
 
 
 @pytest.fixture
@@ -190,26 +187,17 @@ def publisher(settings: Settings) -> Publisher:
     return Publisher(make_celery(settings, "training-test", producer=True))
 
 
-def png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def queue_training(db: Database, storage: Storage, name: str = "ink", client_id: str | None = None,
                    **changes: Any) -> str:
     """A queued training with its four pictures stored, as the API leaves it."""
     values = {**params(**changes).__dict__}
+    if client_id is None:
+        client_id = new_client(db)
     with db.begin() as session:
-        if client_id is None:
-            client = Client(name=f"c-{time.monotonic_ns()}")
-            session.add(client)
-            session.flush()
-            client_id = client.id
         row = training.new_training(session, client_id, name, values, base_profile="tiny",
                                     queue=tasks.QUEUE_TRAINING)
         for index, (image, caption) in enumerate(zip(pictures(), CAPTIONS, strict=True)):
-            data = png(image)
+            data = encode_png(image)
             key = training.image_key(row.style_id, row.version, index)
             storage.put(key, data, "image/png")
             session.add(TrainingImage(style_id=row.style_id, version=row.version, index=index, source="upload",
@@ -220,23 +208,13 @@ def queue_training(db: Database, storage: Storage, name: str = "ink", client_id:
         return row.job_id
 
 
-def version(db: Database, job_id: str) -> StyleVersion:
-    with db.begin() as session:
-        return session.execute(select(StyleVersion).where(StyleVersion.job_id == job_id)).scalar_one()
-
-
-def active(db: Database, style_id: str) -> int | None:
-    with db.begin() as session:
-        return session.execute(select(Style.active_version).where(Style.id == style_id)).scalar_one()
-
-
 def when_step(db: Database, job_id: str, step: int, then: Any) -> threading.Thread:
     """Call ``then()`` once the running training has recorded ``step`` (a deadline loop on the row)."""
 
     def watch() -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            row = version(db, job_id)
+            row = style_version(db, job_id)
             if row.status == "running" and (row.progress_step or 0) >= step:
                 then()
                 return
@@ -255,7 +233,7 @@ def test_a_training_records_progress_and_loss_and_becomes_the_active_version_use
 
     def sample() -> None:  # progress and loss as a client polling the row sees them
         while not done.is_set():
-            row = version(db, job_id)
+            row = style_version(db, job_id)
             if row.status == "running":
                 seen.append((row.progress_step, row.loss))
             time.sleep(0.01)
@@ -267,7 +245,7 @@ def test_a_training_records_progress_and_loss_and_becomes_the_active_version_use
     finally:
         done.set()
         sampler.join()
-    row = version(db, job_id)
+    row = style_version(db, job_id)
     assert (row.status, row.attempt, row.progress_step, row.progress_total) == ("ready", 1, 10, 10)
     assert row.loss is not None and math.isfinite(row.loss) and (row.rank, row.alpha) == (4, 8.0)
     assert any(step and 0 < step < 10 and loss is not None for step, loss in seen)  # progress while it ran
@@ -275,7 +253,7 @@ def test_a_training_records_progress_and_loss_and_becomes_the_active_version_use
     assert hashlib.sha256(data).hexdigest() == row.sha256 and row.size_bytes == len(data)
     assert row.storage_key == f"styles/{row.style_id}/1/lora.safetensors"
     assert not runtime.storage.exists(training.checkpoint_key(row.style_id, 1))  # checkpoints go when it is done
-    assert active(db, row.style_id) == 1 and row.base_profile == "tiny"
+    assert active_version(db, row.style_id) == 1 and row.base_profile == "tiny"
 
     # A generation names the style by name and by name@1: the trained LoRA runs and the job records the version.
     with db.begin() as session:
@@ -297,7 +275,7 @@ def test_sigterm_checkpoints_and_gives_it_back_and_the_next_attempt_continues_th
     asked = when_step(db, job_id, 5, stop.request_stop)
     assert run_training(job_id, runtime, publisher) == "requeued"
     asked.join()
-    row = version(db, job_id)
+    row = style_version(db, job_id)
     stopped_at = row.checkpoint_step
     assert stopped_at is not None and 5 <= stopped_at < 24
     assert (row.status, row.requeues, row.progress_step) == ("queued", 1, stopped_at)
@@ -308,10 +286,10 @@ def test_sigterm_checkpoints_and_gives_it_back_and_the_next_attempt_continues_th
     with caplog.at_level(logging.INFO, logger="worker.training.run"):
         assert run_training(job_id, runtime, publisher) == "ready"
     assert f"resumes from the checkpoint at step {stopped_at} (attempt 2)" in caplog.text
-    row = version(db, job_id)
+    row = style_version(db, job_id)
     assert (row.status, row.attempt, row.progress_step) == ("ready", 2, 24)
     # The resumed training took exactly the steps the uninterrupted one took: the same LoRA, bit for bit.
-    reference = version(db, uninterrupted)
+    reference = style_version(db, uninterrupted)
     resumed = load_safetensors(runtime.storage.get(row.storage_key or ""))
     expected = load_safetensors(runtime.storage.get(reference.storage_key or ""))
     assert resumed.keys() == expected.keys()  # (not the files' bytes: safetensors orders its header at random)
@@ -326,14 +304,14 @@ def test_cancel_stops_a_running_training_and_leaves_the_active_version(runtime: 
         client_id = session.execute(select(Style.client_id).join(StyleVersion).where(
             StyleVersion.job_id == first)).scalar_one()
     job_id = queue_training(db, runtime.storage, client_id=client_id, steps=500)
-    row = version(db, job_id)
+    row = style_version(db, job_id)
     asked = when_step(db, job_id, 2, lambda: _cancel(db, row.style_id, row.version))
     assert run_training(job_id, runtime, publisher) == "canceled"
     asked.join()
-    row = version(db, job_id)
+    row = style_version(db, job_id)
     assert (row.status, row.error_code) == ("canceled", "canceled_by_client")
     assert row.progress_step is not None and row.progress_step < 500
-    assert active(db, row.style_id) == 1
+    assert active_version(db, row.style_id) == 1
     assert not runtime.storage.exists(training.checkpoint_key(row.style_id, row.version))
 
 
@@ -345,16 +323,16 @@ def _cancel(db: Database, style_id: str, number: int) -> None:
 def test_a_missing_picture_or_missing_weights_fail_the_version(runtime: Runtime, db: Database,
                                                                publisher: Publisher, tmp_path: Path) -> None:
     job_id = queue_training(db, runtime.storage)
-    row = version(db, job_id)
+    row = style_version(db, job_id)
     runtime.storage.delete(training.image_key(row.style_id, row.version, 2))
     assert run_training(job_id, runtime, publisher) == "failed:reference_invalid"
-    row = version(db, job_id)
+    row = style_version(db, job_id)
     assert (row.status, row.error_message) == ("failed", "images.2 is no longer stored")
 
     bare = Runtime(runtime.settings.model_copy(update={"model_dir": tmp_path / "no-model"}))
     job_id = queue_training(db, runtime.storage)
     assert run_training(job_id, bare, publisher) == "failed:setup_failed"
-    assert "illustrations models check" in (version(db, job_id).error_message or "")
+    assert "illustrations models check" in (style_version(db, job_id).error_message or "")
     bare.db.engine.dispose()
     assert run_training(job_id, runtime, publisher) == "skipped:terminal"  # a re-delivery is dropped
 
@@ -373,7 +351,7 @@ def test_out_of_memory_in_a_training_step_fails_the_version_out_of_memory(runtim
         assert run_training(job_id, runtime, publisher) == "failed:out_of_memory"
     finally:
         handle.remove()
-    row = version(db, job_id)
+    row = style_version(db, job_id)
     assert row.error_message == "the GPU ran out of memory; try a lower resolution or batch_size"
 
 

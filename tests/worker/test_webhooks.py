@@ -25,7 +25,7 @@ from shared.queue import Publisher, make_celery
 from shared.settings import Settings
 from shared.storage import open_storage
 from shared.webhooks import secrets
-from tests.shared.test_jobs import add_job
+from tests.helpers import add_job
 from tests.webhook_receiver import Receiver
 from worker.webhooks import deliver, dispatch, parse_retry_after
 
