@@ -15,7 +15,8 @@ from pathlib import Path
 import grimp
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
+
 ALLOWED = {"cli": {"api", "worker", "shared"}, "api": {"shared"}, "worker": {"shared"}, "shared": set()}
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 

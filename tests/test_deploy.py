@@ -23,8 +23,8 @@ from click.testing import CliRunner
 from packaging.requirements import Requirement
 
 from shared.settings import ENV_PREFIX, Settings
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "infra" / "k8s"
 KNOWN_SETTINGS = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
 KUBERNETES_VERSION = "1.30.0"
@@ -411,7 +411,7 @@ def test_scaled_object_uses_documented_fields_and_targets_the_gpu_workers() -> N
 def test_scaled_object_query_counts_queued_and_running_generation_jobs(pg_url: str) -> None:
     from shared import jobs
     from shared.db import Database
-    from tests.shared.test_jobs import add_job, claim
+    from tests.helpers import add_job, claim
 
     query = _keda()["ScaledObject"]["spec"]["triggers"][0]["metadata"]["query"]
     database = Database(Settings(database_url=pg_url))

@@ -12,7 +12,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
+
 PROMQL_WORDS = {
     "sum", "min", "max", "avg", "count", "rate", "irate", "increase", "absent", "histogram_quantile", "by", "without",
     "on", "ignoring", "or", "and", "unless", "avg_over_time", "max_over_time", "bool", "le",

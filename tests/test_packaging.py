@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 from click.testing import CliRunner
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
+
 COMMANDS = {"api", "worker", "beat", "flower", "db", "keys", "models", "ops", "styles", "submit", "up", "down",
             "status", "demo", "webhooks"}
 

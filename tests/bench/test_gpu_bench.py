@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import ROOT
+
 ROWS = ("load / build", "plain", "+ identity adapter", "+ style adapter", "+ LoRA", "total wall")
 
 

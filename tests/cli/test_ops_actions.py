@@ -13,7 +13,7 @@ from shared import jobs
 from shared.db import Database
 from shared.errors import ErrorCode
 from shared.models import Client, Job, PausedQueue
-from tests.shared.test_jobs import add_job, claim, load, unpublished_ids
+from tests.helpers import add_job, claim, load, unpublished_ids
 
 # The lease of a job a test leaves running: longer than the session, so another test's lease sweep over the shared
 # database (tests/shared/test_webhooks.py counts what it expires) never finds it expired.

@@ -24,13 +24,12 @@ import requests
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import SYSTEM_REDIS_URL, new_database, wait_for
+from tests.helpers import ROOT, SYSTEM_REDIS_URL, new_database, wait_for
 from tests.system.faults import TINY_JOB, Ledger, Stack, fast_env
 from tests.system.procs import Processes, free_port, http_ok, run_cli
 
 pytestmark = pytest.mark.system
 
-ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 WORKER = "gpu1@ops"
 FLOWER_AUTH = ("ops", "flower-secret")
