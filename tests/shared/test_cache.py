@@ -3,14 +3,14 @@ their leader before the commit, a hit born finished, expiry."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from sqlalchemy import select, update
 
 from shared import cache, jobs
 from shared.db import Database, utcnow
-from shared.models import CacheEntry, Client, GenerationMetric, Job, JobImage
+from shared.models import CacheEntry, GenerationMetric, Job, JobImage
+from tests.helpers import image_keys, new_client
 
 KEY = "ab" * 32
 REVISION = "tiny-abcdef012345"
@@ -21,15 +21,7 @@ def columns(client_id: str, user_id: str = "u1") -> dict[str, Any]:
             "request": {"prompt": "p", "params": {"steps": 2}}, "seed": 1, "prompt_used": "p", "warnings": []}
 
 
-def new_client(db: Database) -> str:
-    with db.begin() as session:
-        client = Client(name=f"c-{time.monotonic_ns()}")
-        session.add(client)
-        session.flush()
-        return client.id
-
-
-def submit(db: Database, client_id: str, user_id: str = "u1") -> Job:
+def accept(db: Database, client_id: str, user_id: str = "u1") -> Job:
     with db.begin() as session:
         submission = cache.Submission(session, db.settings, client_id)
         row = submission.new_job(KEY, **columns(client_id, user_id))
@@ -52,17 +44,10 @@ def succeed(db: Database, job: Job, images: int = 2) -> None:
                                      embeddings_cached=0, profile="tiny", revision=REVISION))
 
 
-def keys_of(db: Database, job_id: str) -> list[str]:
-    with db.begin() as session:
-        return list(session.execute(
-            select(JobImage.storage_key).where(JobImage.job_id == job_id).order_by(JobImage.index)
-        ).scalars())
-
-
 def test_follow_succeed_then_hit_then_expire(any_db: Database) -> None:
     client_id = new_client(any_db)
-    leader = submit(any_db, client_id)
-    follower = submit(any_db, client_id, "u2")
+    leader = accept(any_db, client_id)
+    follower = accept(any_db, client_id, "u2")
     assert leader.follows_job_id is None and follower.follows_job_id == leader.id
     succeed(any_db, leader)
     with any_db.begin() as session:
@@ -70,26 +55,26 @@ def test_follow_succeed_then_hit_then_expire(any_db: Database) -> None:
         assert done.status == "succeeded" and done.cached and done.finished_at is not None
         entry = session.execute(select(CacheEntry).where(CacheEntry.client_id == client_id)).scalar_one()
         assert (entry.key, entry.job_id, entry.revision, entry.hits) == (KEY, leader.id, REVISION, 0)
-    assert keys_of(any_db, follower.id) == keys_of(any_db, leader.id) and len(keys_of(any_db, leader.id)) == 2
+    assert image_keys(any_db, follower.id) == image_keys(any_db, leader.id) and len(image_keys(any_db, leader.id)) == 2
 
-    hit = submit(any_db, client_id, "u3")
+    hit = accept(any_db, client_id, "u3")
     assert hit.status == "succeeded" and hit.cached and hit.finished_at is not None
-    assert keys_of(any_db, hit.id) == keys_of(any_db, leader.id)
+    assert image_keys(any_db, hit.id) == image_keys(any_db, leader.id)
     with any_db.begin() as session:
         assert jobs.transitions(session, hit.id) == [(None, "succeeded", 0, "cached")]
         assert session.get_one(CacheEntry, (client_id, KEY)).hits == 1
         session.execute(update(CacheEntry).where(CacheEntry.client_id == client_id)
                         .values(created_at=utcnow(-3600)))
         assert cache.expire(session, 60) >= 1
-    assert submit(any_db, client_id).status == "queued"
+    assert accept(any_db, client_id).status == "queued"
 
 
 def test_a_failed_leader_fails_its_followers(any_db: Database) -> None:
     from shared.errors import ErrorCode
 
     client_id = new_client(any_db)
-    leader = submit(any_db, client_id)
-    follower = submit(any_db, client_id)
+    leader = accept(any_db, client_id)
+    follower = accept(any_db, client_id)
     with any_db.begin() as session:
         claim = jobs.started(session, leader.id, "w", 60)
         assert isinstance(claim, jobs.Claim)
@@ -102,8 +87,8 @@ def test_a_failed_leader_fails_its_followers(any_db: Database) -> None:
 
 def test_the_sweep_settles_followers_a_finished_leader_left_behind(any_db: Database) -> None:
     client_id = new_client(any_db)
-    leader = submit(any_db, client_id)
-    follower = submit(any_db, client_id)
+    leader = accept(any_db, client_id)
+    follower = accept(any_db, client_id)
     with any_db.begin() as session:  # finished without the seam (what a lost race would leave)
         session.execute(update(Job).where(Job.id == leader.id).values(status="succeeded", progress_total=2))
         session.add(JobImage(job_id=leader.id, index=0, storage_key="jobs/x/1/0.png", content_type="image/png",
@@ -113,4 +98,4 @@ def test_the_sweep_settles_followers_a_finished_leader_left_behind(any_db: Datab
     with any_db.begin() as session:
         assert session.get_one(Job, follower.id).status == "succeeded"
         assert cache.release_orphans(session) == []
-    assert keys_of(any_db, follower.id) == ["jobs/x/1/0.png"]
+    assert image_keys(any_db, follower.id) == ["jobs/x/1/0.png"]

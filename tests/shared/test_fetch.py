@@ -11,7 +11,7 @@ import ipaddress
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,13 +26,6 @@ from shared.fetch import (
     check_url,
 )
 from tests.httpservers import Recorder, Route, Server
-
-
-@pytest.fixture
-def recorder() -> Iterator[Recorder]:
-    rec = Recorder()
-    yield rec
-    rec.close()
 
 
 def resolver(table: dict[str, list[str]]) -> Callable[[str, int], list[str]]:

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import pytest
 from sqlalchemy.orm import Session
@@ -18,8 +17,7 @@ from shared import jobs
 from shared.db import Database
 from shared.errors import CancelReason
 from shared.models import Client
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import ROOT
 
 
 def hooks_after_importing(module: str) -> list[str]:

@@ -8,47 +8,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from shared import jobs
 from shared.db import Database, utcnow
 from shared.errors import CancelReason, ErrorCode
-from shared.models import Client, Job, JobImage
+from shared.models import Job, JobImage
 from shared.states import TERMINAL, IllegalTransition, JobStatus, check_transition
-
-IMAGE = jobs.StoredImage(index=0, storage_key="jobs/x/1/0.png", content_type="image/png", width=64, height=64,
-                         sha256="0" * 64, size_bytes=10)
-
-
-def add_job(database: Database, **columns: object) -> str:
-    with database.begin() as session:
-        client = Client(name=f"c-{time.monotonic_ns()}")
-        session.add(client)
-        session.flush()
-        values: dict[str, object] = {"client_id": client.id, "user_id": "u1", "priority": "interactive",
-                                     "queue": "illustrations.interactive",
-                                     "request": {"prompt": "p", "params": {"steps": 2}}, "seed": 1}
-        values.update(columns)
-        job = jobs.new_job(**values)
-        session.add(job)
-        session.flush()
-        return job.id
-
-
-def load(database: Database, job_id: str) -> Job:
-    with database.begin() as session:
-        return session.execute(select(Job).where(Job.id == job_id)).scalar_one()
-
-
-def unpublished_ids(session: Session, older_than_s: float) -> list[str]:
-    return [job_id for job_id, _ in jobs.unpublished(session, older_than_s, limit=100_000)]
-
-
-def claim(database: Database, job_id: str, lease_s: float = 60, worker: str = "w1") -> jobs.Claim:
-    with database.begin() as session:
-        result = jobs.started(session, job_id, worker, lease_s)
-    assert isinstance(result, jobs.Claim), result
-    return result
+from tests.helpers import IMAGE, add_job, claim, load, unpublished_ids
 
 
 def test_the_transition_table() -> None:

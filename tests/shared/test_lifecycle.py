@@ -11,18 +11,10 @@ from sqlalchemy import update
 from shared import jobs
 from shared.db import Database
 from shared.errors import CancelReason
-from shared.models import Client, Job
+from shared.models import Job
 from shared.settings import Settings
 from shared.tasks import QUEUE_BATCH, QUEUE_INTERACTIVE
-from tests.shared.test_jobs import IMAGE, add_job, claim, load
-
-
-def new_client(database: Database) -> str:
-    with database.begin() as session:
-        client = Client(name=f"c-{time.monotonic_ns()}")
-        session.add(client)
-        session.flush()
-        return client.id
+from tests.helpers import IMAGE, add_job, claim, load, new_client
 
 
 def test_every_transition_is_recorded_once_with_its_reason(any_db: Database) -> None:

@@ -6,36 +6,15 @@ import uuid
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
-from safetensors.torch import save_file
 from sqlalchemy import select
 
 from shared import styles
 from shared.db import Database
-from shared.models import Client, Style, StyleVersion
+from shared.models import Style, StyleVersion
 from shared.settings import Settings
 from shared.storage import open_storage
-from tests.conftest import make_key
-
-
-def lora(path: Path, rank: int = 4, alpha: float = 8.0) -> Path:
-    """A LoRA-shaped file (the registry reads its header only; the worker tests load real ones)."""
-    tensors = {
-        "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight": torch.randn(rank, 32),
-        "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora_B.weight": torch.randn(32, rank),
-    }
-    save_file(tensors, path, metadata={"format": "pt",
-                                       "lora_adapter_metadata": f'{{"unet.r": {rank}, "unet.lora_alpha": {alpha}}}'})
-    return path
-
-
-def new_client(db: Database) -> str:
-    with db.begin() as session:
-        client = Client(name=f"c-{uuid.uuid4().hex[:8]}")
-        session.add(client)
-        session.flush()
-        return client.id
+from tests.helpers import lora, make_key, new_client
 
 
 def test_parse_names_and_versions() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -12,35 +11,15 @@ from sqlalchemy.orm import Session
 from shared import tasks, training
 from shared.db import Database, utcnow
 from shared.errors import CancelReason, ErrorCode
-from shared.models import Client, Style, StyleVersion
-
-PARAMS: dict[str, Any] = {"rank": 4, "alpha": 4, "steps": 10, "learning_rate": 1e-3, "resolution": 64, "seed": 1,
-                          "batch_size": 1}
-
-
-def new_client(db: Database) -> str:
-    with db.begin() as session:
-        client = Client(name=f"c-{time.monotonic_ns()}")
-        session.add(client)
-        session.flush()
-        return client.id
+from shared.models import Style, StyleVersion
+from tests.helpers import TRAINING_PARAMS, active_version, new_client, style_version
 
 
 def queue_training(db: Database, client_id: str, name: str = "ink", queue: str = tasks.QUEUE_TRAINING) -> str:
     with db.begin() as session:
-        row = training.new_training(session, client_id, name, PARAMS, base_profile="tiny", queue=queue)
+        row = training.new_training(session, client_id, name, TRAINING_PARAMS, base_profile="tiny", queue=queue)
         assert row.job_id is not None
         return row.job_id
-
-
-def version_of(db: Database, job_id: str) -> StyleVersion:
-    with db.begin() as session:
-        return session.execute(select(StyleVersion).where(StyleVersion.job_id == job_id)).scalar_one()
-
-
-def active_of(db: Database, style_id: str) -> int | None:
-    with db.begin() as session:
-        return session.execute(select(Style.active_version).where(Style.id == style_id)).scalar_one()
 
 
 def claim(db: Database, job_id: str, lease_s: float = 60) -> training.TrainingClaim:
@@ -59,28 +38,28 @@ def finish(db: Database, held: training.TrainingClaim) -> bool:
 def test_versions_number_up_and_start_queued_with_their_params(any_db: Database) -> None:
     client_id = new_client(any_db)
     first, second = queue_training(any_db, client_id), queue_training(any_db, client_id)
-    rows = version_of(any_db, first), version_of(any_db, second)
+    rows = style_version(any_db, first), style_version(any_db, second)
     assert [row.version for row in rows] == [1, 2] and rows[0].style_id == rows[1].style_id
     assert (rows[0].status, rows[0].source, rows[0].attempt) == ("queued", "training", 0)
     assert rows[0].queue == tasks.QUEUE_TRAINING
-    assert rows[0].params == PARAMS and (rows[0].progress_step, rows[0].progress_total) == (0, 10)
-    assert active_of(any_db, rows[0].style_id) is None  # nothing is active before a version is ready
+    assert rows[0].params == TRAINING_PARAMS and (rows[0].progress_step, rows[0].progress_total) == (0, 10)
+    assert active_version(any_db, rows[0].style_id) is None  # nothing is active before a version is ready
 
 
 def test_claim_progress_and_ready_makes_it_active(any_db: Database) -> None:
     job_id = queue_training(any_db, new_client(any_db))
     held = claim(any_db, job_id)
-    assert (held.attempt, held.params, held.checkpoint_step) == (1, PARAMS, None)
+    assert (held.attempt, held.params, held.checkpoint_step) == (1, TRAINING_PARAMS, None)
     with any_db.begin() as session:
         assert training.claim(session, job_id, "w2:1", 60) == "leased"  # a re-delivery while it runs
         assert training.heartbeat(session, held, 60, step=4, loss=0.25) is False
-    row = version_of(any_db, job_id)
+    row = style_version(any_db, job_id)
     assert (row.status, row.progress_step, row.loss, row.worker) == ("running", 4, 0.25, "w1:1")
     assert row.started_at is not None
     assert finish(any_db, held)
-    row = version_of(any_db, job_id)
+    row = style_version(any_db, job_id)
     assert (row.status, row.progress_step, row.loss, row.finished_at is not None) == ("ready", 10, 0.5, True)
-    assert active_of(any_db, row.style_id) == 1
+    assert active_version(any_db, row.style_id) == 1
     with any_db.begin() as session:
         assert training.claim(session, job_id, "w2:1", 60) == "terminal"
         assert training.claim(session, "no-such-job", "w2:1", 60) == "missing"
@@ -93,12 +72,12 @@ def test_a_failure_leaves_the_previous_version_active_and_an_older_one_never_rep
     held_one, held_two, held_three = claim(any_db, one), claim(any_db, two), claim(any_db, three)
     assert finish(any_db, held_two)
     style_id = held_two.style_id
-    assert active_of(any_db, style_id) == 2
+    assert active_version(any_db, style_id) == 2
     with any_db.begin() as session:
         assert training.failed(session, held_three, ErrorCode.INTERNAL, "the loss was not finite")
-    assert active_of(any_db, style_id) == 2
+    assert active_version(any_db, style_id) == 2
     assert finish(any_db, held_one)  # version 1 finishes last: ready, but the newer version stays active
-    assert active_of(any_db, style_id) == 2 and version_of(any_db, one).status == "ready"
+    assert active_version(any_db, style_id) == 2 and style_version(any_db, one).status == "ready"
 
 
 def sweep_of(session: Session, job_id: str, max_attempts: int) -> tuple[bool, bool]:
@@ -132,16 +111,16 @@ def test_checkpoint_then_give_back_on_sigterm_resumes_and_is_not_a_lost_attempt(
         with any_db.begin() as session:
             assert training.checkpointed(session, held, attempt)
             assert training.requeued(session, held, stopping=True)
-        row = version_of(any_db, job_id)
+        row = style_version(any_db, job_id)
         assert (row.status, row.published_at, row.requeues, row.checkpoint_step) == ("queued", None, attempt, attempt)
     held = claim(any_db, job_id, lease_s=-1)
-    assert version_of(any_db, job_id).progress_step == 5  # the count continues from the checkpoint
+    assert style_version(any_db, job_id).progress_step == 5  # the count continues from the checkpoint
     with any_db.begin() as session:
         assert sweep_of(session, job_id, 2) == (True, False)  # 1 lost attempt so far
     claim(any_db, job_id, lease_s=-1)
     with any_db.begin() as session:
         assert sweep_of(session, job_id, 2) == (False, True)
-    row = version_of(any_db, job_id)
+    row = style_version(any_db, job_id)
     assert (row.status, row.error_code, row.checkpoint_step) == ("failed", "worker_lost", None)
 
 
@@ -150,7 +129,7 @@ def test_cancel_queued_running_and_finished(any_db: Database) -> None:
     queued, running, done = (queue_training(any_db, client_id) for _ in range(3))
     held = claim(any_db, running)
     finish(any_db, claim(any_db, done))
-    key = {job_id: (version_of(any_db, job_id).style_id, version_of(any_db, job_id).version)
+    key = {job_id: (style_version(any_db, job_id).style_id, style_version(any_db, job_id).version)
            for job_id in (queued, running, done)}
     with any_db.begin() as session:
         assert training.cancel(session, *key[queued], CancelReason.CANCELED_BY_CLIENT) == "canceled"
@@ -159,13 +138,13 @@ def test_cancel_queued_running_and_finished(any_db: Database) -> None:
         assert training.cancel(session, *key[done], CancelReason.CANCELED_BY_CLIENT) == "unchanged"
         assert training.heartbeat(session, held, 60) is True  # the worker reads the flag
         assert training.canceled_running(session, held)
-    row = version_of(any_db, queued)
+    row = style_version(any_db, queued)
     assert (row.status, row.error_code, row.error_message) == ("canceled", "canceled_by_client",
                                                                 "canceled by the client")
-    row = version_of(any_db, running)  # the first reason given stays
+    row = style_version(any_db, running)  # the first reason given stays
     assert (row.status, row.error_code) == ("canceled", "user_deleted")
     assert row.error_message == "pictures of its training set belonged to a deleted user"
-    assert version_of(any_db, done).status == "ready"
+    assert style_version(any_db, done).status == "ready"
 
 
 def test_preparation_hands_over_to_the_training_queue(any_db: Database) -> None:
@@ -178,9 +157,9 @@ def test_preparation_hands_over_to_the_training_queue(any_db: Database) -> None:
         assert training.prepared(session, job_id)
         assert not training.prepared(session, job_id)
         assert training.preparation_failed(session, failing, ErrorCode.REFERENCE_UNREACHABLE, "images.2: timeout")
-    row = version_of(any_db, job_id)
+    row = style_version(any_db, job_id)
     assert (row.queue, row.published_at) == (tasks.QUEUE_TRAINING, None)  # the relay (or the caller) publishes
-    assert version_of(any_db, failing).status == "failed"
+    assert style_version(any_db, failing).status == "failed"
     claim(any_db, job_id)
 
 
@@ -202,7 +181,7 @@ def test_the_hard_time_limit_fails_only_this_workers_attempt(any_db: Database) -
     with any_db.begin() as session:
         assert not training.failed_on_worker(session, job_id, "w2:", ErrorCode.TIME_LIMIT, "x")
         assert training.failed_on_worker(session, job_id, "w1:", ErrorCode.TIME_LIMIT, "stopped at the limit")
-    assert version_of(any_db, job_id).error_code == "time_limit"
+    assert style_version(any_db, job_id).error_code == "time_limit"
 
 
 def test_illegal_transitions_are_refused() -> None:
@@ -239,9 +218,9 @@ def test_the_deletion_part_removes_a_users_pictures_and_marks_the_versions(any_d
         ).all()
     assert sorted(user for user, _ in left) == ["u-kept", "u-kept"]
     assert sorted(p.name for p in (tmp_path / "store").rglob("*.png")) == ["1.png", "1.png"]
-    assert version_of(any_db, done).training_data_deleted_at is not None
-    assert version_of(any_db, done).status == "ready"
+    assert style_version(any_db, done).training_data_deleted_at is not None
+    assert style_version(any_db, done).status == "ready"
     with any_db.begin() as session:
         assert training.heartbeat(session, held, 60) is True  # the running one is told to stop
         assert training.canceled_running(session, held)
-    assert version_of(any_db, running).error_code == "user_deleted"
+    assert style_version(any_db, running).error_code == "user_deleted"

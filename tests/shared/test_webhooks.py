@@ -8,7 +8,6 @@ import datetime as dt
 import json
 import os
 import stat
-import time
 from pathlib import Path
 
 import pytest
@@ -20,10 +19,10 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from shared import jobs, training
 from shared.db import Database
 from shared.errors import CancelReason, ErrorCode
-from shared.models import Batch, Client, StyleVersion, WebhookEvent, WebhookSecret
+from shared.models import Batch, StyleVersion, WebhookEvent, WebhookSecret
 from shared.settings import Settings
 from shared.webhooks import events, secrets
-from tests.shared.test_jobs import add_job, claim
+from tests.helpers import add_job, claim, new_client
 
 VECTOR_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 VECTOR_ID = "msg_p5jXN8AQM9LWM0D4loKWxJek"
@@ -52,14 +51,6 @@ def test_during_a_rotation_both_signatures_verify_with_the_reference_library() -
         Webhook(secrets.new_secret()).verify(body, headers)
     with pytest.raises(WebhookVerificationError):
         Webhook(new).verify(body + " ", headers)
-
-
-def new_client(db: Database, url: str | None = None) -> str:
-    with db.begin() as session:
-        client = Client(name=f"c-{time.monotonic_ns()}", webhook_url=url)
-        session.add(client)
-        session.flush()
-        return client.id
 
 
 def test_secrets_are_encrypted_at_rest_and_rotate_with_an_overlap(any_db: Database) -> None:
@@ -119,7 +110,7 @@ def test_every_terminal_transition_records_one_event_to_the_job_batch_or_client_
 
     # No URL on the job: its batch's, else its client's default; none at all: no event.
     with any_db.begin() as session:
-        client_id = new_client(any_db, url="https://a.example/client")
+        client_id = new_client(any_db, webhook_url="https://a.example/client")
         batch = Batch(client_id=client_id, webhook_url="https://a.example/batch")
         session.add(batch)
         session.flush()
@@ -145,7 +136,7 @@ def test_every_terminal_transition_records_one_event_to_the_job_batch_or_client_
 
 
 def test_style_versions_record_ready_and_failed_but_not_canceled(any_db: Database) -> None:
-    client_id = new_client(any_db, url="https://a.example/client")
+    client_id = new_client(any_db, webhook_url="https://a.example/client")
     params = {"rank": 4, "alpha": 4, "steps": 2, "learning_rate": 1e-4, "resolution": 64, "seed": 1,
               "batch_size": 1}
     made = []
