@@ -14,7 +14,7 @@ from api.keys import authenticate, hash_key
 from shared.db import Database
 from shared.models import ApiKey, Client
 from shared.settings import Settings
-from tests.conftest import make_key
+from tests.helpers import make_key
 
 VALID = {"user_id": "u-1", "prompt": "p", "params": {"width": 64, "height": 64}}
 

@@ -12,8 +12,7 @@ from shared import jobs
 from shared.db import Database
 from shared.errors import CancelReason
 from shared.models import Batch, Job
-from tests.api.test_illustrations import VALID, count_jobs
-from tests.conftest import make_key
+from tests.helpers import VALID, count_jobs, make_key
 
 
 def test_a_batch_creates_every_job_and_counts_them(client: FlaskClient, auth: dict[str, str], db: Database) -> None:

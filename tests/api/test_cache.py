@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,19 +12,16 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from PIL import Image
 from sqlalchemy import select, update
 
 from shared import cache, jobs, styles
 from shared.db import Database, utcnow
 from shared.deletion.run import run_deletion
 from shared.errors import CancelReason, ErrorCode
-from shared.models import ApiKey, CacheEntry, GenerationMetric, Job, JobImage, UserDeletion, WebhookEvent
+from shared.models import ApiKey, CacheEntry, GenerationMetric, Job, UserDeletion, WebhookEvent
 from shared.settings import Settings
 from shared.stored_request import StoredRequest
-from tests.api.test_illustrations import upload
-from tests.conftest import make_key
-from tests.shared.test_styles import lora
+from tests.helpers import image_keys, load, lora, make_key, png, submit, upload
 from worker.maintenance import sweep, upkeep
 
 REVISION = "tiny-0123456789ab"
@@ -39,20 +35,11 @@ def admin(db: Database) -> dict[str, str]:
     return {"Authorization": f"Bearer {make_key(db, scopes=('generate', 'admin'))}"}
 
 
-def submit(client: FlaskClient, auth: dict[str, str], body: dict[str, Any], **headers: str) -> dict[str, Any]:
-    response = client.post("/v1/illustrations", json=body, headers={**auth, **headers})
-    assert response.status_code in (200, 202), response.json
-    result: dict[str, Any] = response.json  # type: ignore[assignment]
-    return result
-
-
 def run_like_a_worker(app: Flask, db: Database, job_id: str, *, revision: str = REVISION, color: str = "red",
                       fail: ErrorCode | None = None) -> None:
     """What a GPU worker does at the end of an attempt: store the image, finish fenced, write the metrics row."""
     storage = app.extensions["illustrations"].storage
-    buffer = io.BytesIO()
-    Image.new("RGB", (64, 64), color).save(buffer, format="PNG")
-    data = buffer.getvalue()
+    data = png((64, 64), color)
     with db.begin() as session:
         claim = jobs.started(session, job_id, "gpu0@test", 60)
         assert isinstance(claim, jobs.Claim)
@@ -75,18 +62,6 @@ def entries(db: Database, job_id: str) -> list[CacheEntry]:
     with db.begin() as session:
         client_id = session.get_one(Job, job_id).client_id
         return list(session.execute(select(CacheEntry).where(CacheEntry.client_id == client_id)).scalars())
-
-
-def load(db: Database, job_id: str) -> Job:
-    with db.begin() as session:
-        return session.get_one(Job, job_id)
-
-
-def image_keys(db: Database, job_id: str) -> list[str]:
-    with db.begin() as session:
-        return list(session.execute(
-            select(JobImage.storage_key).where(JobImage.job_id == job_id).order_by(JobImage.index)
-        ).scalars())
 
 
 @pytest.fixture
@@ -156,7 +131,7 @@ RELEVANT = {
 def test_fields_that_do_not_change_the_images_still_hit(
     client: FlaskClient, auth: dict[str, str], source: dict[str, Any], change: str
 ) -> None:
-    job = submit(client, auth, {**SEEDED, **IRRELEVANT[change]}, **WAIT)
+    job = submit(client, auth, {**SEEDED, **IRRELEVANT[change]}, headers=WAIT)
     assert job["status"] == "succeeded" and job["cached"] is True
 
 
@@ -174,8 +149,6 @@ def test_fields_that_change_the_images_miss(
 def test_a_subject_photo_and_its_version_are_part_of_the_key(
     client: FlaskClient, auth: dict[str, str], app: Flask, db: Database
 ) -> None:
-    from tests.api.test_illustrations import png
-
     upload(client, auth, user_id="u-1", name="grandma", data=png((32, 32), "red"))
     body = {**SEEDED, "subjects": [{"name": "grandma"}]}
     first = submit(client, auth, body)
@@ -319,7 +292,7 @@ def test_deleting_a_user_removes_their_entries_and_keeps_images_another_job_shar
     storage = app.extensions["illustrations"].storage
     source = submit(client, admin, SEEDED)
     run_like_a_worker(app, db, source["id"])
-    other = submit(client, admin, {**SEEDED, "user_id": "u-2"}, **WAIT)
+    other = submit(client, admin, {**SEEDED, "user_id": "u-2"}, headers=WAIT)
     assert other["cached"] is True
     (key,) = image_keys(db, source["id"])
 
@@ -472,7 +445,7 @@ def test_hits_and_followers_record_their_webhook_events(client: FlaskClient, aut
     follower = submit(client, auth, {**body, "user_id": "u-2"})
     assert load(db, follower["id"]).follows_job_id == leader["id"]
     run_like_a_worker(app, db, leader["id"])
-    hit = submit(client, auth, body, **WAIT)
+    hit = submit(client, auth, body, headers=WAIT)
     assert hit["status"] == "succeeded" and hit["cached"] is True
     with db.begin() as session:
         events = {event.job_id: event for event in session.execute(

@@ -16,8 +16,7 @@ from shared.db import Database
 from shared.errors import ErrorCode
 from shared.models import Job
 from shared.settings import Settings
-from tests.api.test_illustrations import upload
-from tests.conftest import make_key
+from tests.helpers import make_key, upload
 
 AUTOBIO = {
     "prompt": "grandma teaching me to ride a bike",

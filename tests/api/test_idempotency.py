@@ -15,8 +15,7 @@ from shared import idempotency
 from shared.db import Database
 from shared.models import IdempotencyKey, Job
 from shared.settings import Settings
-from tests.api.test_illustrations import VALID, count_jobs
-from tests.conftest import make_key
+from tests.helpers import VALID, count_jobs, make_key
 from worker.maintenance import upkeep
 
 

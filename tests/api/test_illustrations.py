@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import uuid
 from pathlib import Path
@@ -11,36 +10,13 @@ from typing import Any
 import pytest
 import redis
 from flask.testing import FlaskClient
-from PIL import Image
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from shared import jobs
 from shared.db import Database
 from shared.models import Client, Job
 from shared.settings import Settings
-from tests.conftest import make_key
-
-VALID = {"user_id": "u-1", "prompt": "grandma teaching me to ride a bike", "params": {"width": 64, "height": 64}}
-
-
-def png(size: tuple[int, int] = (32, 32), color: str = "red") -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, color).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def upload(client: FlaskClient, auth: dict[str, str], user_id: str = "u-1", name: str = "grandma",
-           data: bytes | None = None) -> dict[str, Any]:
-    response = client.post("/v1/subjects", headers=auth,
-                           data={"user_id": user_id, "name": name, "image": (io.BytesIO(data or png()), "g.png")})
-    assert response.status_code in (200, 201), response.json
-    body: dict[str, Any] = response.json  # type: ignore[assignment]
-    return body
-
-
-def count_jobs(db: Database) -> int:
-    with db.begin() as session:
-        return int(session.execute(select(func.count()).select_from(Job)).scalar_one())
+from tests.helpers import VALID, count_jobs, lora, make_key, png, upload
 
 
 def test_submit_commits_publishes_the_id_and_answers_202(client: FlaskClient, auth: dict[str, str], db: Database,
@@ -258,7 +234,6 @@ def test_style_lora_names_a_ready_style_of_this_client(client: FlaskClient, db: 
                                                         tmp_path: Path) -> None:
     from shared import styles as registry
     from shared.storage import open_storage
-    from tests.shared.test_styles import lora
 
     name = f"styled-{uuid.uuid4().hex[:8]}"
     headers = {"Authorization": f"Bearer {make_key(db, name)}"}

@@ -7,7 +7,7 @@ import io
 from flask.testing import FlaskClient
 
 from shared.db import Database
-from tests.api.test_illustrations import VALID, count_jobs, png
+from tests.helpers import VALID, count_jobs, png
 
 
 def test_nul_characters_are_refused_everywhere(client: FlaskClient, auth: dict[str, str], db: Database) -> None:

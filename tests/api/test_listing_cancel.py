@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from flask.testing import FlaskClient
 
 from shared import jobs
 from shared.db import Database
 from shared.errors import CancelReason
-from tests.api.test_illustrations import VALID
-from tests.conftest import make_key
-from tests.shared.test_jobs import load
-
-
-def submit(client: FlaskClient, auth: dict[str, str], **fields: Any) -> dict[str, Any]:
-    response = client.post("/v1/illustrations", json={**VALID, **fields}, headers=auth)
-    assert response.status_code == 202, response.json
-    body: dict[str, Any] = response.json  # type: ignore[assignment]
-    return body
+from tests.helpers import load, make_key, submit
 
 
 def test_list_is_newest_first_with_a_cursor_and_filters(client: FlaskClient, auth: dict[str, str],

@@ -17,7 +17,7 @@ from flask.testing import FlaskClient
 from shared import limits
 from shared.db import Database
 from shared.settings import Settings
-from tests.conftest import make_key
+from tests.helpers import make_key
 
 CONTRACT = {
     ("post", "/v1/illustrations"), ("get", "/v1/illustrations"), ("get", "/v1/illustrations/{job_id}"),

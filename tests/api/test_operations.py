@@ -21,9 +21,9 @@ from shared.db import Database
 from shared.experiments import Experiment, assign
 from shared.models import Client, Feedback, Job
 from shared.settings import Settings
-from tests.conftest import make_key
+from tests.helpers import make_key, submit
 
-VALID = {"user_id": "u-ops", "prompt": "a picnic by the lake", "params": {"width": 64, "height": 64, "steps": 2}}
+PICNIC = {"user_id": "u-ops", "prompt": "a picnic by the lake", "params": {"width": 64, "height": 64, "steps": 2}}
 
 
 def finish(db: Database, app: Flask, job_id: str, status: str = "succeeded", variant: str = "a") -> None:
@@ -40,16 +40,10 @@ def finish(db: Database, app: Flask, job_id: str, status: str = "succeeded", var
             jobs.failed(session, claim, jobs.ErrorCode.OUT_OF_MEMORY, "the GPU ran out of memory", model=model)
 
 
-def submit(client: FlaskClient, auth: dict[str, str], body: dict[str, Any] | None = None) -> str:
-    response = client.post("/v1/illustrations", json=body or VALID, headers=auth)
-    assert response.status_code == 202, response.json
-    return str(response.json["id"])  # type: ignore[index]
-
-
 # --- Feedback -------------------------------------------------------------------------------------------------------
 def test_feedback_on_a_succeeded_job_is_recorded_once_per_job(client: FlaskClient, auth: dict[str, str], db: Database,
                                                               app: Flask) -> None:
-    job_id = submit(client, auth)
+    job_id = submit(client, auth, PICNIC)["id"]
     url = f"/v1/illustrations/{job_id}/feedback"
     queued = client.post(url, json={"rating": 5}, headers=auth)
     assert queued.status_code == 409 and "succeeded" in queued.json["detail"]  # type: ignore[index]
@@ -66,7 +60,7 @@ def test_feedback_on_a_succeeded_job_is_recorded_once_per_job(client: FlaskClien
 
 def test_feedback_input_is_checked_and_scoped(client: FlaskClient, auth: dict[str, str], db: Database,
                                               app: Flask) -> None:
-    job_id = submit(client, auth)
+    job_id = submit(client, auth, PICNIC)["id"]
     finish(db, app, job_id)
     url = f"/v1/illustrations/{job_id}/feedback"
     for body, field in (({"rating": 0}, "rating"), ({"rating": 6}, "rating"), ({"rating": "5"}, "rating"),
@@ -107,7 +101,7 @@ def test_the_variant_is_assigned_at_submit_and_its_overrides_applied(experiment_
     seen = set()
     for user in users:
         # Steps given by the client stay; guidance left at its default takes the variant's value.
-        job_id = submit(client, auth, {"user_id": user, "prompt": "a lake", "params": {"steps": 2}})
+        job_id = submit(client, auth, {"user_id": user, "prompt": "a lake", "params": {"steps": 2}})["id"]
         with db.begin() as session:
             request = session.get_one(Job, job_id).request
         variant = assign(experiment, client_id, user)
@@ -115,7 +109,7 @@ def test_the_variant_is_assigned_at_submit_and_its_overrides_applied(experiment_
         assert request["variant"] == variant and request["experiment"] == "steps-5"
         assert request["params"]["steps"] == 2
         assert request["params"]["guidance_scale"] == (3.0 if variant == "b" else 7.5)
-        again = submit(client, auth, {"user_id": user, "prompt": "another lake"})
+        again = submit(client, auth, {"user_id": user, "prompt": "another lake"})["id"]
         with db.begin() as session:
             second = session.get_one(Job, again).request
         assert second["variant"] == variant  # stable for the user
@@ -124,7 +118,7 @@ def test_the_variant_is_assigned_at_submit_and_its_overrides_applied(experiment_
 
 
 def test_without_an_experiment_every_job_is_variant_a(client: FlaskClient, auth: dict[str, str], db: Database) -> None:
-    job_id = submit(client, auth)
+    job_id = submit(client, auth, PICNIC)["id"]
     with db.begin() as session:
         request = session.get_one(Job, job_id).request
     assert request["variant"] == "a" and "experiment" not in request
@@ -140,10 +134,10 @@ def test_quality_needs_ops_and_a_valid_range(client: FlaskClient, auth: dict[str
         response = client.get(f"/v1/metrics/quality?range={bad}", headers=ops)
         assert response.status_code == 422, bad
         assert response.json["errors"][0]["field"] == "range"  # type: ignore[index]
-    job_id = submit(client, auth)
+    job_id = submit(client, auth, PICNIC)["id"]
     finish(db, app, job_id)
     assert client.post(f"/v1/illustrations/{job_id}/feedback", json={"rating": 5}, headers=auth).status_code == 201
-    failed = submit(client, auth)
+    failed = submit(client, auth, PICNIC)["id"]
     finish(db, app, failed, status="failed")
     response = client.get("/v1/metrics/quality?range=24h", headers=ops)
     assert response.status_code == 200
@@ -161,7 +155,7 @@ def test_metrics_need_ops_and_count_requests_by_route(client: FlaskClient, auth:
     assert client.get("/metrics").status_code == 401
     assert client.get("/metrics", headers=auth).status_code == 403
     ops = {"Authorization": f"Bearer {make_key(db, scopes=('ops',))}"}
-    job_id = submit(client, auth)
+    job_id = submit(client, auth, PICNIC)["id"]
     client.get(f"/v1/illustrations/{job_id}", headers=auth)
     response = client.get("/metrics", headers=ops)
     assert response.status_code == 200 and response.mimetype == "text/plain"
@@ -192,7 +186,7 @@ def test_the_ops_page_wants_an_ops_key_as_basic_password(client: FlaskClient, au
     generate_key = auth["Authorization"].removeprefix("Bearer ")
     assert client.get("/ops", headers=basic(generate_key)).status_code == 403
     ops = basic(make_key(db, scopes=("ops",)))
-    ok_job, bad_job = submit(client, auth), submit(client, auth)
+    ok_job, bad_job = submit(client, auth, PICNIC)["id"], submit(client, auth, PICNIC)["id"]
     finish(db, app, ok_job)
     finish(db, app, bad_job, status="failed")
     client.post(f"/v1/illustrations/{ok_job}/feedback", json={"rating": 4, "comment": "lovely <b>light</b>"},
@@ -227,7 +221,7 @@ def test_log_lines_are_json_with_the_request_id(client: FlaskClient, auth: dict[
 
     logs.configure("INFO", "json")
     try:
-        client.post("/v1/illustrations", json={**VALID, "params": {"style_lora": "nope"}}, headers={
+        client.post("/v1/illustrations", json={**PICNIC, "params": {"style_lora": "nope"}}, headers={
             **auth, "X-Request-ID": "req-json-1"})
         logging.getLogger("api.test").info("marker")
     finally:

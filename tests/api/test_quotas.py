@@ -12,8 +12,7 @@ from sqlalchemy import event, update
 from shared.db import Database
 from shared.models import Client, Job
 from shared.settings import Settings
-from tests.api.test_illustrations import VALID, count_jobs
-from tests.conftest import make_key
+from tests.helpers import VALID, count_jobs, make_key
 
 
 def make_app(settings: Settings, **overrides: Any) -> Flask:

@@ -18,13 +18,18 @@ from sqlalchemy import func, select
 from shared import tasks, training
 from shared.db import Database
 from shared.deletion.run import run_deletion
-from shared.models import StyleVersion, TrainingImage
+from shared.models import StyleVersion
 from shared.settings import Settings
-from tests.api.test_illustrations import png, upload
-from tests.api.test_users import finished_job
-from tests.conftest import make_key
+from tests.helpers import (
+    CAPTION_SECRET,
+    make_key,
+    style_form,
+    style_version,
+    succeeded_job,
+    training_images,
+    upload,
+)
 
-SECRET = "caption-text-that-must-not-leak"
 PARAMS = {"steps": 10, "rank": 4, "resolution": 64, "learning_rate": 0.001, "seed": 9}
 
 
@@ -34,19 +39,8 @@ def auth(db: Database) -> dict[str, str]:
     return {"Authorization": f"Bearer {make_key(db, scopes=('generate', 'styles', 'admin'))}"}
 
 
-def form(name: str = "ink", count: int = 4, captions: list[str] | None = None, **fields: Any) -> dict[str, Any]:
-    colors = ["red", "green", "blue", "yellow", "purple", "orange"]
-    data: dict[str, Any] = {
-        "name": name,
-        "image": [(io.BytesIO(png((40 + i, 36), colors[i % len(colors)])), f"{i}.png") for i in range(count)],
-        "caption": captions if captions is not None else [f"{SECRET} {i}" for i in range(count)],
-    }
-    data.update(fields)
-    return data
-
-
 def train(client: FlaskClient, auth: dict[str, str], **fields: Any) -> dict[str, Any]:
-    response = client.post("/v1/styles", headers=auth, data=form(**fields))
+    response = client.post("/v1/styles", headers=auth, data=style_form(**fields))
     assert response.status_code == 202, response.json
     body: dict[str, Any] = response.json  # type: ignore[assignment]
     return body
@@ -57,25 +51,11 @@ def versions(db: Database) -> int:
         return int(session.execute(select(func.count()).select_from(StyleVersion)).scalar_one())
 
 
-def row(db: Database, job_id: str) -> StyleVersion:
-    with db.begin() as session:
-        return session.execute(select(StyleVersion).where(StyleVersion.job_id == job_id)).scalar_one()
-
-
-def pictures(db: Database, job_id: str) -> list[TrainingImage]:
-    version = row(db, job_id)
-    with db.begin() as session:
-        return list(session.execute(
-            select(TrainingImage).where(TrainingImage.style_id == version.style_id,
-                                        TrainingImage.version == version.version).order_by(TrainingImage.index)
-        ).scalars())
-
-
 def test_multipart_training_is_queued_with_its_pictures_and_only_its_id_is_published(
         client: FlaskClient, auth: dict[str, str], app: Flask, db: Database, settings: Settings) -> None:
     broker = redis.Redis.from_url(settings.broker_url)
     broker.delete(tasks.QUEUE_TRAINING)
-    response = client.post("/v1/styles", headers=auth, data=form(params=json.dumps(PARAMS), user_id="u-7"))
+    response = client.post("/v1/styles", headers=auth, data=style_form(params=json.dumps(PARAMS), user_id="u-7"))
     assert response.status_code == 202, response.json
     body: Any = response.json
     assert body == {"name": "ink", "version": 1, "status": "queued", "job_id": body["job_id"],
@@ -86,17 +66,17 @@ def test_multipart_training_is_queued_with_its_pictures_and_only_its_id_is_publi
     message = json.loads(messages[0])
     assert message["headers"]["task"] == tasks.TRAIN
     assert json.loads(base64.b64decode(message["body"]))[0] == [body["job_id"]]
-    assert SECRET.encode() not in messages[0]
+    assert CAPTION_SECRET.encode() not in messages[0]
 
-    version = row(db, body["job_id"])
+    version = style_version(db, body["job_id"])
     assert (version.status, version.source, version.queue, version.base_profile) == ("queued", "training",
                                                                                      tasks.QUEUE_TRAINING, "tiny")
     assert version.published_at is not None and (version.rank, version.alpha) == (4, 4.0)
     assert version.params == {**PARAMS, "alpha": 4, "batch_size": 1}
-    stored = pictures(db, body["job_id"])
+    stored = training_images(db, body["job_id"])
     storage = app.extensions["illustrations"].storage
     assert [(p.index, p.source, p.user_id, p.caption) for p in stored] == [
-        (i, "upload", "u-7", f"{SECRET} {i}") for i in range(4)]
+        (i, "upload", "u-7", f"{CAPTION_SECRET} {i}") for i in range(4)]
     for picture in stored:
         assert picture.storage_key == training.image_key(version.style_id, 1, picture.index)
         assert storage.get(picture.storage_key).startswith(b"\x89PNG") and picture.width == 40 + picture.index
@@ -135,7 +115,7 @@ def test_json_training_names_subjects_illustrations_and_urls(client: FlaskClient
     broker = redis.Redis.from_url(settings.broker_url)
     broker.delete(tasks.QUEUE_PREPARE)
     subject = upload(client, auth, user_id="u-sub")
-    job = finished_job(client, auth, app, db, "u-job", "blue")
+    job = succeeded_job(client, auth, app, db, "u-job", "blue")
     response = client.post("/v1/styles", headers=auth, json={
         "name": "sepia",
         "images": [{"subject_id": subject["id"]}, {"illustration_id": job["id"], "index": 0},
@@ -146,9 +126,9 @@ def test_json_training_names_subjects_illustrations_and_urls(client: FlaskClient
     })
     assert response.status_code == 202, response.json
     body: Any = response.json
-    version = row(db, body["job_id"])
+    version = style_version(db, body["job_id"])
     assert version.queue == tasks.QUEUE_PREPARE and version.status == "queued"
-    assert [(p.source, p.source_ref, p.user_id, p.storage_key) for p in pictures(db, body["job_id"])] == [
+    assert [(p.source, p.source_ref, p.user_id, p.storage_key) for p in training_images(db, body["job_id"])] == [
         ("subject", subject["id"], "u-sub", None), ("illustration", f"{job['id']}/0", "u-job", None),
         ("url", "https://photos.example/a.png", "u-url", None), ("url", "https://photos.example/b.png", "u-url", None)]
     (message,) = broker.lrange(tasks.QUEUE_PREPARE, 0, -1)
@@ -158,7 +138,7 @@ def test_json_training_names_subjects_illustrations_and_urls(client: FlaskClient
 def _problem(response: Any) -> dict[str, str]:
     assert response.status_code == 422, response.json
     assert response.mimetype == "application/problem+json"
-    assert SECRET not in response.get_data(as_text=True)  # captions are never echoed
+    assert CAPTION_SECRET not in response.get_data(as_text=True)  # captions are never echoed
     return {item["field"]: item["message"] for item in response.json["errors"]}
 
 
@@ -166,30 +146,30 @@ def test_every_problem_is_a_named_422_and_nothing_is_written(client: FlaskClient
                                                              db: Database) -> None:
     before = versions(db)
     subject = upload(client, auth)
-    junk = form()
+    junk = style_form()
     junk["image"][2] = (io.BytesIO(b"not a picture"), "2.png")
     cases: list[tuple[dict[str, Any], str, str]] = [
-        (form(count=3), "image", "give 4 to 200 pictures, got 3"),
-        (form(captions=["a", "b", "c"]), "caption", "give one caption per image: 4 images, 3 captions"),
+        (style_form(count=3), "image", "give 4 to 200 pictures, got 3"),
+        (style_form(captions=["a", "b", "c"]), "caption", "give one caption per image: 4 images, 3 captions"),
         (junk, "image.2", "not a PNG, JPEG or WebP image"),
-        (form(params="{not json"), "params", "must be a JSON object"),
-        (form(params=json.dumps({"rank": 0})), "params.rank", "greater than or equal to 1"),
-        (form(params=json.dumps({"learning_rate": 1})), "params.learning_rate", "less than or equal to 0.01"),
-        (form(params=json.dumps({"resolution": 100})), "params.resolution", "multiple of 8"),
-        (form(params=json.dumps({"epochs": 3})), "params.epochs", "Extra inputs are not permitted"),
-        (form(webhook_url="http://10.1.2.3/hooks"), "webhook_url", "private address"),
-        (form(colour="red"), "colour", "Extra inputs are not permitted"),
-        (form(name="-ink"), "name", "String should match pattern"),
-        (form(name=["a", "b"]), "name", "give this field once"),
+        (style_form(params="{not json"), "params", "must be a JSON object"),
+        (style_form(params=json.dumps({"rank": 0})), "params.rank", "greater than or equal to 1"),
+        (style_form(params=json.dumps({"learning_rate": 1})), "params.learning_rate", "less than or equal to 0.01"),
+        (style_form(params=json.dumps({"resolution": 100})), "params.resolution", "multiple of 8"),
+        (style_form(params=json.dumps({"epochs": 3})), "params.epochs", "Extra inputs are not permitted"),
+        (style_form(webhook_url="http://10.1.2.3/hooks"), "webhook_url", "private address"),
+        (style_form(colour="red"), "colour", "Extra inputs are not permitted"),
+        (style_form(name="-ink"), "name", "String should match pattern"),
+        (style_form(name=["a", "b"]), "name", "give this field once"),
     ]
     for data, field, message in cases:
         problems = _problem(client.post("/v1/styles", headers=auth, data=data))
         assert field in problems and message in problems[field], (field, problems)
 
-    valid = {"name": "ink", "images": [{"subject_id": subject["id"]}] * 4, "captions": [SECRET] * 4}
+    valid = {"name": "ink", "images": [{"subject_id": subject["id"]}] * 4, "captions": [CAPTION_SECRET] * 4}
     json_cases: list[tuple[dict[str, Any], str, str]] = [
-        ({**valid, "images": valid["images"][:3], "captions": [SECRET] * 3}, "images", "at least 4 items"),
-        ({**valid, "captions": [SECRET] * 5}, "captions", "give one caption per image: 4 images, 5 captions"),
+        ({**valid, "images": valid["images"][:3], "captions": [CAPTION_SECRET] * 3}, "images", "at least 4 items"),
+        ({**valid, "captions": [CAPTION_SECRET] * 5}, "captions", "give one caption per image: 4 images, 5 captions"),
         ({**valid, "images": [{"subject_id": "no-such-subject"}, *valid["images"][1:]]}, "images.0.subject_id",
          "no such subject"),
         ({**valid, "images": [*valid["images"][:3], {"illustration_id": "nope", "index": 0}]},
@@ -210,9 +190,9 @@ def test_every_problem_is_a_named_422_and_nothing_is_written(client: FlaskClient
     assert client.post("/v1/styles", headers=auth, data="x", content_type="text/plain").status_code == 415
     assert client.post("/v1/styles", headers=auth, data="{", content_type="application/json").status_code == 400
     generate_only = {"Authorization": f"Bearer {make_key(db)}"}
-    assert client.post("/v1/styles", headers=generate_only, data=form()).status_code == 403
+    assert client.post("/v1/styles", headers=generate_only, data=style_form()).status_code == 403
     assert client.get("/v1/styles", headers=generate_only).status_code == 403
-    assert client.post("/v1/styles", data=form()).status_code == 401
+    assert client.post("/v1/styles", data=style_form()).status_code == 401
     assert versions(db) == before
 
 
@@ -220,7 +200,7 @@ def test_another_clients_subject_or_illustration_is_unknown(client: FlaskClient,
                                                             db: Database) -> None:
     other = {"Authorization": f"Bearer {make_key(db, scopes=('generate', 'styles'))}"}
     theirs = upload(client, other, user_id="u-other")
-    job = finished_job(client, other, app, db, "u-other", "red")
+    job = succeeded_job(client, other, app, db, "u-other", "red")
     body = {"name": "ink", "captions": ["x"] * 4,
             "images": [{"subject_id": theirs["id"]}, {"illustration_id": job["id"], "index": 0}] * 2}
     problems = _problem(client.post("/v1/styles", headers=auth, json=body))
@@ -236,7 +216,7 @@ def test_cancel_a_queued_then_a_running_version(client: FlaskClient, auth: dict[
     assert out["versions"][0]["status"] == "canceled"
     assert out["versions"][0]["error"] == {"code": "canceled_by_client", "message": "canceled by the client"}
     assert client.post("/v1/styles/ink/versions/1/cancel", headers=auth).status_code == 200  # unchanged
-    assert row(db, first["job_id"]).status == "canceled"
+    assert style_version(db, first["job_id"]).status == "canceled"
 
     second = train(client, auth)
     with db.begin() as session:
@@ -244,7 +224,7 @@ def test_cancel_a_queued_then_a_running_version(client: FlaskClient, auth: dict[
     flagged = client.post("/v1/styles/ink/versions/2/cancel", headers=auth)
     assert flagged.status_code == 202
     assert flagged.json["versions"][1]["status"] == "running"  # type: ignore[index]  # stops at its next step
-    assert row(db, second["job_id"]).cancel_reason == "canceled_by_client"
+    assert style_version(db, second["job_id"]).cancel_reason == "canceled_by_client"
 
     for path in ("/v1/styles/nope/versions/1/cancel", "/v1/styles/ink/versions/3/cancel",
                  "/v1/styles/ink/versions/99999999999/cancel"):
@@ -257,12 +237,12 @@ def test_pictures_of_a_user_being_deleted_are_refused(client: FlaskClient, auth:
                                                       db: Database) -> None:
     subject = upload(client, auth, user_id="u-leaving")
     assert client.delete("/v1/users/u-leaving", headers=auth).status_code == 202
-    refused = client.post("/v1/styles", headers=auth, data=form(user_id="u-leaving"))
+    refused = client.post("/v1/styles", headers=auth, data=style_form(user_id="u-leaving"))
     assert refused.status_code == 409 and refused.mimetype == "application/problem+json"
     refused = client.post("/v1/styles", headers=auth, json={"name": "ink", "captions": ["x"] * 4,
                                                             "images": [{"subject_id": subject["id"]}] * 4})
     assert refused.status_code == 409
-    assert client.post("/v1/styles", headers=auth, data=form(user_id="u-staying")).status_code == 202
+    assert client.post("/v1/styles", headers=auth, data=style_form(user_id="u-staying")).status_code == 202
 
 
 def test_deleting_a_user_removes_their_training_pictures_and_marks_the_versions(
@@ -278,17 +258,17 @@ def test_deleting_a_user_removes_their_training_pictures_and_marks_the_versions(
                               base_profile="tiny", loss=0.1)
     kept = train(client, auth, user_id="u-kept")
     queued = train(client, auth, user_id="u-gone")
-    gone_keys = [p.storage_key for p in pictures(db, ready["job_id"]) + pictures(db, queued["job_id"])]
+    gone_keys = [p.storage_key for p in training_images(db, ready["job_id"]) + training_images(db, queued["job_id"])]
 
     deletion: Any = client.delete("/v1/users/u-gone", headers=auth).json
     assert run_deletion(db, storage, settings, deletion["id"]) == "succeeded"
     status: Any = client.get(f"/v1/users/u-gone/deletions/{deletion['id']}", headers=auth).json
     assert status["status"] == "succeeded" and status["parts"]["training_images"] == 8
 
-    assert pictures(db, ready["job_id"]) == [] and pictures(db, queued["job_id"]) == []
+    assert training_images(db, ready["job_id"]) == [] and training_images(db, queued["job_id"]) == []
     assert not any(storage.exists(key or "") for key in gone_keys)
-    assert len(pictures(db, kept["job_id"])) == 4
-    assert all(storage.exists(p.storage_key or "") for p in pictures(db, kept["job_id"]))
+    assert len(training_images(db, kept["job_id"])) == 4
+    assert all(storage.exists(p.storage_key or "") for p in training_images(db, kept["job_id"]))
     style: Any = client.get("/v1/styles/ink", headers=auth).json
     first, second, third = style["versions"]
     assert first["status"] == "ready" and first["training_data_deleted_at"] is not None and first["images"] == 0

@@ -8,8 +8,7 @@ from flask.testing import FlaskClient
 from PIL import Image
 from werkzeug.test import EnvironBuilder
 
-from tests.api.test_illustrations import png, upload
-from tests.conftest import make_key
+from tests.helpers import make_key, png, upload
 
 
 def test_upload_then_get(client: FlaskClient, auth: dict[str, str], app) -> None:  # type: ignore[no-untyped-def]

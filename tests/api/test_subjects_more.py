@@ -11,8 +11,7 @@ from flask.testing import FlaskClient
 
 from shared.db import Database
 from shared.settings import Settings
-from tests.api.test_illustrations import png, upload
-from tests.conftest import make_key
+from tests.helpers import make_key, png, upload
 from tests.httpservers import Server
 
 

@@ -17,7 +17,7 @@ from sqlalchemy import func, select, update
 from shared.db import Database, utcnow
 from shared.models import Client, IdempotencyKey, Job
 from shared.settings import Settings
-from tests.conftest import make_key
+from tests.helpers import make_key
 
 
 @dataclass(frozen=True)

@@ -29,22 +29,7 @@ from shared.models import (
     WebhookEvent,
 )
 from shared.settings import Settings
-from tests.api.test_illustrations import VALID, png, upload
-from tests.conftest import make_key
-
-
-def finished_job(client: FlaskClient, auth: dict[str, str], app: Flask, db: Database, user_id: str,
-                 color: str) -> dict[str, Any]:
-    """A succeeded job of ``user_id`` with one stored image."""
-    body: Any = client.post("/v1/illustrations", json={**VALID, "user_id": user_id}, headers=auth).json
-    key = f"jobs/{body['id']}/1/0.png"
-    data = png((64, 64), color)
-    app.extensions["illustrations"].storage.put(key, data, "image/png")
-    with db.begin() as session:
-        claim = jobs.started(session, body["id"], "w", 60)
-        assert isinstance(claim, jobs.Claim)
-        jobs.succeeded(session, claim, [jobs.StoredImage(0, key, "image/png", 64, 64, "cd" * 32, len(data))])
-    return {**body, "key": key}
+from tests.helpers import VALID, make_key, png, succeeded_job, upload
 
 
 def test_deleting_a_user_leaves_nothing_of_theirs_and_others_untouched(
@@ -55,9 +40,9 @@ def test_deleting_a_user_leaves_nothing_of_theirs_and_others_untouched(
     auth = {"Authorization": f"Bearer {admin_key}"}
     gone_subject = upload(client, auth, user_id="u-gone", name="grandma")
     kept_subject = upload(client, auth, user_id="u-kept", name="grandma")
-    gone_job = finished_job(client, auth, app, db, "u-gone", "red")
-    shared_job = finished_job(client, auth, app, db, "u-gone", "green")
-    kept_job = finished_job(client, auth, app, db, "u-kept", "blue")
+    gone_job = succeeded_job(client, auth, app, db, "u-gone", "red")
+    shared_job = succeeded_job(client, auth, app, db, "u-gone", "green")
+    kept_job = succeeded_job(client, auth, app, db, "u-kept", "blue")
     queued: Any = client.post("/v1/illustrations", json={**VALID, "user_id": "u-gone"}, headers=auth).json
     running: Any = client.post("/v1/illustrations", json={**VALID, "user_id": "u-gone"}, headers=auth).json
     with db.begin() as session:

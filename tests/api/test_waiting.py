@@ -15,8 +15,7 @@ from api.waiting import JobWaiter, prefer_wait
 from shared import jobs
 from shared.db import Database
 from shared.settings import Settings
-from tests.api.test_illustrations import VALID
-from tests.conftest import make_key
+from tests.helpers import VALID, make_key
 
 
 def finish_when_waited(app: Flask, job_id: str, *, deadline_s: float = 30) -> threading.Thread:

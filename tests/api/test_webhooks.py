@@ -16,9 +16,7 @@ from shared.db import Database
 from shared.models import Batch, Job, StyleVersion, WebhookEvent
 from shared.settings import Settings
 from shared.webhooks import events
-from tests.api.test_illustrations import VALID
-from tests.api.test_styles import form
-from tests.conftest import make_key
+from tests.helpers import VALID, make_key, new_client, style_form, submit
 
 HOOK = "https://autobio.example/hooks/illustrations"
 
@@ -26,13 +24,6 @@ HOOK = "https://autobio.example/hooks/illustrations"
 def problems(response: Any) -> dict[str, str]:
     assert response.status_code == 422, response.json
     return {e["field"]: e["message"] for e in response.json["errors"]}
-
-
-def submit(client: FlaskClient, auth: dict[str, str], **fields: Any) -> dict[str, Any]:
-    response = client.post("/v1/illustrations", json={**VALID, **fields}, headers=auth)
-    assert response.status_code == 202, response.json
-    body: dict[str, Any] = response.json  # type: ignore[assignment]
-    return body
 
 
 def test_webhook_urls_are_accepted_and_a_blocked_address_is_a_named_422(
@@ -69,7 +60,7 @@ def test_an_allowlisted_receiver_may_be_private(settings: Settings) -> None:
 
 def test_a_style_training_takes_a_webhook_url(client: FlaskClient, db: Database) -> None:
     auth = {"Authorization": f"Bearer {make_key(db, scopes=('styles',))}"}
-    response = client.post("/v1/styles", headers=auth, data=form(webhook_url=HOOK))
+    response = client.post("/v1/styles", headers=auth, data=style_form(webhook_url=HOOK))
     assert response.status_code == 202, response.json
     with db.begin() as session:
         row = session.query(StyleVersion).filter_by(job_id=response.json["job_id"]).one()  # type: ignore[index]
@@ -144,9 +135,8 @@ def test_a_resend_keeps_the_id_and_queues_it_now(client: FlaskClient, auth: dict
 def style_event(db: Database) -> tuple[str, dict[str, str]]:
     """A style version's event of a client with a generate-only and a styles key."""
     from shared import training
-    from tests.shared.test_webhooks import new_client
 
-    client_id = new_client(db, url=HOOK)
+    client_id = new_client(db, webhook_url=HOOK)
     params = {"rank": 4, "alpha": 4, "steps": 2, "learning_rate": 1e-4, "resolution": 64, "seed": 1,
               "batch_size": 1}
     with db.begin() as session:
