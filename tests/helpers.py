@@ -9,6 +9,7 @@ servers and faults (``tests/system/``).
 
 from __future__ import annotations
 
+import ast
 import io
 import os
 import time
@@ -37,7 +38,7 @@ from shared.settings import Settings
 ROOT = Path(__file__).resolve().parents[1]
 """The repository root."""
 
-# --- Services the suite runs against --------------------------------------------------------------------------------
+# --- Services the suite runs against ----------------------------------------------------------------------------------
 ADMIN_URL = os.environ.get("TEST_DATABASE_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 # System tests run real workers; they get a Redis db of their own so stray test messages never reach them.
@@ -299,3 +300,20 @@ def wait_terminal(base: str, headers: dict[str, str], job_id: str, timeout_s: fl
     except AssertionError as exc:
         raise AssertionError(f"{exc}; last seen: {seen}") from None
     return seen
+
+
+# --- Reading the code (the boundaries and the suite's layout) ---------------------------------------------------------
+def imports_in(path: Path, root: Path = ROOT) -> Iterator[tuple[str, int]]:
+    """(dotted name, line) of every import in the module at ``path`` (under ``root``): at the top, inside functions,
+    under TYPE_CHECKING. Relative imports are resolved against the module's package; ``from a import b`` gives
+    ``a.b``."""
+    package = path.relative_to(root).with_suffix("").parts[:-1]
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, node.lineno
+        elif isinstance(node, ast.ImportFrom):
+            base = list(package[:len(package) - node.level + 1]) if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            for alias in node.names:
+                yield f"{module}.{alias.name}", node.lineno

@@ -5,17 +5,15 @@ import-linter's sibling check does not see (a package and its own modules)."""
 
 from __future__ import annotations
 
-import ast
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import grimp
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, imports_in
 
 ALLOWED = {"cli": {"api", "worker", "shared"}, "api": {"shared"}, "worker": {"shared"}, "shared": set()}
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
@@ -74,23 +72,12 @@ def test_a_broken_arrow_fails_the_lint_naming_its_contract(copy_of_the_project: 
 
 
 # --- the arrows, read from the code ----------------------------------------------------------------------------------
-def imports_of(path: Path) -> Iterator[tuple[str, int]]:
-    """(top-level package, line) of every import in a module: at the top, inside functions, under TYPE_CHECKING."""
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                yield alias.name.partition(".")[0], node.lineno
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            yield node.module.partition(".")[0], node.lineno
-        elif isinstance(node, ast.ImportFrom):  # relative: within the importing package
-            yield path.relative_to(ROOT).parts[0], node.lineno
-
-
 def arrows_from(package: str) -> dict[str, list[str]]:
     """Our other packages that ``package`` imports, each with the places that do."""
     found: dict[str, list[str]] = {}
     for path in sorted((ROOT / package).rglob("*.py")):
-        for target, line in imports_of(path):
+        for name, line in imports_in(path):
+            target = name.partition(".")[0]
             if target in ALLOWED and target != package:
                 found.setdefault(target, []).append(f"{path.relative_to(ROOT)}:{line}")
     return found
