@@ -69,7 +69,9 @@ def test_dockerfiles_are_hadolint_clean(dockerfile: str) -> None:
 @pytest.mark.parametrize("dockerfile", DOCKERFILES)
 def test_images_run_as_a_numeric_non_root_user(dockerfile: str) -> None:
     users = [line.split()[1] for line in (ROOT / dockerfile).read_text().splitlines() if line.startswith("USER ")]
-    assert users and users[-1].split(":")[0].isdigit() and users[-1] != "0"
+    assert users
+    assert users[-1].split(":")[0].isdigit()
+    assert users[-1] != "0"
 
 
 def test_the_api_image_has_no_worker_code() -> None:
@@ -226,7 +228,8 @@ def test_compose_has_the_whole_system_with_healthchecks_and_order() -> None:
         devices = services[worker]["deploy"]["resources"]["reservations"]["devices"]
         assert devices[0]["capabilities"] == ["gpu"]
     redis_command = services["redis"]["command"]
-    assert "--appendonly" in redis_command and "noeviction" in redis_command
+    assert "--appendonly" in redis_command
+    assert "noeviction" in redis_command
     assert "ILLUSTRATIONS_FLOWER_BASIC_AUTH" in services["flower"]["environment"]
     assert services["flower"]["ports"][0].startswith("127.0.0.1:")
 
@@ -267,7 +270,8 @@ def test_workloads_follow_the_process_model() -> None:
     gpu = deployments["illustrations-worker-gpu"]["spec"]["template"]["spec"]
     container = gpu["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"  # one GPU per pod
-    assert gpu["tolerations"] and gpu["nodeSelector"]
+    assert gpu["tolerations"]
+    assert gpu["nodeSelector"]
     assert "preStop" in container["lifecycle"]
     soft_limit = Settings().task_soft_time_limit_s
     assert gpu["terminationGracePeriodSeconds"] > soft_limit  # above one generation
@@ -375,7 +379,8 @@ def _check_fields(value: Any, spec: Any, path: str) -> None:
         for key, item in value.items():
             _check_fields(item, spec[key], f"{path}.{key}")
     elif isinstance(spec, list):
-        assert isinstance(value, list) and value, f"{path} must be a non-empty list"
+        assert isinstance(value, list), f"{path} must be a non-empty list"
+        assert value, f"{path} must be a non-empty list"
         for i, item in enumerate(value):
             _check_fields(item, spec[0], f"{path}[{i}]")
     else:
@@ -405,7 +410,8 @@ def test_scaled_object_uses_documented_fields_and_targets_the_gpu_workers() -> N
     (ref,) = auth["spec"]["secretTargetRef"]
     assert ref["parameter"] == "connection"
     secret = yaml.safe_load((K8S / "secret.example.yaml").read_text())
-    assert ref["name"] == secret["metadata"]["name"] and ref["key"] in secret["stringData"]
+    assert ref["name"] == secret["metadata"]["name"]
+    assert ref["key"] in secret["stringData"]
 
 
 def test_scaled_object_query_counts_queued_and_running_generation_jobs(pg_url: str) -> None:

@@ -36,7 +36,8 @@ def test_the_readme_fits_two_screens() -> None:
 
 def test_the_first_screen_has_both_commands() -> None:
     screen = first_screen()
-    assert "make demo" in screen and "make test" in screen
+    assert "make demo" in screen
+    assert "make test" in screen
 
 
 @pytest.mark.parametrize("stage", ["API", "PostgreSQL", "outbox", "broker (Redis)", "prepare worker", "GPU worker",

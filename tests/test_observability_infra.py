@@ -79,14 +79,16 @@ def test_dashboard_queries_name_only_exported_metrics() -> None:
         assert topic in titles, topic
     for title, expr in panels:
         used = metric_names(expr)
-        assert used and used <= names, f"{title} names {sorted(used - names)}, which nothing exports"
+        assert used, f"{title} names {sorted(used - names)}, which nothing exports"
+        assert used <= names, f"{title} names {sorted(used - names)}, which nothing exports"
 
 
 def test_prometheus_scrapes_the_api_workers_and_flower() -> None:
     config = yaml.safe_load((ROOT / "infra" / "prometheus" / "prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert set(jobs) == {"api", "workers", "flower"}
-    assert jobs["api"]["metrics_path"] == "/metrics" and jobs["api"]["authorization"]["type"] == "Bearer"
+    assert jobs["api"]["metrics_path"] == "/metrics"
+    assert jobs["api"]["authorization"]["type"] == "Bearer"
     assert all(target.endswith(":9100") for target in jobs["workers"]["static_configs"][0]["targets"])
 
 
@@ -96,7 +98,8 @@ def test_flower_refuses_to_start_without_auth_outside_the_embedded_mode(tmp_path
 
     configured = Settings(var_dir=tmp_path, broker_url="redis://127.0.0.1:1/0")
     result = CliRunner().invoke(flower_command, [], obj=configured)
-    assert result.exit_code != 0 and "ILLUSTRATIONS_FLOWER_BASIC_AUTH" in result.output
+    assert result.exit_code != 0
+    assert "ILLUSTRATIONS_FLOWER_BASIC_AUTH" in result.output
 
 
 @pytest.mark.parametrize("name", ["api", "worker-gpu0"])

@@ -22,7 +22,8 @@ VALID = {"user_id": "u-1", "prompt": "p", "params": {"width": 64, "height": 64}}
 def test_no_key_or_a_wrong_key_is_401(client: FlaskClient) -> None:
     for headers in ({}, {"Authorization": "Bearer ik_nope"}, {"Authorization": "Basic abc"}):
         response = client.post("/v1/illustrations", json=VALID, headers=headers)
-        assert response.status_code == 401 and response.mimetype == "application/problem+json"
+        assert response.status_code == 401
+        assert response.mimetype == "application/problem+json"
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
 
 
@@ -99,7 +100,9 @@ def test_keys_are_stored_hashed_and_use_is_recorded(client: FlaskClient, db: Dat
     key = make_key(db)
     with db.begin() as session:
         row = session.execute(select(ApiKey).where(ApiKey.key_hash == hash_key(key))).scalar_one()
-        assert key not in (row.key_hash, row.prefix) and key.startswith(row.prefix) and row.last_used_at is None
+        assert key not in (row.key_hash, row.prefix)
+        assert key.startswith(row.prefix)
+        assert row.last_used_at is None
     client.get("/v1/illustrations/x", headers={"Authorization": f"Bearer {key}"})
     with db.begin() as session:
         assert session.execute(select(ApiKey.last_used_at).where(ApiKey.key_hash == hash_key(key))).scalar_one()
@@ -121,20 +124,25 @@ def test_cli_keys_create_prints_the_key_alone_on_the_last_line(settings: Setting
         get_settings.cache_clear()
     assert result.exit_code == 0, result.output
     key = result.stdout.strip().splitlines()[-1]
-    assert key.startswith("ik_") and " " not in key
+    assert key.startswith("ik_")
+    assert " " not in key
     with db.begin() as session:
         principal = authenticate(session, key)
-        assert principal is not None and principal.scopes == {"generate", "ops"}
+        assert principal is not None
+        assert principal.scopes == {"generate", "ops"}
         assert session.execute(select(Client).where(Client.name == "autobio-cli")).scalar_one()
     second = again.stdout.strip().splitlines()[-1]
-    assert second != key and again.exit_code == 0
-    assert listing.stdout.count("autobio-cli") == 2 and key not in listing.stdout
+    assert second != key
+    assert again.exit_code == 0
+    assert listing.stdout.count("autobio-cli") == 2
+    assert key not in listing.stdout
 
 
 def test_healthz_and_readyz(client: FlaskClient) -> None:
     assert client.get("/healthz").json == {"status": "ok"}
     ready = client.get("/readyz")
-    assert ready.status_code == 200 and ready.json == {"database": "ok", "broker": "ok"}
+    assert ready.status_code == 200
+    assert ready.json == {"database": "ok", "broker": "ok"}
 
 
 def test_readyz_is_503_when_the_database_is_down(settings: Settings) -> None:
@@ -144,11 +152,13 @@ def test_readyz_is_503_when_the_database_is_down(settings: Settings) -> None:
                                                  "db_connect_timeout_s": 1}))
     client = app.test_client()
     response = client.get("/readyz")
-    assert response.status_code == 503 and response.headers["Retry-After"]
+    assert response.status_code == 503
+    assert response.headers["Retry-After"]
     assert response.json == {"database": "down", "broker": "ok"}
     assert client.get("/healthz").status_code == 200
     response = client.post("/v1/illustrations", json=VALID, headers={"Authorization": "Bearer ik_x"})
-    assert response.status_code == 503 and response.headers["Retry-After"]
+    assert response.status_code == 503
+    assert response.headers["Retry-After"]
     assert response.mimetype == "application/problem+json"
 
 

@@ -21,7 +21,8 @@ def test_a_batch_creates_every_job_and_counts_them(client: FlaskClient, auth: di
     response = client.post("/v1/batches", json={"requests": requests}, headers=auth)
     assert response.status_code == 202, response.json
     created: Any = response.json
-    assert len(created["job_ids"]) == 4 and response.headers["Location"] == f"/v1/batches/{created['id']}"
+    assert len(created["job_ids"]) == 4
+    assert response.headers["Location"] == f"/v1/batches/{created['id']}"
     with db.begin() as session:
         rows = {job.id: job for job in session.execute(select(Job).where(Job.batch_id == created["id"])).scalars()}
         assert set(rows) == set(created["job_ids"])

@@ -76,16 +76,22 @@ def test_a_hit_is_answered_succeeded_inside_the_post_with_no_worker(
 ) -> None:
     response = client.post("/v1/illustrations", json={**SEEDED, "metadata": {"memory_id": "m-2"}},
                            headers={**auth, **WAIT})
-    assert response.status_code == 200 and response.headers["Preference-Applied"] == "wait=5"
+    assert response.status_code == 200
+    assert response.headers["Preference-Applied"] == "wait=5"
     hit: Any = response.json
-    assert hit["id"] != source["id"] and hit["status"] == "succeeded" and hit["cached"] is True
-    assert hit["metadata"] == {"memory_id": "m-2"} and hit["finished_at"] is not None
-    assert hit["model"]["revision"] == REVISION and hit["attempts"] == 0
+    assert hit["id"] != source["id"]
+    assert hit["status"] == "succeeded"
+    assert hit["cached"] is True
+    assert hit["metadata"] == {"memory_id": "m-2"}
+    assert hit["finished_at"] is not None
+    assert hit["model"]["revision"] == REVISION
+    assert hit["attempts"] == 0
     assert hit["images"][0]["sha256"] == client.get(f"/v1/illustrations/{source['id']}", headers=auth).json[
         "images"][0]["sha256"]  # type: ignore[index]
     assert image_keys(db, hit["id"]) == image_keys(db, source["id"])  # the same stored object, not a copy
     download = client.get(f"/v1/illustrations/{hit['id']}/images/0", headers=auth)
-    assert download.status_code == 200 and download.mimetype == "image/png"
+    assert download.status_code == 200
+    assert download.mimetype == "image/png"
     download.close()
     # GET and the list say cached; the source job does not.
     assert client.get(f"/v1/illustrations/{hit['id']}", headers=auth).json["cached"] is True  # type: ignore[index]
@@ -93,10 +99,13 @@ def test_a_hit_is_answered_succeeded_inside_the_post_with_no_worker(
     assert listed == {hit["id"]: True, source["id"]: False}
     # Without Prefer: wait it is answered at once, finished, too; every hit is counted on the entry.
     again = client.post("/v1/illustrations", json=SEEDED, headers=auth)
-    assert again.status_code == 202 and again.json["status"] == "succeeded"  # type: ignore[index]
+    assert again.status_code == 202
+    assert again.json["status"] == "succeeded"  # type: ignore[index]
     (entry,) = entries(db, source["id"])
     with db.begin() as session:
-        assert entry.job_id == source["id"] and entry.hits == 2 and entry.last_hit_at is not None
+        assert entry.job_id == source["id"]
+        assert entry.hits == 2
+        assert entry.last_hit_at is not None
         assert entry.revision == REVISION
         assert jobs.transitions(session, hit["id"]) == [(None, "succeeded", 0, "cached")]
         assert session.get_one(Job, hit["id"]).published_at is None  # never sent to a queue
@@ -132,7 +141,8 @@ def test_fields_that_do_not_change_the_images_still_hit(
     client: FlaskClient, auth: dict[str, str], source: dict[str, Any], change: str
 ) -> None:
     job = submit(client, auth, {**SEEDED, **IRRELEVANT[change]}, headers=WAIT)
-    assert job["status"] == "succeeded" and job["cached"] is True
+    assert job["status"] == "succeeded"
+    assert job["cached"] is True
 
 
 @pytest.mark.parametrize("change", RELEVANT, ids=list(RELEVANT))
@@ -140,9 +150,11 @@ def test_fields_that_change_the_images_miss(
     client: FlaskClient, auth: dict[str, str], db: Database, source: dict[str, Any], change: str
 ) -> None:
     job = submit(client, auth, {**SEEDED, **RELEVANT[change]})
-    assert job["status"] == "queued" and job["cached"] is False
+    assert job["status"] == "queued"
+    assert job["cached"] is False
     row = load(db, job["id"])
-    assert row.cache_key is not None and row.cache_key != load(db, source["id"]).cache_key
+    assert row.cache_key is not None
+    assert row.cache_key != load(db, source["id"]).cache_key
     assert row.follows_job_id is None
 
 
@@ -190,7 +202,8 @@ def test_a_new_model_revision_misses(client: FlaskClient, auth: dict[str, str], 
     newer = submit(client, auth, {**SEEDED, "prompt": "another picture"})
     run_like_a_worker(app, db, newer["id"], revision="tiny-fedcba987654")  # workers now run another revision
     job = submit(client, auth, SEEDED)
-    assert job["status"] == "queued" and job["cached"] is False
+    assert job["status"] == "queued"
+    assert job["cached"] is False
     run_like_a_worker(app, db, job["id"], revision="tiny-fedcba987654")
     assert submit(client, auth, SEEDED)["cached"] is True  # the entry now names the new run
 
@@ -200,7 +213,8 @@ def test_the_cache_can_be_switched_off(app: Flask, settings: Settings, db: Datab
     svc = app.extensions["illustrations"]
     svc.settings = settings.model_copy(update={"result_cache": False})
     job = submit(client, auth, SEEDED)
-    assert job["status"] == "queued" and load(db, job["id"]).cache_key is None
+    assert job["status"] == "queued"
+    assert load(db, job["id"]).cache_key is None
 
 
 def test_entries_expire_after_the_retention(client: FlaskClient, auth: dict[str, str], db: Database,
@@ -210,7 +224,8 @@ def test_entries_expire_after_the_retention(client: FlaskClient, auth: dict[str,
     assert submit(client, auth, SEEDED)["status"] == "queued"  # expired: a miss even before upkeep runs
     upkeep(db, settings)
     assert entries(db, source["id"]) == []
-    assert load(db, source["id"]).status == "succeeded" and image_keys(db, source["id"])  # the job keeps its images
+    assert load(db, source["id"]).status == "succeeded"
+    assert image_keys(db, source["id"])  # the job keeps its images
 
 
 # --- in-flight dedupe -----------------------------------------------------------------------------------------------
@@ -222,16 +237,20 @@ def test_an_identical_request_in_flight_follows_and_finishes_with_its_leader(
     canceled = submit(client, auth, SEEDED)
     assert follower["status"] == "queued"
     row = load(db, follower["id"])
-    assert row.follows_job_id == leader["id"] and row.published_at is None
+    assert row.follows_job_id == leader["id"]
+    assert row.published_at is None
     with db.begin() as session:
         assert follower["id"] not in {job_id for job_id, _ in jobs.unpublished(session, -60)}  # never published
     # Canceling a follower cancels only the follower.
     assert client.post(f"/v1/illustrations/{canceled['id']}/cancel", headers=auth).status_code == 200
-    assert load(db, canceled["id"]).status == "canceled" and load(db, leader["id"]).status == "queued"
+    assert load(db, canceled["id"]).status == "canceled"
+    assert load(db, leader["id"]).status == "queued"
 
     run_like_a_worker(app, db, leader["id"])
     done: Any = client.get(f"/v1/illustrations/{follower['id']}", headers={**auth, **WAIT}).json
-    assert done["status"] == "succeeded" and done["cached"] is True and done["attempts"] == 0
+    assert done["status"] == "succeeded"
+    assert done["cached"] is True
+    assert done["attempts"] == 0
     assert image_keys(db, follower["id"]) == image_keys(db, leader["id"])
     assert done["progress"] == {"step": 2, "total": 2}
     with db.begin() as session:
@@ -246,7 +265,9 @@ def test_followers_fail_with_a_failed_leader(client: FlaskClient, auth: dict[str
     follower = submit(client, auth, SEEDED)
     run_like_a_worker(app, db, leader["id"], fail=ErrorCode.REFERENCE_INVALID)
     job = load(db, follower["id"])
-    assert job.status == "failed" and job.error_code == "reference_invalid" and job.error_message == "it broke"
+    assert job.status == "failed"
+    assert job.error_code == "reference_invalid"
+    assert job.error_message == "it broke"
 
 
 @pytest.mark.parametrize("end", ["canceled", "worker_lost", "deleted"])
@@ -268,7 +289,9 @@ def test_followers_of_a_canceled_lost_or_vanished_leader_run_themselves(
     if end == "deleted":
         assert sweep(db, settings).followers == [follower["id"]]
     job = load(db, follower["id"])
-    assert job.status == "queued" and job.follows_job_id is None and job.published_at is None
+    assert job.status == "queued"
+    assert job.follows_job_id is None
+    assert job.published_at is None
     with db.begin() as session:
         assert follower["id"] in {job_id for job_id, _ in jobs.unpublished(session, -60)}  # the relay sends it
 
@@ -280,7 +303,8 @@ def test_a_batch_of_identical_requests_runs_once(client: FlaskClient, auth: dict
     ids = response.json["job_ids"]  # type: ignore[index]
     rows = [load(db, job_id) for job_id in ids]
     leaders = [row for row in rows if row.follows_job_id is None]
-    assert len(leaders) == 1 and all(row.follows_job_id == leaders[0].id for row in rows if row is not leaders[0])
+    assert len(leaders) == 1
+    assert all(row.follows_job_id == leaders[0].id for row in rows if row is not leaders[0])
     run_like_a_worker(app, db, leaders[0].id)
     assert {load(db, job_id).status for job_id in ids} == {"succeeded"}
 
@@ -304,7 +328,8 @@ def test_deleting_a_user_removes_their_entries_and_keeps_images_another_job_shar
         return parts
 
     parts = delete_user("u-1")
-    assert parts["cache_entries"] == 1 and parts["jobs"] == 1
+    assert parts["cache_entries"] == 1
+    assert parts["jobs"] == 1
     assert entries(db, other["id"]) == []
     assert storage.exists(key)  # u-2's cached job still lists it
     download = client.get(f"/v1/illustrations/{other['id']}/images/0", headers=admin)
@@ -416,7 +441,8 @@ def test_every_input_of_the_key_changes_it() -> None:
             continue
         other = "jpeg" if name == "output_format" else value + 1
         variants.append(key("c", "tiny", changed(("params", name), other), "p", ink))
-    assert base not in variants and len(set(variants)) == len(variants)
+    assert base not in variants
+    assert len(set(variants)) == len(variants)
     # Left out: what does not change the pixels (the stored request's bookkeeping).
     extra = {**copy.deepcopy(KEY_REQUEST), "priority": "batch", "batch_index": 3, "user_id": "u-9",
              "memory_context": {"content": "x"}, "on_subject_error": "text_only", "prompt": "as given"}
@@ -430,7 +456,8 @@ def test_images_of_a_user_being_deleted_answer_nobody(client: FlaskClient, admin
     run_like_a_worker(app, db, source["id"])
     assert client.delete("/v1/users/u-1", headers=admin).status_code == 202  # requested, not run yet
     job = submit(client, admin, {**SEEDED, "user_id": "u-2"})
-    assert job["status"] == "queued" and job["cached"] is False  # a miss: those objects may be going
+    assert job["status"] == "queued"
+    assert job["cached"] is False  # a miss: those objects may be going
     refused = client.post("/v1/illustrations", json=SEEDED, headers=admin)
     assert refused.status_code == 409  # the user being deleted submits nothing
 
@@ -446,7 +473,8 @@ def test_hits_and_followers_record_their_webhook_events(client: FlaskClient, aut
     assert load(db, follower["id"]).follows_job_id == leader["id"]
     run_like_a_worker(app, db, leader["id"])
     hit = submit(client, auth, body, headers=WAIT)
-    assert hit["status"] == "succeeded" and hit["cached"] is True
+    assert hit["status"] == "succeeded"
+    assert hit["cached"] is True
     with db.begin() as session:
         events = {event.job_id: event for event in session.execute(
             select(WebhookEvent).where(WebhookEvent.job_id.in_([leader["id"], follower["id"], hit["id"]]))

@@ -81,16 +81,19 @@ def test_generate_answers_with_the_seeds_field_names(compat_app: Flask) -> None:
     body: Any = response.json
     assert set(body) >= {"imageUrl", "generationId", "metadata"}
     assert set(body["metadata"]) == {"model", "parameters", "generationTime"}
-    assert body["metadata"]["generationTime"] == 2.25 and isinstance(body["metadata"]["generationTime"], float)
+    assert body["metadata"]["generationTime"] == 2.25
+    assert isinstance(body["metadata"]["generationTime"], float)
     assert body["metadata"]["model"] == "tiny-sdxl-random+ip-adapter-plus-face_sdxl_vit-h"
-    assert body["metadata"]["parameters"]["width"] == 1024 and "seed" in body["metadata"]["parameters"]
+    assert body["metadata"]["parameters"]["width"] == 1024
+    assert "seed" in body["metadata"]["parameters"]
     assert body["imageUrl"].endswith(f"/v1/illustrations/{body['generationId']}/images/0")
     # The translation onto v1: the same job, with the style and era in the prompt and the subject resolved.
     job: Any = client.get(f"/v1/illustrations/{body['generationId']}", headers=auth).json
     assert job["user_id"] == "autobio-user-1"
     assert job["prompt_used"].startswith("grandma teaching me to ride a bike, watercolor style, 1960s")
     status = client.get(f"/api/illustrations/{body['generationId']}", headers=auth)
-    assert status.status_code == 200 and status.json == body
+    assert status.status_code == 200
+    assert status.json == body
 
 
 def test_generate_answers_202_with_a_status_url_when_not_ready(settings: Settings) -> None:
@@ -106,21 +109,25 @@ def test_generate_answers_202_with_a_status_url_when_not_ready(settings: Setting
     assert body == {"generationId": body["generationId"], "status": "queued",
                     "statusUrl": f"/api/illustrations/{body['generationId']}"}
     pending = client.get(body["statusUrl"], headers=auth)
-    assert pending.status_code == 202 and pending.json == body
+    assert pending.status_code == 202
+    assert pending.json == body
     finish(db, body["generationId"])
     done = client.get(body["statusUrl"], headers=auth)
-    assert done.status_code == 200 and done.json["generationId"] == body["generationId"]  # type: ignore[index]
+    assert done.status_code == 200
+    assert done.json["generationId"] == body["generationId"]  # type: ignore[index]
     failed: Any = client.post("/api/illustrations/generate", json={**AUTOBIO, "subjectReferences": []},
                               headers=auth).json
     finish(db, failed["generationId"], fail=ErrorCode.REFERENCE_UNREACHABLE)
     answer = client.get(failed["statusUrl"], headers=auth)
-    assert answer.status_code == 422 and answer.mimetype == "application/problem+json"
+    assert answer.status_code == 422
+    assert answer.mimetype == "application/problem+json"
     assert "reference_unreachable" in answer.json["detail"]  # type: ignore[index]
     internal: Any = client.post("/api/illustrations/generate", json={**AUTOBIO, "subjectReferences": []},
                                 headers=auth).json
     finish(db, internal["generationId"], fail=ErrorCode.OUT_OF_MEMORY)
     answer = client.get(internal["statusUrl"], headers=auth)
-    assert answer.status_code == 503 and answer.headers["Retry-After"]
+    assert answer.status_code == 503
+    assert answer.headers["Retry-After"]
     canceled: Any = client.post("/api/illustrations/generate", json={**AUTOBIO, "subjectReferences": []},
                                 headers=auth).json
     client.post(f"/v1/illustrations/{canceled['generationId']}/cancel", headers=auth)
@@ -141,7 +148,8 @@ def test_generate_translates_urls_and_free_text_dates(settings: Settings) -> Non
     assert response.status_code == 202, response.json
     with db.begin() as session:
         job = session.get_one(Job, response.json["generationId"])  # type: ignore[index]
-        assert job.user_id == "12345" and job.queue == "illustrations.prepare"
+        assert job.user_id == "12345"
+        assert job.queue == "illustrations.prepare"
         assert job.request["resolved"]["identity"] == [
             {"index": 0, "name": "dad", "image_url": "https://photos.example/d.jpg"}]
         assert "1970s" in (job.prompt_used or "")
@@ -167,7 +175,8 @@ def test_generate_refuses_bad_requests_naming_autobios_fields(compat_app: Flask,
     client = compat_app.test_client()
     auth = {"Authorization": f"Bearer {make_key(compat_app.extensions['illustrations'].db)}"}
     response = client.post("/api/illustrations/generate", json=body, headers=auth)
-    assert response.status_code == 422 and response.mimetype == "application/problem+json"
+    assert response.status_code == 422
+    assert response.mimetype == "application/problem+json"
     assert field in [error["field"] for error in response.json["errors"]], response.json  # type: ignore[index]
 
 

@@ -28,11 +28,14 @@ def test_the_same_key_and_body_replays_the_first_answer(client: FlaskClient, aut
                                                         db: Database) -> None:
     before = count_jobs(db)
     first = post(client, auth, "memory-9-take-1")
-    assert first.status_code == 202 and "Idempotent-Replayed" not in first.headers
+    assert first.status_code == 202
+    assert "Idempotent-Replayed" not in first.headers
     reordered = {"params": VALID["params"], "prompt": VALID["prompt"], "user_id": VALID["user_id"]}
     again = post(client, auth, "memory-9-take-1", reordered)  # the same request, keys in another order
-    assert again.status_code == 202 and again.headers["Idempotent-Replayed"] == "true"
-    assert again.json["id"] == first.json["id"] and again.headers["Location"] == first.headers["Location"]
+    assert again.status_code == 202
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.json["id"] == first.json["id"]
+    assert again.headers["Location"] == first.headers["Location"]
     assert again.json == first.json
     assert count_jobs(db) == before + 1
     assert post(client, auth, None).json["id"] != first.json["id"]  # no key: a new job every time
@@ -42,7 +45,8 @@ def test_the_same_key_with_another_body_is_422(client: FlaskClient, auth: dict[s
     assert post(client, auth, "k-1").status_code == 202
     before = count_jobs(db)
     other = post(client, auth, "k-1", {**VALID, "prompt": "another memory"})
-    assert other.status_code == 422 and other.mimetype == "application/problem+json"
+    assert other.status_code == 422
+    assert other.mimetype == "application/problem+json"
     assert [error["field"] for error in other.json["errors"]] == ["Idempotency-Key"]
     assert "another memory" not in other.get_data(as_text=True)
     assert count_jobs(db) == before
@@ -57,7 +61,9 @@ def test_a_key_in_flight_is_409_until_its_holder_dies(client: FlaskClient, auth:
         held = idempotency.begin(session, principal.client_id, "slow-one", digest, lock_s=60, ttl_s=86_400)
     assert isinstance(held, idempotency.Held)
     busy = post(client, auth, "slow-one")
-    assert busy.status_code == 409 and busy.headers["Retry-After"] and busy.mimetype == "application/problem+json"
+    assert busy.status_code == 409
+    assert busy.headers["Retry-After"]
+    assert busy.mimetype == "application/problem+json"
     with db.begin() as session:  # the first request's process died: its lock runs out
         session.execute(update(IdempotencyKey).where(IdempotencyKey.key == "slow-one")
                         .values(locked_until=datetime.now(UTC) - timedelta(seconds=1)))
@@ -72,13 +78,15 @@ def test_an_error_answer_frees_the_key(client: FlaskClient, auth: dict[str, str]
     bad = post(client, auth, "fix-and-retry", {**VALID, "params": {"steps": 0}})
     assert bad.status_code == 422
     fixed = post(client, auth, "fix-and-retry", {**VALID, "params": {"steps": 2}})
-    assert fixed.status_code == 202 and "Idempotent-Replayed" not in fixed.headers
+    assert fixed.status_code == 202
+    assert "Idempotent-Replayed" not in fixed.headers
 
 
 def test_keys_are_per_client_and_bounded(client: FlaskClient, auth: dict[str, str], db: Database) -> None:
     mine = post(client, auth, "shared-name")
     other = post(client, {"Authorization": f"Bearer {make_key(db)}"}, "shared-name")
-    assert mine.status_code == other.status_code == 202 and mine.json["id"] != other.json["id"]
+    assert mine.status_code == other.status_code == 202
+    assert mine.json["id"] != other.json["id"]
     for bad in ("x" * 256, "", "caf\u00e9"):
         response = client.post("/v1/illustrations", json=VALID,
                                headers={**auth, "Idempotency-Key": bad.encode().decode("latin-1")})
@@ -102,7 +110,8 @@ def test_concurrent_retries_make_one_job(app: Flask, auth: dict[str, str], db: D
         thread.start()
     for thread in threads:
         thread.join()
-    assert set(codes) <= {202, 409} and 202 in codes
+    assert set(codes) <= {202, 409}
+    assert 202 in codes
     assert count_jobs(db) == before + 1
 
 
@@ -116,7 +125,8 @@ def test_keys_are_kept_for_their_retention_then_forgotten(client: FlaskClient, a
                         .values(created_at=datetime.now(UTC) - timedelta(seconds=settings.idempotency_ttl_s + 1)))
     assert settings.idempotency_ttl_s >= 24 * 3600
     fresh = post(client, auth, "old-key")  # past retention, not yet purged: as if never used
-    assert fresh.status_code == 202 and fresh.json["id"] != first.json["id"]
+    assert fresh.status_code == 202
+    assert fresh.json["id"] != first.json["id"]
     with db.begin() as session:
         session.execute(update(IdempotencyKey).where(IdempotencyKey.key == "old-key")
                         .values(created_at=datetime.now(UTC) - timedelta(seconds=settings.idempotency_ttl_s + 1)))

@@ -28,9 +28,12 @@ def test_submit_commits_publishes_the_id_and_answers_202(client: FlaskClient, au
     body = response.json
     assert body is not None
     assert response.headers["Location"] == f"/v1/illustrations/{body['id']}"
-    assert body["status"] == "queued" and body["user_id"] == "u-1" and body["attempts"] == 0
+    assert body["status"] == "queued"
+    assert body["user_id"] == "u-1"
+    assert body["attempts"] == 0
     assert body["links"] == {"self": f"/v1/illustrations/{body['id']}"}
-    assert isinstance(body["seed"], int) and body["prompt_used"].startswith(VALID["prompt"])
+    assert isinstance(body["seed"], int)
+    assert body["prompt_used"].startswith(VALID["prompt"])
     # The message carries the job id only (nothing personal travels through Redis or shows in Flower).
     messages = queue.lrange("illustrations.interactive", 0, -1)
     assert len(messages) == 1
@@ -40,7 +43,8 @@ def test_submit_commits_publishes_the_id_and_answers_202(client: FlaskClient, au
     with db.begin() as session:
         job = session.get_one(Job, body["id"])
         # The outbox mark is made once the answer is sent (the WSGI server closes the response; here, close()).
-        assert job.published_at is None and job.request["prompt"] == VALID["prompt"]
+        assert job.published_at is None
+        assert job.request["prompt"] == VALID["prompt"]
     response.close()
     with db.begin() as session:
         assert session.get_one(Job, body["id"]).published_at is not None
@@ -52,8 +56,10 @@ def test_get_returns_the_job_and_its_queue_position(client: FlaskClient, auth: d
     response = client.get(f"/v1/illustrations/{first['id']}", headers=auth)
     assert response.status_code == 200
     body = response.json
-    assert body is not None and body["id"] == first["id"]
-    assert isinstance(body["queue_position"], int) and body["queue_position"] >= 0
+    assert body is not None
+    assert body["id"] == first["id"]
+    assert isinstance(body["queue_position"], int)
+    assert body["queue_position"] >= 0
     for field in ("created_at", "started_at", "finished_at", "progress", "images", "error", "timings", "model",
                   "cached", "metadata", "warnings"):
         assert field in body
@@ -63,12 +69,14 @@ def test_get_returns_the_job_and_its_queue_position(client: FlaskClient, auth: d
 def test_seed_is_kept_when_given(client: FlaskClient, auth: dict[str, str]) -> None:
     body = client.post("/v1/illustrations", json={**VALID, "params": {**VALID["params"], "seed": 4242}},
                        headers=auth).json
-    assert body is not None and body["seed"] == 4242
+    assert body is not None
+    assert body["seed"] == 4242
 
 
 def test_batch_priority_goes_to_the_batch_queue(client: FlaskClient, auth: dict[str, str], db: Database) -> None:
     body = client.post("/v1/illustrations", json={**VALID, "priority": "batch"}, headers=auth).json
-    assert body is not None and body["priority"] == "batch"
+    assert body is not None
+    assert body["priority"] == "batch"
     with db.begin() as session:
         assert session.get_one(Job, body["id"]).queue == "illustrations.batch"
 
@@ -114,7 +122,8 @@ def test_invalid_requests_are_422_naming_the_field_and_write_nothing(
     assert response.status_code == 422
     assert response.mimetype == "application/problem+json"
     problem = response.json
-    assert problem is not None and problem["status"] == 422
+    assert problem is not None
+    assert problem["status"] == 422
     assert field in [error["field"] for error in problem["errors"]], problem
     assert count_jobs(db) == before
     # The problem never repeats what the user wrote.
@@ -132,16 +141,19 @@ def test_malformed_json_is_400(client: FlaskClient, auth: dict[str, str], db: Da
 
 def test_wrong_content_type_is_415_and_huge_body_413(client: FlaskClient, auth: dict[str, str]) -> None:
     response = client.post("/v1/illustrations", data="user_id=u", content_type="text/plain", headers=auth)
-    assert response.status_code == 415 and response.mimetype == "application/problem+json"
+    assert response.status_code == 415
+    assert response.mimetype == "application/problem+json"
     huge = json.dumps({**VALID, "prompt": "x" * (13 * 1024 * 1024)})
     response = client.post("/v1/illustrations", data=huge, content_type="application/json", headers=auth)
-    assert response.status_code == 413 and response.mimetype == "application/problem+json"
+    assert response.status_code == 413
+    assert response.mimetype == "application/problem+json"
 
 
 def test_unknown_route_and_method_are_problems(client: FlaskClient, auth: dict[str, str]) -> None:
     assert client.get("/v1/nothing-here", headers=auth).mimetype == "application/problem+json"
     response = client.delete("/v1/illustrations", headers=auth)
-    assert response.status_code == 405 and response.mimetype == "application/problem+json"
+    assert response.status_code == 405
+    assert response.mimetype == "application/problem+json"
 
 
 def test_unknown_subjects_and_styles_are_422(client: FlaskClient, auth: dict[str, str]) -> None:
@@ -204,10 +216,13 @@ def test_images_of_a_finished_job_stream_from_the_local_store(client: FlaskClien
         jobs.succeeded(session, claim, [jobs.StoredImage(0, f"jobs/{body['id']}/1/0.png", "image/png", 64, 64,
                                                          "ab" * 32, len(data))])
     job = client.get(f"/v1/illustrations/{body['id']}", headers=auth).json
-    assert job is not None and job["status"] == "succeeded"
+    assert job is not None
+    assert job["status"] == "succeeded"
     assert job["images"][0]["url"].endswith(f"/v1/illustrations/{body['id']}/images/0")
     with client.get(f"/v1/illustrations/{body['id']}/images/0", headers=auth) as response:
-        assert response.status_code == 200 and response.mimetype == "image/png" and response.data == data
+        assert response.status_code == 200
+        assert response.mimetype == "image/png"
+        assert response.data == data
     assert client.get(f"/v1/illustrations/{body['id']}/images/1", headers=auth).status_code == 404
 
 
@@ -226,7 +241,8 @@ def test_submit_while_the_broker_is_down_is_accepted_and_left_for_the_relay(
         assert session.get_one(Job, response.json["id"]).published_at is None  # type: ignore[index]
         assert response.json["id"] in [row[0] for row in jobs.unpublished(session, 0, limit=100_000)]  # type: ignore[index]
     ready = client.get("/readyz")
-    assert ready.status_code == 200 and ready.json == {"database": "ok", "broker": "down"}
+    assert ready.status_code == 200
+    assert ready.json == {"database": "ok", "broker": "down"}
     app.extensions["illustrations"].db.engine.dispose()
 
 
@@ -255,7 +271,8 @@ def test_style_lora_names_a_ready_style_of_this_client(client: FlaskClient, db: 
         response = client.post("/v1/illustrations", json={**VALID, "params": {"style_lora": ref}}, headers=headers)
         assert response.status_code == 422, ref
         errors = response.json["errors"]  # type: ignore[index]
-        assert errors[0]["field"] == "params.style_lora" and message in errors[0]["message"]
+        assert errors[0]["field"] == "params.style_lora"
+        assert message in errors[0]["message"]
     other = {"Authorization": f"Bearer {make_key(db)}"}  # another client: the style is not theirs
     response = client.post("/v1/illustrations", json={**VALID, "params": {"style_lora": "watercolor"}}, headers=other)
     assert response.status_code == 422

@@ -26,16 +26,19 @@ def test_list_is_newest_first_with_a_cursor_and_filters(client: FlaskClient, aut
         page = client.get("/v1/illustrations", query_string=query, headers=auth)
         assert page.status_code == 200, page.json
         body = page.json
-        assert body is not None and len(body["items"]) <= 2
+        assert body is not None
+        assert len(body["items"]) <= 2
         seen += [item["id"] for item in body["items"]]
         cursor = body["next_cursor"]
         if cursor is None:
             break
     assert seen == list(reversed(made))
     everyone = client.get("/v1/illustrations", query_string={"limit": "100"}, headers=auth).json
-    assert everyone is not None and len(everyone["items"]) == 6
+    assert everyone is not None
+    assert len(everyone["items"]) == 6
     running = client.get("/v1/illustrations", query_string={"status": "running"}, headers=auth).json
-    assert running is not None and [item["id"] for item in running["items"]] == [made[0]]
+    assert running is not None
+    assert [item["id"] for item in running["items"]] == [made[0]]
     assert running["items"][0]["status"] == "running"
     with db.begin() as session:  # leave no running job behind (the lease sweep tests see every job)
         jobs.canceled(session, made[0], CancelReason.CANCELED_BY_CLIENT, claim)
@@ -60,7 +63,8 @@ def test_cancel_a_queued_job_ends_it_at_once(client: FlaskClient, auth: dict[str
     assert response.json["error"]["code"] == "canceled_by_client"  # type: ignore[index]
     # A finished job is unchanged, with 200.
     again = client.post(f"/v1/illustrations/{job['id']}/cancel", headers=auth)
-    assert again.status_code == 200 and again.json["status"] == "canceled"  # type: ignore[index]
+    assert again.status_code == 200
+    assert again.json["status"] == "canceled"  # type: ignore[index]
     # The worker that later receives the message drops it.
     with db.begin() as session:
         assert jobs.started(session, job["id"], "w", 60) == jobs.ClaimRefused.TERMINAL
@@ -73,7 +77,8 @@ def test_cancel_a_running_job_flags_it_for_the_pipeline(client: FlaskClient, aut
         claim = jobs.started(session, job["id"], "w", 60)
     assert isinstance(claim, jobs.Claim)
     response = client.post(f"/v1/illustrations/{job['id']}/cancel", json={"user_id": "u-1"}, headers=auth)
-    assert response.status_code == 202 and response.json["status"] == "running"  # type: ignore[index]
+    assert response.status_code == 202
+    assert response.json["status"] == "running"  # type: ignore[index]
     with db.begin() as session:
         assert jobs.heartbeat(session, claim, 60) is True  # the step callback's next renew sees the flag
         jobs.canceled(session, job["id"], CancelReason.CANCELED_BY_CLIENT, claim)

@@ -48,15 +48,19 @@ def test_the_document_covers_every_route_with_its_limits(client: FlaskClient, ap
                 assert (method.lower(), path) in documented, (method, path)
     schemas = doc["components"]["schemas"]
     params = schemas["Params"]["properties"]
-    assert params["width"]["maximum"] == limits.WIDTH_MAX and params["width"]["multipleOf"] == limits.SIZE_MULTIPLE
-    assert params["steps"]["minimum"] == limits.STEPS_MIN and params["num_images"]["maximum"] == limits.NUM_IMAGES_MAX
+    assert params["width"]["maximum"] == limits.WIDTH_MAX
+    assert params["width"]["multipleOf"] == limits.SIZE_MULTIPLE
+    assert params["steps"]["minimum"] == limits.STEPS_MIN
+    assert params["num_images"]["maximum"] == limits.NUM_IMAGES_MAX
     assert params["seed"]["anyOf"][0]["maximum"] == limits.SEED_MAX
     request = schemas["IllustrationRequest"]
-    assert request["required"] == ["user_id", "prompt"] and request["additionalProperties"] is False
+    assert request["required"] == ["user_id", "prompt"]
+    assert request["additionalProperties"] is False
     assert request["properties"]["prompt"]["maxLength"] == limits.PROMPT_MAX_CHARS
     assert schemas["BatchRequest"]["properties"]["requests"]["maxItems"] == limits.BATCH_MAX
     create = doc["paths"]["/v1/illustrations"]["post"]
-    assert create["security"] == [{"bearerAuth": []}] and "Scope: `generate`" in create["description"]
+    assert create["security"] == [{"bearerAuth": []}]
+    assert "Scope: `generate`" in create["description"]
     assert {"202", "200", "400", "401", "403", "409", "413", "415", "422", "429", "503"} <= set(create["responses"])
     assert create["responses"]["429"]["headers"]["Retry-After"]["required"] is True
     assert "Scope: `admin`" in doc["paths"]["/v1/users/{user_id}"]["delete"]["description"]
@@ -66,7 +70,8 @@ def test_the_document_covers_every_route_with_its_limits(client: FlaskClient, ap
     assert set(doc["paths"]["/v1/subjects"]["post"]["requestBody"]["content"]) == {"multipart/form-data",
                                                                                    "application/json"}
     training = doc["paths"]["/v1/styles"]["post"]
-    assert "Scope: `styles`" in training["description"] and set(training["requestBody"]["content"]) == {
+    assert "Scope: `styles`" in training["description"]
+    assert set(training["requestBody"]["content"]) == {
         "multipart/form-data", "application/json"}
     assert schemas["StyleTrainingRequest"]["properties"]["images"]["minItems"] == limits.TRAINING_IMAGES_MIN
     assert schemas["TrainingParams"]["properties"]["rank"]["maximum"] == limits.TRAINING_RANK_MAX
@@ -74,13 +79,18 @@ def test_the_document_covers_every_route_with_its_limits(client: FlaskClient, ap
 
 def test_docs_render_the_document_from_the_package(client: FlaskClient) -> None:
     page = client.get("/docs")
-    assert page.status_code == 200 and page.mimetype == "text/html"
+    assert page.status_code == 200
+    assert page.mimetype == "text/html"
     html = page.get_data(as_text=True)
-    assert "/openapi.json" in html and "/docs/static/swagger-ui-bundle.js" in html
-    assert "http://" not in html and "https://" not in html  # nothing from a CDN
+    assert "/openapi.json" in html
+    assert "/docs/static/swagger-ui-bundle.js" in html
+    assert "http://" not in html
+    assert "https://" not in html  # nothing from a CDN
     for name, kind in (("swagger-ui-bundle.js", "javascript"), ("swagger-ui.css", "css")):
         with client.get(f"/docs/static/{name}") as asset:
-            assert asset.status_code == 200 and kind in asset.mimetype and len(asset.data) > 10_000
+            assert asset.status_code == 200
+            assert kind in asset.mimetype
+            assert len(asset.data) > 10_000
     assert client.get("/docs/static/../../etc/passwd").status_code == 404
     assert client.get("/docs/static/index.html").status_code == 404
 

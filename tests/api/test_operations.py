@@ -46,11 +46,13 @@ def test_feedback_on_a_succeeded_job_is_recorded_once_per_job(client: FlaskClien
     job_id = submit(client, auth, PICNIC)["id"]
     url = f"/v1/illustrations/{job_id}/feedback"
     queued = client.post(url, json={"rating": 5}, headers=auth)
-    assert queued.status_code == 409 and "succeeded" in queued.json["detail"]  # type: ignore[index]
+    assert queued.status_code == 409
+    assert "succeeded" in queued.json["detail"]  # type: ignore[index]
     finish(db, app, job_id)
     created = client.post(url, json={"rating": 4, "comment": "grandma looks like herself"}, headers=auth)
     assert created.status_code == 201, created.json
-    assert created.json["rating"] == 4 and created.json["job_id"] == job_id  # type: ignore[index]
+    assert created.json["rating"] == 4  # type: ignore[index]
+    assert created.json["job_id"] == job_id  # type: ignore[index]
     again = client.post(url, json={"rating": 2, "user_id": "u-ops"}, headers=auth)
     assert again.status_code == 201
     with db.begin() as session:
@@ -106,7 +108,8 @@ def test_the_variant_is_assigned_at_submit_and_its_overrides_applied(experiment_
             request = session.get_one(Job, job_id).request
         variant = assign(experiment, client_id, user)
         seen.add(variant)
-        assert request["variant"] == variant and request["experiment"] == "steps-5"
+        assert request["variant"] == variant
+        assert request["experiment"] == "steps-5"
         assert request["params"]["steps"] == 2
         assert request["params"]["guidance_scale"] == (3.0 if variant == "b" else 7.5)
         again = submit(client, auth, {"user_id": user, "prompt": "another lake"})["id"]
@@ -121,7 +124,8 @@ def test_without_an_experiment_every_job_is_variant_a(client: FlaskClient, auth:
     job_id = submit(client, auth, PICNIC)["id"]
     with db.begin() as session:
         request = session.get_one(Job, job_id).request
-    assert request["variant"] == "a" and "experiment" not in request
+    assert request["variant"] == "a"
+    assert "experiment" not in request
 
 
 # --- Quality ----------------------------------------------------------------------------------------------------------
@@ -142,10 +146,14 @@ def test_quality_needs_ops_and_a_valid_range(client: FlaskClient, auth: dict[str
     response = client.get("/v1/metrics/quality?range=24h", headers=ops)
     assert response.status_code == 200
     body: Any = response.json
-    assert body["range"] == "24h" and body["since"] < body["until"]
+    assert body["range"] == "24h"
+    assert body["since"] < body["until"]
     tiny = next(group for group in body["groups"] if (group["profile"], group["variant"]) == ("tiny", "a"))
-    assert tiny["succeeded"] >= 1 and tiny["failed"] >= 1 and tiny["failures"].get("out_of_memory", 0) >= 1
-    assert tiny["feedback"]["count"] >= 1 and 0 < tiny["success_rate"] < 1
+    assert tiny["succeeded"] >= 1
+    assert tiny["failed"] >= 1
+    assert tiny["failures"].get("out_of_memory", 0) >= 1
+    assert tiny["feedback"]["count"] >= 1
+    assert 0 < tiny["success_rate"] < 1
     assert set(tiny["queue_wait_s"]) == {"p50", "p95"}
 
 
@@ -158,7 +166,8 @@ def test_metrics_need_ops_and_count_requests_by_route(client: FlaskClient, auth:
     job_id = submit(client, auth, PICNIC)["id"]
     client.get(f"/v1/illustrations/{job_id}", headers=auth)
     response = client.get("/metrics", headers=ops)
-    assert response.status_code == 200 and response.mimetype == "text/plain"
+    assert response.status_code == 200
+    assert response.mimetype == "text/plain"
     families = {family.name: family for family in text_string_to_metric_families(response.get_data(as_text=True))}
     requests = {(s.labels["route"], s.labels["method"], s.labels["status"]): s.value
                 for s in families["illustrations_http_requests"].samples if s.name.endswith("_total")}
@@ -180,7 +189,8 @@ def basic(key: str) -> dict[str, str]:
 def test_the_ops_page_wants_an_ops_key_as_basic_password(client: FlaskClient, auth: dict[str, str], db: Database,
                                                          app: Flask) -> None:
     challenge = client.get("/ops")
-    assert challenge.status_code == 401 and challenge.headers["WWW-Authenticate"].startswith("Basic")
+    assert challenge.status_code == 401
+    assert challenge.headers["WWW-Authenticate"].startswith("Basic")
     assert client.get("/ops", headers=basic("ik_wrong")).status_code == 401
     assert client.get("/ops", headers={"Authorization": "Basic !!!"}).status_code == 401
     generate_key = auth["Authorization"].removeprefix("Bearer ")
@@ -192,16 +202,22 @@ def test_the_ops_page_wants_an_ops_key_as_basic_password(client: FlaskClient, au
     client.post(f"/v1/illustrations/{ok_job}/feedback", json={"rating": 4, "comment": "lovely <b>light</b>"},
                 headers=auth)
     page = client.get("/ops", headers=ops)
-    assert page.status_code == 200 and page.mimetype == "text/html"
+    assert page.status_code == 200
+    assert page.mimetype == "text/html"
     html = page.get_data(as_text=True)
-    assert ok_job in html and bad_job in html and "out_of_memory" in html
+    assert ok_job in html
+    assert bad_job in html
+    assert "out_of_memory" in html
     assert "lovely &lt;b&gt;light&lt;/b&gt;" in html  # escaped
-    assert f"/ops/images/{ok_job}/0" in html and "a picnic" not in html  # no prompt text
+    assert f"/ops/images/{ok_job}/0" in html
+    assert "a picnic" not in html  # no prompt text
     failed_only = client.get("/ops?status=failed", headers=ops).get_data(as_text=True)
-    assert bad_job in failed_only and ok_job not in failed_only
+    assert bad_job in failed_only
+    assert ok_job not in failed_only
     assert client.get("/ops?status=nope", headers=ops).status_code == 422
     with client.get(f"/ops/images/{ok_job}/0", headers=ops) as image:
-        assert image.status_code == 200 and image.data == b"\x89PNG-ish"
+        assert image.status_code == 200
+        assert image.data == b"\x89PNG-ish"
     assert client.get(f"/ops/images/{ok_job}/0").status_code == 401
     assert client.get(f"/ops/images/{ok_job}/1", headers=ops).status_code == 404
 
@@ -210,7 +226,8 @@ def test_request_ids_are_echoed_and_made_up(client: FlaskClient) -> None:
     given = client.get("/healthz", headers={"X-Request-ID": "req-123"})
     assert given.headers["X-Request-ID"] == "req-123"
     made = client.get("/healthz", headers={"X-Request-ID": "bad id with spaces"})
-    assert made.headers["X-Request-ID"] != "bad id with spaces" and len(made.headers["X-Request-ID"]) == 32
+    assert made.headers["X-Request-ID"] != "bad id with spaces"
+    assert len(made.headers["X-Request-ID"]) == 32
 
 
 def test_log_lines_are_json_with_the_request_id(client: FlaskClient, auth: dict[str, str],

@@ -54,7 +54,8 @@ def test_the_second_tokenizer_counts_the_same(tiny_model_dir: Path) -> None:
 
 def test_missing_files_fall_back_to_an_estimate(tmp_path: Path) -> None:
     counter = token_counter(tmp_path / "nothing")
-    assert isinstance(counter, EstimatedTokenCounter) and not counter.exact
+    assert isinstance(counter, EstimatedTokenCounter)
+    assert not counter.exact
     assert counter.count("grandma teaching me") == 2 + 2 + 1  # "grandma" and "teaching" are long words
     assert counter.count("it's 65!") == 1 + 1 + 1 + 1 + 1
 
@@ -99,18 +100,21 @@ class Words:
 )
 def test_parts_in_priority_order(fields: dict[str, Any], prompt: str) -> None:
     built = build_prompt(request(**fields), Words())
-    assert built.prompt == prompt and built.warnings == []
+    assert built.prompt == prompt
+    assert built.warnings == []
     assert build_prompt(request(**fields), Words()) == built  # deterministic
 
 
 def test_what_does_not_fit_is_cut_by_priority_and_named(tokenizer_dir: Path) -> None:
     counter = ClipTokenCounter(tokenizer_dir)  # the tiny vocabulary has few merges: about one token a letter
     built = build_prompt(request(**WIDE), counter)
-    assert built.tokens <= BUDGET and counter.count(built.prompt) == built.tokens
+    assert built.tokens <= BUDGET
+    assert counter.count(built.prompt) == built.tokens
     assert built.prompt == "grandma on a bike, watercolor style"
     assert built.warnings == ["prompt: left out to fit CLIP's 77-token window: memory_context.date, style.mood, "
                               "style.color_palette, memory_context.title"]
-    assert "1965" not in " ".join(built.warnings) and "sepia" not in " ".join(built.warnings)
+    assert "1965" not in " ".join(built.warnings)
+    assert "sepia" not in " ".join(built.warnings)
 
 
 @pytest.mark.parametrize("budget_words", [4, 5, 10, 12, 20, 30])
@@ -127,7 +131,8 @@ def test_a_prompt_over_the_window_is_kept_and_said(tokenizer_dir: Path) -> None:
     built = build_prompt(request(prompt=long_prompt, style={"mood": "joyful"}, negative_prompt="blurry " * 40),
                          ClipTokenCounter(tokenizer_dir))
     assert built.prompt == long_prompt.strip()
-    assert built.warnings[0].startswith("prompt: ") and f"first {BUDGET}" in built.warnings[0]
+    assert built.warnings[0].startswith("prompt: ")
+    assert f"first {BUDGET}" in built.warnings[0]
     assert built.warnings[1].endswith("style.mood")
     assert built.warnings[2].startswith("negative_prompt:")
 

@@ -71,18 +71,27 @@ def test_quality_numbers_match_hand_computed_answers(seeded: tuple[Database, str
     assert set(groups) == {(profile, "a"), (profile, "b")}
     a, b = groups[(profile, "a")], groups[(profile, "b")]
     # Variant a: queue waits 1, 2, 3, 4, 10 → p50 = 3; p95 at 0.95·4 = 3.8 → 4 + 0.8·(10 - 4) = 8.8.
-    assert a.queue_wait_s.p50 == pytest.approx(3.0) and a.queue_wait_s.p95 == pytest.approx(8.8)
+    assert a.queue_wait_s.p50 == pytest.approx(3.0)
+    assert a.queue_wait_s.p95 == pytest.approx(8.8)
     # Times on the worker 2, 4, 0, 0, 0 → sorted 0, 0, 0, 2, 4: p50 = 0; p95 at 3.8 → 2 + 0.8·2 = 3.6.
-    assert a.generation_s.p50 == pytest.approx(0.0) and a.generation_s.p95 == pytest.approx(3.6)
+    assert a.generation_s.p50 == pytest.approx(0.0)
+    assert a.generation_s.p95 == pytest.approx(3.6)
     # One inference time (the others are null and left out).
-    assert a.inference_s.p50 == pytest.approx(0.5) and a.inference_s.p95 == pytest.approx(0.5)
+    assert a.inference_s.p50 == pytest.approx(0.5)
+    assert a.inference_s.p95 == pytest.approx(0.5)
     assert (a.jobs, a.succeeded, a.failed, a.canceled) == (5, 3, 1, 1)
-    assert a.success_rate == pytest.approx(0.75) and a.failures == {"out_of_memory": 1}
-    assert a.feedback.count == 3 and a.feedback.mean_rating == pytest.approx(11 / 3, abs=1e-4)
-    assert b.queue_wait_s.p50 == pytest.approx(5.0) and b.queue_wait_s.p95 == pytest.approx(5.0)
-    assert b.generation_s.p95 == pytest.approx(6.0) and b.inference_s.p50 == pytest.approx(2.5)
-    assert (b.jobs, b.succeeded, b.failed) == (3, 1, 2) and b.success_rate == pytest.approx(1 / 3, abs=1e-4)
-    assert b.failures == {"time_limit": 2} and b.feedback.mean_rating == pytest.approx(3.0)
+    assert a.success_rate == pytest.approx(0.75)
+    assert a.failures == {"out_of_memory": 1}
+    assert a.feedback.count == 3
+    assert a.feedback.mean_rating == pytest.approx(11 / 3, abs=1e-4)
+    assert b.queue_wait_s.p50 == pytest.approx(5.0)
+    assert b.queue_wait_s.p95 == pytest.approx(5.0)
+    assert b.generation_s.p95 == pytest.approx(6.0)
+    assert b.inference_s.p50 == pytest.approx(2.5)
+    assert (b.jobs, b.succeeded, b.failed) == (3, 1, 2)
+    assert b.success_rate == pytest.approx(1 / 3, abs=1e-4)
+    assert b.failures == {"time_limit": 2}
+    assert b.feedback.mean_rating == pytest.approx(3.0)
     # A longer range takes in the old rows as well.
     with database.begin() as session:
         groups = quality_numbers.quality(session, "30d").groups

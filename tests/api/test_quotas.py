@@ -35,7 +35,8 @@ def test_a_client_over_its_queued_quota_gets_429(quota_app: Flask, db: Database)
     assert client.post("/v1/illustrations", json=VALID, headers=auth).status_code == 202
     before = count_jobs(db)
     refused = client.post("/v1/illustrations", json=VALID, headers=auth)
-    assert refused.status_code == 429 and refused.headers["Retry-After"] == "17"
+    assert refused.status_code == 429
+    assert refused.headers["Retry-After"] == "17"
     assert refused.mimetype == "application/problem+json"
     assert client.post("/v1/batches", json={"requests": [VALID]}, headers=auth).status_code == 429
     assert client.post("/api/illustrations/generate", json={"prompt": "x", "userId": "u"},
@@ -66,7 +67,8 @@ def test_a_key_over_its_request_rate_gets_429_with_retry_after(settings: Setting
     statuses = [client.get("/v1/illustrations", headers=auth).status_code for _ in range(3)]
     assert statuses == [200, 200, 200]
     refused = client.get("/v1/illustrations", headers=auth)
-    assert refused.status_code == 429 and refused.mimetype == "application/problem+json"
+    assert refused.status_code == 429
+    assert refused.mimetype == "application/problem+json"
     assert 1 <= int(refused.headers["Retry-After"]) <= 61
     # Per key: another key goes on; the open routes are not limited.
     assert client.get("/v1/illustrations", headers={"Authorization": f"Bearer {make_key(db)}"}).status_code == 200
@@ -96,13 +98,16 @@ def test_expired_and_revoked_keys_through_the_cli(settings: Settings, db: Databa
         assert created.exit_code == 0, created.output
         key = created.stdout.strip().splitlines()[-1]
         listing = CliRunner().invoke(main, ["keys", "list", "--name", "cli-expiry"])
-        assert "active" in listing.stdout and "expires 20" in listing.stdout and "last used never" in listing.stdout
+        assert "active" in listing.stdout
+        assert "expires 20" in listing.stdout
+        assert "last used never" in listing.stdout
         app = make_app(settings.model_copy(update={"api_key_cache_s": 0}))  # a revocation is seen at once
         client = app.test_client()
         assert client.get("/v1/illustrations", headers={"Authorization": f"Bearer {key}"}).status_code == 200
         assert "last used never" not in CliRunner().invoke(main, ["keys", "list", "--name", "cli-expiry"]).stdout
         revoked = CliRunner().invoke(main, ["keys", "revoke", key[:11], "--name", "cli-expiry"])
-        assert revoked.exit_code == 0 and "revoked 1 key" in revoked.stdout
+        assert revoked.exit_code == 0
+        assert "revoked 1 key" in revoked.stdout
         assert client.get("/v1/illustrations", headers={"Authorization": f"Bearer {key}"}).status_code == 401
         assert "revoked" in CliRunner().invoke(main, ["keys", "list", "--name", "cli-expiry"]).stdout
         assert CliRunner().invoke(main, ["keys", "revoke", key[:11]]).exit_code != 0  # nothing live left
@@ -147,9 +152,11 @@ def test_a_submit_costs_these_statements(settings: Settings, db: Database) -> No
     event.listen(engine, "before_cursor_execute", seen)
     try:
         response = client.post("/v1/illustrations", json=VALID, headers=auth)
-        assert response.status_code == 202 and len(statements) == 6, statements
+        assert response.status_code == 202, statements
+        assert len(statements) == 6, statements
         response.close()
-        assert len(statements) == 7 and statements[-1].startswith("UPDATE"), statements
+        assert len(statements) == 7, statements
+        assert statements[-1].startswith("UPDATE"), statements
     finally:
         event.remove(engine, "before_cursor_execute", seen)
     app.extensions["illustrations"].db.engine.dispose()

@@ -71,7 +71,8 @@ def test_multipart_training_is_queued_with_its_pictures_and_only_its_id_is_publi
     version = style_version(db, body["job_id"])
     assert (version.status, version.source, version.queue, version.base_profile) == ("queued", "training",
                                                                                      tasks.QUEUE_TRAINING, "tiny")
-    assert version.published_at is not None and (version.rank, version.alpha) == (4, 4.0)
+    assert version.published_at is not None
+    assert (version.rank, version.alpha) == (4, 4.0)
     assert version.params == {**PARAMS, "alpha": 4, "batch_size": 1}
     stored = training_images(db, body["job_id"])
     storage = app.extensions["illustrations"].storage
@@ -79,21 +80,35 @@ def test_multipart_training_is_queued_with_its_pictures_and_only_its_id_is_publi
         (i, "upload", "u-7", f"{CAPTION_SECRET} {i}") for i in range(4)]
     for picture in stored:
         assert picture.storage_key == training.image_key(version.style_id, 1, picture.index)
-        assert storage.get(picture.storage_key).startswith(b"\x89PNG") and picture.width == 40 + picture.index
+        assert storage.get(picture.storage_key).startswith(b"\x89PNG")
+        assert picture.width == 40 + picture.index
 
     style: Any = client.get("/v1/styles/ink", headers=auth).json
-    assert style["name"] == "ink" and style["active_version"] is None and style["links"] == {"self": "/v1/styles/ink"}
+    assert style["name"] == "ink"
+    assert style["active_version"] is None
+    assert style["links"] == {"self": "/v1/styles/ink"}
     (out,) = style["versions"]
-    assert out["version"] == 1 and out["status"] == "queued" and out["progress"] == {"step": 0, "total": 10}
-    assert out["loss"] is None and out["error"] is None and out["images"] == 4 and out["job_id"] == body["job_id"]
-    assert out["attempts"] == 0 and out["params"]["seed"] == 9 and out["training_data_deleted_at"] is None
+    assert out["version"] == 1
+    assert out["status"] == "queued"
+    assert out["progress"] == {"step": 0, "total": 10}
+    assert out["loss"] is None
+    assert out["error"] is None
+    assert out["images"] == 4
+    assert out["job_id"] == body["job_id"]
+    assert out["attempts"] == 0
+    assert out["params"]["seed"] == 9
+    assert out["training_data_deleted_at"] is None
 
     # Defaults are filled in and recorded (the seed drawn), and a second training is the next version.
     second = train(client, auth)
     assert second["version"] == 2
     defaults = client.get("/v1/styles/ink", headers=auth).json["versions"][1]["params"]  # type: ignore[index]
-    assert defaults["rank"] == 16 and defaults["alpha"] == 16 and defaults["steps"] == 1000
-    assert defaults["resolution"] == 1024 and defaults["learning_rate"] == 1e-4 and isinstance(defaults["seed"], int)
+    assert defaults["rank"] == 16
+    assert defaults["alpha"] == 16
+    assert defaults["steps"] == 1000
+    assert defaults["resolution"] == 1024
+    assert defaults["learning_rate"] == 1e-4
+    assert isinstance(defaults["seed"], int)
 
 
 def test_listing_pages_through_the_clients_styles_only(client: FlaskClient, auth: dict[str, str],
@@ -103,9 +118,11 @@ def test_listing_pages_through_the_clients_styles_only(client: FlaskClient, auth
     other = {"Authorization": f"Bearer {make_key(db, scopes=('styles',))}"}
     train(client, other, name="theirs")
     first: Any = client.get("/v1/styles?limit=2", headers=auth).json
-    assert [s["name"] for s in first["items"]] == ["three", "two"] and first["next_cursor"]
+    assert [s["name"] for s in first["items"]] == ["three", "two"]
+    assert first["next_cursor"]
     rest: Any = client.get(f"/v1/styles?limit=2&cursor={first['next_cursor']}", headers=auth).json
-    assert [s["name"] for s in rest["items"]] == ["one"] and rest["next_cursor"] is None
+    assert [s["name"] for s in rest["items"]] == ["one"]
+    assert rest["next_cursor"] is None
     assert client.get("/v1/styles/theirs", headers=auth).status_code == 404
     assert client.get("/v1/styles?limit=0", headers=auth).status_code == 422
 
@@ -127,7 +144,8 @@ def test_json_training_names_subjects_illustrations_and_urls(client: FlaskClient
     assert response.status_code == 202, response.json
     body: Any = response.json
     version = style_version(db, body["job_id"])
-    assert version.queue == tasks.QUEUE_PREPARE and version.status == "queued"
+    assert version.queue == tasks.QUEUE_PREPARE
+    assert version.status == "queued"
     assert [(p.source, p.source_ref, p.user_id, p.storage_key) for p in training_images(db, body["job_id"])] == [
         ("subject", subject["id"], "u-sub", None), ("illustration", f"{job['id']}/0", "u-job", None),
         ("url", "https://photos.example/a.png", "u-url", None), ("url", "https://photos.example/b.png", "u-url", None)]
@@ -164,7 +182,8 @@ def test_every_problem_is_a_named_422_and_nothing_is_written(client: FlaskClient
     ]
     for data, field, message in cases:
         problems = _problem(client.post("/v1/styles", headers=auth, data=data))
-        assert field in problems and message in problems[field], (field, problems)
+        assert field in problems, (field, problems)
+        assert message in problems[field], (field, problems)
 
     valid = {"name": "ink", "images": [{"subject_id": subject["id"]}] * 4, "captions": [CAPTION_SECRET] * 4}
     json_cases: list[tuple[dict[str, Any], str, str]] = [
@@ -185,7 +204,8 @@ def test_every_problem_is_a_named_422_and_nothing_is_written(client: FlaskClient
     ]
     for body, field, message in json_cases:
         problems = _problem(client.post("/v1/styles", headers=auth, json=body))
-        assert field in problems and message in problems[field], (field, problems)
+        assert field in problems, (field, problems)
+        assert message in problems[field], (field, problems)
 
     assert client.post("/v1/styles", headers=auth, data="x", content_type="text/plain").status_code == 415
     assert client.post("/v1/styles", headers=auth, data="{", content_type="application/json").status_code == 400
@@ -238,7 +258,8 @@ def test_pictures_of_a_user_being_deleted_are_refused(client: FlaskClient, auth:
     subject = upload(client, auth, user_id="u-leaving")
     assert client.delete("/v1/users/u-leaving", headers=auth).status_code == 202
     refused = client.post("/v1/styles", headers=auth, data=style_form(user_id="u-leaving"))
-    assert refused.status_code == 409 and refused.mimetype == "application/problem+json"
+    assert refused.status_code == 409
+    assert refused.mimetype == "application/problem+json"
     refused = client.post("/v1/styles", headers=auth, json={"name": "ink", "captions": ["x"] * 4,
                                                             "images": [{"subject_id": subject["id"]}] * 4})
     assert refused.status_code == 409
@@ -263,15 +284,22 @@ def test_deleting_a_user_removes_their_training_pictures_and_marks_the_versions(
     deletion: Any = client.delete("/v1/users/u-gone", headers=auth).json
     assert run_deletion(db, storage, settings, deletion["id"]) == "succeeded"
     status: Any = client.get(f"/v1/users/u-gone/deletions/{deletion['id']}", headers=auth).json
-    assert status["status"] == "succeeded" and status["parts"]["training_images"] == 8
+    assert status["status"] == "succeeded"
+    assert status["parts"]["training_images"] == 8
 
-    assert training_images(db, ready["job_id"]) == [] and training_images(db, queued["job_id"]) == []
+    assert training_images(db, ready["job_id"]) == []
+    assert training_images(db, queued["job_id"]) == []
     assert not any(storage.exists(key or "") for key in gone_keys)
     assert len(training_images(db, kept["job_id"])) == 4
     assert all(storage.exists(p.storage_key or "") for p in training_images(db, kept["job_id"]))
     style: Any = client.get("/v1/styles/ink", headers=auth).json
     first, second, third = style["versions"]
-    assert first["status"] == "ready" and first["training_data_deleted_at"] is not None and first["images"] == 0
-    assert style["active_version"] == 1 and storage.exists(key)  # the weights remain, marked
-    assert second["status"] == "queued" and second["training_data_deleted_at"] is None
-    assert third["status"] == "canceled" and third["error"]["code"] == "user_deleted"
+    assert first["status"] == "ready"
+    assert first["training_data_deleted_at"] is not None
+    assert first["images"] == 0
+    assert style["active_version"] == 1
+    assert storage.exists(key)  # the weights remain, marked
+    assert second["status"] == "queued"
+    assert second["training_data_deleted_at"] is None
+    assert third["status"] == "canceled"
+    assert third["error"]["code"] == "user_deleted"

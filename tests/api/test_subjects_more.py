@@ -46,10 +46,12 @@ def test_a_subject_from_a_url_is_fetched_checked_and_versioned(url_app: Flask, p
     assert url_app.extensions["illustrations"].storage.exists(f"subjects/{body['id']}/v1.png")
     same = client.post("/v1/subjects", json={"user_id": "u-1", "name": "grandma", "image_url": f"{base}/grandma.png"},
                        headers=auth)
-    assert same.status_code == 200 and same.json["version"] == 1  # type: ignore[index]
+    assert same.status_code == 200
+    assert same.json["version"] == 1  # type: ignore[index]
     newer = client.post("/v1/subjects", json={"user_id": "u-1", "name": "grandma", "image_url": f"{base}/other.png"},
                         headers=auth)
-    assert newer.status_code == 201 and newer.json["version"] == 2  # type: ignore[index]
+    assert newer.status_code == 201
+    assert newer.json["version"] == 2  # type: ignore[index]
     exists = client.post("/v1/subjects", json={"user_id": "u-1", "name": "grandma", "if_exists": "error",
                                                "image_url": f"{base}/other.png"}, headers=auth)
     assert exists.status_code == 409
@@ -57,7 +59,8 @@ def test_a_subject_from_a_url_is_fetched_checked_and_versioned(url_app: Flask, p
         bad = client.post("/v1/subjects", json={"user_id": "u-1", "name": "x", "image_url": base + path},
                           headers=auth)
         assert bad.status_code == 422, path
-        assert bad.json["errors"][0]["field"] == "image_url" and code in bad.json["errors"][0]["message"]  # type: ignore[index]
+        assert bad.json["errors"][0]["field"] == "image_url"  # type: ignore[index]
+        assert code in bad.json["errors"][0]["message"]  # type: ignore[index]
 
 
 def test_a_url_to_a_blocked_address_is_refused(client: FlaskClient, auth: dict[str, str], photos: Server) -> None:

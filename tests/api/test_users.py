@@ -77,7 +77,8 @@ def test_deleting_a_user_leaves_nothing_of_theirs_and_others_untouched(
     response = client.delete("/v1/users/u-gone", headers=auth)
     assert response.status_code == 202
     deletion: Any = response.json
-    assert deletion["status"] == "queued" and deletion["user_id"] == "u-gone"
+    assert deletion["status"] == "queued"
+    assert deletion["user_id"] == "u-gone"
     assert response.headers["Location"] == f"/v1/users/u-gone/deletions/{deletion['id']}"
     assert client.delete("/v1/users/u-gone", headers=auth).json["id"] == deletion["id"]  # type: ignore[index]
 
@@ -105,7 +106,8 @@ def test_deleting_a_user_leaves_nothing_of_theirs_and_others_untouched(
     assert run_deletion(db, storage, settings, deletion["id"]) == "succeeded"
 
     status: Any = client.get(deletion["links"]["self"], headers=auth).json
-    assert status["status"] == "succeeded" and status["finished_at"] is not None
+    assert status["status"] == "succeeded"
+    assert status["finished_at"] is not None
     assert status["parts"] == {"embeddings": 2, "jobs": 4, "subjects": 1, "metrics": 1, "idempotency": 1,
                                "cache_entries": 0,
                                "training_images": 0, "feedback": 1, "webhooks": 2}
@@ -137,11 +139,14 @@ def test_deleting_a_user_leaves_nothing_of_theirs_and_others_untouched(
     assert storage.exists(f"embeddings/{kept_subject['sha256']}/tiny-1-float32/identity.safetensors")
     # ... the object another job still lists stays, and u-kept is untouched.
     assert storage.exists(shared_job["key"])
-    assert storage.exists(kept_job["key"]) and storage.exists(f"subjects/{kept_subject['id']}/v1.png")
+    assert storage.exists(kept_job["key"])
+    assert storage.exists(f"subjects/{kept_subject['id']}/v1.png")
     kept: Any = client.get(f"/v1/illustrations/{kept_job['id']}", headers=auth).json
-    assert kept["status"] == "succeeded" and len(kept["images"]) == 2
+    assert kept["status"] == "succeeded"
+    assert len(kept["images"]) == 2
     with client.get(f"/v1/illustrations/{kept_job['id']}/images/1", headers=auth) as image:
-        assert image.status_code == 200 and Image.open(io.BytesIO(image.data)).size == (64, 64)
+        assert image.status_code == 200
+        assert Image.open(io.BytesIO(image.data)).size == (64, 64)
     assert client.get(f"/v1/subjects/{kept_subject['id']}", headers=auth).status_code == 200
     # Afterwards the user may start again.
     assert client.post("/v1/illustrations", json={**VALID, "user_id": "u-gone"}, headers=auth).status_code == 202

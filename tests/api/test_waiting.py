@@ -62,7 +62,8 @@ def test_a_waiting_read_is_woken_by_the_notification(waiting_app: Flask) -> None
     response = client.get(f"/v1/illustrations/{job['id']}", headers={**auth, "Prefer": "wait=20"})
     elapsed = time.monotonic() - started
     thread.join(10)
-    assert response.status_code == 200 and response.json["status"] == "succeeded"  # type: ignore[index]
+    assert response.status_code == 200
+    assert response.json["status"] == "succeeded"  # type: ignore[index]
     assert response.headers["Preference-Applied"] == "wait=20"
     assert elapsed < 10, elapsed
     assert waiting_app.extensions["illustrations"].waiter.waiting() == 0
@@ -105,7 +106,8 @@ def test_a_wait_that_runs_out_answers_202_with_the_job(settings: Settings) -> No
     client, auth = app.test_client(), _auth(app)
     started = time.monotonic()
     response = client.post("/v1/illustrations", json=VALID, headers={**auth, "Prefer": "wait=60"})
-    assert response.status_code == 202 and response.json["status"] == "queued"  # type: ignore[index]
+    assert response.status_code == 202
+    assert response.json["status"] == "queued"  # type: ignore[index]
     assert response.headers["Preference-Applied"] == "wait=0.5"  # capped by the setting
     assert 0.4 < time.monotonic() - started < 5
     app.extensions["illustrations"].waiter.close()
@@ -122,7 +124,8 @@ def test_on_sqlite_a_waiting_read_polls(sqlite_settings: Settings) -> None:
     thread = finish_when_waited(app, job["id"])
     response = client.get(f"/v1/illustrations/{job['id']}", headers={**auth, "Prefer": "wait=20"})
     thread.join(10)
-    assert response.status_code == 200 and response.json["status"] == "succeeded"  # type: ignore[index]
+    assert response.status_code == 200
+    assert response.json["status"] == "succeeded"  # type: ignore[index]
     app.extensions["illustrations"].db.engine.dispose()
 
 
@@ -145,7 +148,8 @@ def test_the_listener_comes_back_after_its_connection_dies(settings: Settings) -
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE query LIKE :listen AND pid <> pg_backend_pid() AND datname = current_database()"
             ), {"listen": "LISTEN %"}).scalars().all()
-        assert killed and all(killed)
+        assert killed
+        assert all(killed)
         thread.join(10)
         assert finished == [True]
     finally:

@@ -86,12 +86,14 @@ def test_the_delivery_log_lists_each_event_with_its_attempts(client: FlaskClient
         event_id, "illustration.canceled", HOOK, "delivered", job_id)
     assert [(a["attempt"], a["status_code"], a["latency_ms"], a["error"]) for a in item["attempts"]] == [
         (1, 500, 12.5, "the receiver answered 500"), (2, 204, 8.0, None)]
-    assert item["delivered_at"] is not None and item["next_attempt_at"] is None
+    assert item["delivered_at"] is not None
+    assert item["next_attempt_at"] is None
 
     # Paging through the whole client; another client sees nothing of it.
     canceled_with_hook(client, auth)
     first = client.get("/v1/webhooks/deliveries?limit=1", headers=auth).json
-    assert len(first["items"]) == 1 and first["next_cursor"]  # type: ignore[index]
+    assert len(first["items"]) == 1
+    assert first["next_cursor"]  # type: ignore[index]
     second = client.get(f"/v1/webhooks/deliveries?limit=1&cursor={first['next_cursor']}", headers=auth).json  # type: ignore[index]
     assert second["items"][0]["id"] != first["items"][0]["id"]  # type: ignore[index]
     other = {"Authorization": f"Bearer {make_key(db)}"}
@@ -119,12 +121,14 @@ def test_a_resend_keeps_the_id_and_queues_it_now(client: FlaskClient, auth: dict
         assert session.get_one(WebhookEvent, event_id).state == "stopped"
     response = client.post(f"/v1/webhooks/deliveries/{event_id}/retry", headers=auth)
     assert response.status_code == 202, response.json
-    assert response.json["id"] == event_id and response.json["status"] == "pending"  # type: ignore[index]
+    assert response.json["id"] == event_id  # type: ignore[index]
+    assert response.json["status"] == "pending"  # type: ignore[index]
     (raw,) = broker.lrange("illustrations.webhooks", 0, -1)
     assert json.loads(raw)["headers"]["argsrepr"] == repr([event_id])
     with db.begin() as session:
         row = session.get_one(WebhookEvent, event_id)
-        assert row.lease_until is not None and row.attempts == 1  # claimed for that message; beat leaves it
+        assert row.lease_until is not None
+        assert row.attempts == 1  # claimed for that message; beat leaves it
     other = {"Authorization": f"Bearer {make_key(db)}"}
     assert client.post(f"/v1/webhooks/deliveries/{event_id}/retry", headers=other).status_code == 404
     for unknown in ("msg_nope", "x" * 300, "msg_%00"):

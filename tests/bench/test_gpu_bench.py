@@ -37,7 +37,9 @@ def test_dry_run_prints_every_row_with_finite_numbers_last(tmp_path: Path) -> No
     assert tuple(rows) == ROWS
     for name, cells in rows.items():
         number = re.match(r"([0-9.]+) s", cells[1])
-        assert number and math.isfinite(float(number.group(1))) and float(number.group(1)) > 0, (name, cells)
+        assert number, (name, cells)
+        assert math.isfinite(float(number.group(1))), (name, cells)
+        assert float(number.group(1)) > 0, (name, cells)
         if name != "total wall":
             assert math.isfinite(float(cells[3])), (name, cells)  # peak memory (GiB; max RSS on the CPU)
     assert rows["plain"][2] == "1.00x"

@@ -53,7 +53,8 @@ def test_sync_copies_a_model_tree_once(s3_server: S3Server, tiny_model_dir: Path
         get_settings.cache_clear()
     assert result.exit_code == 0, result.output
     assert f"{len(source)} file(s) downloaded" in result.output
-    assert check.exit_code == 0 and "complete" in check.output
+    assert check.exit_code == 0
+    assert "complete" in check.output
 
 
 def test_sync_refuses_other_uris(tmp_path: Path) -> None:

@@ -37,7 +37,9 @@ def test_a_paused_client_is_neither_published_nor_run(any_db: Database) -> None:
         assert job_id not in unpublished_ids(session, -1)
         assert jobs.started(session, job_id, "w1", 60) == jobs.ClaimRefused.PAUSED
     job = load(any_db, job_id)
-    assert job.status == "queued" and job.published_at is None and job.attempt == 0
+    assert job.status == "queued"
+    assert job.published_at is None
+    assert job.attempt == 0
     with any_db.begin() as session:
         assert job_id not in unpublished_ids(session, -1)  # still held
         assert ops_actions.set_client_paused(session, name, False)
@@ -74,8 +76,12 @@ def test_retry_failed_submits_new_jobs_and_leaves_the_failed_ones(any_db: Databa
     assert [(old, queue) for old, _, queue in created] == [(failed_lost, "illustrations.interactive")]
     new = load(any_db, created[0][1])
     old = load(any_db, failed_lost)
-    assert new.status == "queued" and new.attempt == 0 and new.published_at is None
-    assert new.request["retry_of"] == failed_lost and new.seed == old.seed and new.user_id == old.user_id
+    assert new.status == "queued"
+    assert new.attempt == 0
+    assert new.published_at is None
+    assert new.request["retry_of"] == failed_lost
+    assert new.seed == old.seed
+    assert new.user_id == old.user_id
     assert old.status == "failed"  # terminal states never change
     with any_db.begin() as session:
         assert ops_actions.retry_failed(session, ops_actions.JobFilter(client=name, codes=["worker_lost"],
@@ -95,6 +101,8 @@ def test_bulk_cancel_cancels_queued_and_flags_running(any_db: Database) -> None:
         canceled, flagged = ops_actions.cancel(session, ops_actions.JobFilter(client=name_running))
     assert (canceled, flagged) == ([], [running])
     job = load(any_db, queued)
-    assert job.status == "canceled" and job.error_code == "canceled_by_client"
+    assert job.status == "canceled"
+    assert job.error_code == "canceled_by_client"
     assert job.error_message == "canceled by an operator"
-    assert load(any_db, running).cancel_requested and load(any_db, other_client_job).status == "queued"
+    assert load(any_db, running).cancel_requested
+    assert load(any_db, other_client_job).status == "queued"

@@ -48,17 +48,23 @@ def test_follow_succeed_then_hit_then_expire(any_db: Database) -> None:
     client_id = new_client(any_db)
     leader = accept(any_db, client_id)
     follower = accept(any_db, client_id, "u2")
-    assert leader.follows_job_id is None and follower.follows_job_id == leader.id
+    assert leader.follows_job_id is None
+    assert follower.follows_job_id == leader.id
     succeed(any_db, leader)
     with any_db.begin() as session:
         done = session.get_one(Job, follower.id)
-        assert done.status == "succeeded" and done.cached and done.finished_at is not None
+        assert done.status == "succeeded"
+        assert done.cached
+        assert done.finished_at is not None
         entry = session.execute(select(CacheEntry).where(CacheEntry.client_id == client_id)).scalar_one()
         assert (entry.key, entry.job_id, entry.revision, entry.hits) == (KEY, leader.id, REVISION, 0)
-    assert image_keys(any_db, follower.id) == image_keys(any_db, leader.id) and len(image_keys(any_db, leader.id)) == 2
+    assert image_keys(any_db, follower.id) == image_keys(any_db, leader.id)
+    assert len(image_keys(any_db, leader.id)) == 2
 
     hit = accept(any_db, client_id, "u3")
-    assert hit.status == "succeeded" and hit.cached and hit.finished_at is not None
+    assert hit.status == "succeeded"
+    assert hit.cached
+    assert hit.finished_at is not None
     assert image_keys(any_db, hit.id) == image_keys(any_db, leader.id)
     with any_db.begin() as session:
         assert jobs.transitions(session, hit.id) == [(None, "succeeded", 0, "cached")]

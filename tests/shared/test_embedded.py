@@ -37,7 +37,8 @@ def test_concurrent_starters_share_one_server_which_outlives_them(tmp_path: Path
         client.close()
     finally:
         assert stop_redis(settings)
-    assert not is_running(settings) and not settings.embedded_redis_socket.exists()
+    assert not is_running(settings)
+    assert not settings.embedded_redis_socket.exists()
     assert stop_redis(settings) is False
 
     ensure_redis(settings)  # queued messages survive a restart of the stack (append-only file)

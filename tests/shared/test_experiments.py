@@ -51,7 +51,8 @@ def test_experiments_come_from_settings_and_are_checked(monkeypatch: pytest.Monk
     monkeypatch.setenv("ILLUSTRATIONS_EXPERIMENT", '{"name": "lora-watercolor", "share": 0.25, '
                                                    '"style_lora": "watercolor", "lora_scale": 0.6}')
     experiment = Settings().experiment
-    assert experiment is not None and experiment.overrides() == {"style_lora": "watercolor", "lora_scale": 0.6}
+    assert experiment is not None
+    assert experiment.overrides() == {"style_lora": "watercolor", "lora_scale": 0.6}
     with pytest.raises(ValidationError):
         Experiment(name="bad name!", share=0.5)
     with pytest.raises(ValidationError):

@@ -135,7 +135,9 @@ def test_redirects_are_followed_three_times_and_no_more() -> None:
     try:
         fetcher = Fetcher(allowlist=["127.0.0.1/32"])
         fetched = fetcher.get(f"http://127.0.0.1:{server.port}/r0")
-        assert fetched.data == b"three" and fetched.url.endswith("/r3") and fetched.content_type == "image/png"
+        assert fetched.data == b"three"
+        assert fetched.url.endswith("/r3")
+        assert fetched.content_type == "image/png"
         routes["/r3"] = (302, {"Location": "/r4"}, b"")
         with pytest.raises(FetchUnreachable, match="more than 3 redirects"):
             fetcher.get(f"http://127.0.0.1:{server.port}/r0")

@@ -23,8 +23,11 @@ def encode(image: Image.Image, fmt: str, **kwargs: object) -> bytes:
 def test_allowed_formats_become_rgb_png(fmt: str) -> None:
     result = normalise(encode(Image.new("RGB", (40, 30), (10, 200, 30)), fmt))
     decoded = Image.open(io.BytesIO(result.png))
-    assert decoded.format == "PNG" and decoded.mode == "RGB" and decoded.size == (40, 30)
-    assert (result.width, result.height) == (40, 30) and len(result.sha256) == 64
+    assert decoded.format == "PNG"
+    assert decoded.mode == "RGB"
+    assert decoded.size == (40, 30)
+    assert (result.width, result.height) == (40, 30)
+    assert len(result.sha256) == 64
 
 
 def test_same_pixels_same_hash_whatever_the_container() -> None:
@@ -80,8 +83,11 @@ def test_exif_orientation_is_applied_and_metadata_dropped() -> None:
     decoded = Image.open(io.BytesIO(result.png))
     assert decoded.size == (20, 40)
     top = decoded.getpixel((10, 2))
-    assert isinstance(top, tuple) and top[2] > 200 and top[0] < 60  # the left stripe is now on top
-    assert not decoded.getexif() and "exif" not in decoded.info
+    assert isinstance(top, tuple)
+    assert top[2] > 200
+    assert top[0] < 60  # the left stripe is now on top
+    assert not decoded.getexif()
+    assert "exif" not in decoded.info
 
 
 def test_png_text_chunks_are_stripped() -> None:

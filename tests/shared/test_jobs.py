@@ -29,7 +29,8 @@ def test_the_transition_table() -> None:
     check_transition(JobStatus.QUEUED, JobStatus.SUCCEEDED)  # a follower finishing with its leader (shared.cache)
     with pytest.raises(IllegalTransition):
         check_transition(None, JobStatus.RUNNING)
-    assert not JobStatus.QUEUED.is_terminal() and not JobStatus.RUNNING.is_terminal()
+    assert not JobStatus.QUEUED.is_terminal()
+    assert not JobStatus.RUNNING.is_terminal()
 
 
 def test_claim_sets_attempt_lease_and_worker(any_db: Database) -> None:
@@ -38,9 +39,12 @@ def test_claim_sets_attempt_lease_and_worker(any_db: Database) -> None:
     assert got.attempt == 1
     job = load(any_db, job_id)
     now = datetime.now(UTC)
-    assert job.status == "running" and job.worker == "w1"
-    assert job.lease_until is not None and now + timedelta(seconds=50) < job.lease_until < now + timedelta(seconds=70)
-    assert job.started_at is not None and abs((job.started_at - now).total_seconds()) < 5
+    assert job.status == "running"
+    assert job.worker == "w1"
+    assert job.lease_until is not None
+    assert now + timedelta(seconds=50) < job.lease_until < now + timedelta(seconds=70)
+    assert job.started_at is not None
+    assert abs((job.started_at - now).total_seconds()) < 5
 
 
 def test_a_second_claim_is_refused_while_leased_and_after_the_end(any_db: Database) -> None:
@@ -74,7 +78,9 @@ def test_only_the_lease_holder_finishes(any_db: Database) -> None:
         keys = session.execute(select(JobImage.storage_key).where(JobImage.job_id == job_id)).scalars().all()
     assert keys == ["jobs/x/2/0.png"]
     job = load(any_db, job_id)
-    assert job.status == "succeeded" and job.attempt == 2 and job.finished_at is not None
+    assert job.status == "succeeded"
+    assert job.attempt == 2
+    assert job.finished_at is not None
 
 
 def test_expired_leases_fail_after_the_last_attempt(any_db: Database) -> None:
@@ -84,7 +90,8 @@ def test_expired_leases_fail_after_the_last_attempt(any_db: Database) -> None:
         with any_db.begin() as session:
             assert jobs.expire_leases(session, max_attempts=2)[0] == ([job_id] if attempt < 2 else [])
     job = load(any_db, job_id)
-    assert job.status == "failed" and job.error_code == ErrorCode.WORKER_LOST.value
+    assert job.status == "failed"
+    assert job.error_code == ErrorCode.WORKER_LOST.value
 
 
 def test_live_leases_are_not_expired(any_db: Database) -> None:
@@ -129,7 +136,8 @@ def test_cancel_queued_and_running(any_db: Database) -> None:
         assert jobs.heartbeat(session, got, 60, step=3) is True
         assert jobs.canceled(session, running, CancelReason.CANCELED_BY_CLIENT, got)
     job = load(any_db, running)
-    assert job.status == "canceled" and job.progress_step == 3
+    assert job.status == "canceled"
+    assert job.progress_step == 3
 
 
 def test_a_deadline_passed_before_start_cancels(any_db: Database) -> None:
@@ -137,7 +145,8 @@ def test_a_deadline_passed_before_start_cancels(any_db: Database) -> None:
     with any_db.begin() as session:
         assert jobs.started(session, job_id, "w1", 60) is jobs.ClaimRefused.DEADLINE
     job = load(any_db, job_id)
-    assert job.status == "canceled" and job.error_code == CancelReason.DEADLINE.value
+    assert job.status == "canceled"
+    assert job.error_code == CancelReason.DEADLINE.value
     future = add_job(any_db, cancel_after=datetime.now(UTC) + timedelta(hours=1))
     assert claim(any_db, future).attempt == 1
 

@@ -41,10 +41,14 @@ def test_the_sweep_cancels_queued_jobs_past_their_deadline(any_db: Database) -> 
     with any_db.begin() as session:
         session.execute(update(Job).where(Job.id == started).values(cancel_after=past))
         canceled = jobs.expire_deadlines(session)
-        assert overdue in canceled and future not in canceled and started not in canceled
+        assert overdue in canceled
+        assert future not in canceled
+        assert started not in canceled
         assert jobs.transitions(session, overdue)[-1] == ("queued", "canceled", 0, "deadline")
     job = load(any_db, overdue)
-    assert job.status == "canceled" and job.error_code == "deadline" and job.finished_at is not None
+    assert job.status == "canceled"
+    assert job.error_code == "deadline"
+    assert job.finished_at is not None
     assert load(any_db, started).status == "running"  # started in time: a deadline is about starting
     with any_db.begin() as session:
         assert overdue not in jobs.expire_deadlines(session)
@@ -76,7 +80,8 @@ def test_the_relay_caps_each_client_and_interleaves_clients(any_db: Database) ->
     with any_db.begin() as session:
         assert jobs.mark_all_published(session, [busy_jobs[0]]) == 1
         assert not jobs.has_room(session, busy, queue, cap=1)
-        assert jobs.has_room(session, busy, queue, cap=2) and jobs.has_room(session, quiet, queue, cap=1)
+        assert jobs.has_room(session, busy, queue, cap=2)
+        assert jobs.has_room(session, quiet, queue, cap=1)
         assert jobs.has_room(session, busy, queue, cap=0)  # 0: no cap
     assert due(2) == [busy_jobs[1], quiet_jobs[0], quiet_jobs[1]]  # busy: one waiting + one more
     claim(any_db, busy_jobs[0])  # a worker took it: the client has room again

@@ -17,7 +17,8 @@ def test_defaults_are_the_embedded_mode(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert settings.effective_storage_url == str(tmp_path / "var" / "storage")
     assert settings.model_profile == "tiny"
     assert settings.effective_model_dir == tmp_path / "var" / "models" / "tiny"
-    assert settings.is_sqlite and settings.embedded_broker
+    assert settings.is_sqlite
+    assert settings.embedded_broker
 
 
 def test_variables_are_parsed_and_typed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -27,8 +28,10 @@ def test_variables_are_parsed_and_typed(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("ILLUSTRATIONS_MODEL_PROFILE", "sdxl")
     monkeypatch.setenv("ILLUSTRATIONS_PNG_METADATA", "true")
     settings = load_settings()
-    assert settings.lease_s == 12.5 and settings.heartbeat_s == 2.0
-    assert settings.model_profile == "sdxl" and settings.png_metadata is True
+    assert settings.lease_s == 12.5
+    assert settings.heartbeat_s == 2.0
+    assert settings.model_profile == "sdxl"
+    assert settings.png_metadata is True
     assert not settings.is_sqlite
 
 
@@ -65,7 +68,8 @@ def test_settings_are_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
     try:
         first = get_settings()
         monkeypatch.setenv("ILLUSTRATIONS_LEASE_S", "99")
-        assert get_settings() is first and first.lease_s != 99
+        assert get_settings() is first
+        assert first.lease_s != 99
     finally:
         get_settings.cache_clear()
 

@@ -266,7 +266,8 @@ def test_presigned_get_returns_the_bytes_and_a_tampered_signature_is_refused(s3_
     store = make_s3(s3_server)
     store.put("jobs/1/0.png", b"\x89PNG bytes", "image/png")
     url = store.presigned_url("jobs/1/0.png")
-    assert url is not None and url.startswith(s3_server.endpoint + "/")
+    assert url is not None
+    assert url.startswith(s3_server.endpoint + "/")
     assert "X-Amz-Expires=3600" in url
     assert fetch(url) == (200, b"\x89PNG bytes")
 
@@ -281,7 +282,8 @@ def test_presigned_url_is_refused_after_it_expires(s3_server: S3Server) -> None:
     store = make_s3(s3_server)
     store.put("a.png", b"x", "image/png")
     short, long = store.presigned_url("a.png", expires_in=1), store.presigned_url("a.png", expires_in=60)
-    assert short is not None and long is not None
+    assert short is not None
+    assert long is not None
     deadline = time.monotonic() + 5
     while (result := fetch(short))[0] == 200:
         assert time.monotonic() < deadline, "a URL presigned for 1 s still works after 5 s"
@@ -306,7 +308,8 @@ def test_public_endpoint_sets_the_host_of_presigned_urls(s3_server: S3Server) ->
     store = make_s3(s3_server, public_endpoint_url=public)
     store.put("a.png", b"public", "image/png")
     url = store.presigned_url("a.png")
-    assert url is not None and url.startswith(public + "/" + s3_server.bucket + "/")
+    assert url is not None
+    assert url.startswith(public + "/" + s3_server.bucket + "/")
     assert fetch(url) == (200, b"public")  # signed for the public host, and the server agrees
 
     cdn = make_s3(s3_server, public_endpoint_url="https://media.example.com")
@@ -386,11 +389,14 @@ def test_open_storage_picks_s3_and_applies_the_prefix(s3_server: S3Server) -> No
 
 def test_open_storage_picks_local_for_paths(tmp_path: Path) -> None:
     store = open_storage(Settings(storage_url=str(tmp_path / "a")))
-    assert isinstance(store, LocalStorage) and store.root == tmp_path / "a"
+    assert isinstance(store, LocalStorage)
+    assert store.root == tmp_path / "a"
     store = open_storage(Settings(storage_url=f"file://{tmp_path / 'b'}"))
-    assert isinstance(store, LocalStorage) and store.root == tmp_path / "b"
+    assert isinstance(store, LocalStorage)
+    assert store.root == tmp_path / "b"
     store = open_storage(Settings(storage_url="", var_dir=tmp_path / "var"))
-    assert isinstance(store, LocalStorage) and store.root == tmp_path / "var" / "storage"
+    assert isinstance(store, LocalStorage)
+    assert store.root == tmp_path / "var" / "storage"
     store.put("a.png", b"x", "image/png")
     assert (tmp_path / "var" / "storage" / "a.png").read_bytes() == b"x"
     with pytest.raises(ValueError, match="gs://"):

@@ -77,7 +77,8 @@ def test_a_request_with_a_url_still_needs_fetching(stored: StoredRequest) -> Non
 
 
 def test_the_style_reference_reads_as_a_stored_reference(stored: StoredRequest) -> None:
-    assert isinstance(stored.resolved.style, StoredRef) and stored.resolved.style.version == 3
+    assert isinstance(stored.resolved.style, StoredRef)
+    assert stored.resolved.style.version == 3
 
 
 def test_the_lora_reads_as_a_style_ref(stored: StoredRequest) -> None:

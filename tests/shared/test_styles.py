@@ -39,13 +39,15 @@ def test_import_makes_ready_active_versions_and_resolve_follows_them(db: Databas
         session.refresh(second)
         assert (first.version, second.version) == (1, 2)
         assert (second.status, second.rank, second.alpha, second.source) == ("ready", 8, 4.0, "import")
-        assert second.finished_at is not None and second.created_at is not None
+        assert second.finished_at is not None
+        assert second.created_at is not None
     assert storage.get(second.storage_key or "") == (tmp_path / "b.safetensors").read_bytes()
     with db.begin() as session:
         active = styles.resolve(session, client_id, styles.parse_ref("ink"))
         pinned = styles.resolve(session, client_id, styles.parse_ref("ink@1"))
         assert (active.label, pinned.label) == ("ink@2", "ink@1")
-        assert pinned.sha256 == first.sha256 and pinned.base_profile == "tiny"
+        assert pinned.sha256 == first.sha256
+        assert pinned.base_profile == "tiny"
         with pytest.raises(styles.StyleNotFound, match="no version 3"):
             styles.resolve(session, client_id, styles.parse_ref("ink@3"))
         with pytest.raises(styles.StyleNotFound, match="no style named 'oil'"):
@@ -58,10 +60,12 @@ def test_import_makes_ready_active_versions_and_resolve_follows_them(db: Databas
             styles.resolve(session, client_id, styles.parse_ref("ink@1"))
     with db.begin() as session:
         prefixes = styles.remove(session, client_id, "ink", 2)
-        assert prefixes == [f"styles/{active.style_id}/2/"] and (second.storage_key or "").startswith(prefixes[0])
+        assert prefixes == [f"styles/{active.style_id}/2/"]
+        assert (second.storage_key or "").startswith(prefixes[0])
         assert session.execute(select(Style.active_version).where(Style.id == active.style_id)).scalar_one() is None
         prefixes = styles.remove(session, client_id, "ink")
-        assert prefixes == [f"styles/{active.style_id}/1/"] and (first.storage_key or "").startswith(prefixes[0])
+        assert prefixes == [f"styles/{active.style_id}/1/"]
+        assert (first.storage_key or "").startswith(prefixes[0])
         assert styles.find_style(session, client_id, "ink") is None
 
 
@@ -90,12 +94,15 @@ def test_cli_imports_lists_and_removes_styles(db: Database, settings: Settings, 
         assert out.strip().splitlines()[-1] == "sepia@1"
         run("styles", "import", "sepia", str(lora(tmp_path / "t.safetensors")), "--client", name)
         listing = run("styles", "list", "--client", name)
-        assert "  sepia@1\tready\ttiny\trank 4\talpha 8.0" in listing and "* sepia@2\tready" in listing
+        assert "  sepia@1\tready\ttiny\trank 4\talpha 8.0" in listing
+        assert "* sepia@2\tready" in listing
         (tmp_path / "junk.safetensors").write_bytes(b"junk")
         bad = runner.invoke(main, ["styles", "import", "sepia", str(tmp_path / "junk.safetensors"), "--client", name])
-        assert bad.exit_code == 1 and "is not a usable LoRA: not a readable safetensors file" in bad.output
+        assert bad.exit_code == 1
+        assert "is not a usable LoRA: not a readable safetensors file" in bad.output
         unknown = runner.invoke(main, ["styles", "list", "--client", "nobody-at-all"])
-        assert unknown.exit_code == 1 and "no client named 'nobody-at-all'" in unknown.output
+        assert unknown.exit_code == 1
+        assert "no client named 'nobody-at-all'" in unknown.output
         assert "removed sepia (2 file(s))" in run("styles", "remove", "sepia", "--client", name)
         assert run("styles", "list", "--client", name) == ""
         assert not list((Path(settings.storage_url) / "styles").rglob("*.safetensors"))

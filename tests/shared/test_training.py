@@ -39,10 +39,12 @@ def test_versions_number_up_and_start_queued_with_their_params(any_db: Database)
     client_id = new_client(any_db)
     first, second = queue_training(any_db, client_id), queue_training(any_db, client_id)
     rows = style_version(any_db, first), style_version(any_db, second)
-    assert [row.version for row in rows] == [1, 2] and rows[0].style_id == rows[1].style_id
+    assert [row.version for row in rows] == [1, 2]
+    assert rows[0].style_id == rows[1].style_id
     assert (rows[0].status, rows[0].source, rows[0].attempt) == ("queued", "training", 0)
     assert rows[0].queue == tasks.QUEUE_TRAINING
-    assert rows[0].params == TRAINING_PARAMS and (rows[0].progress_step, rows[0].progress_total) == (0, 10)
+    assert rows[0].params == TRAINING_PARAMS
+    assert (rows[0].progress_step, rows[0].progress_total) == (0, 10)
     assert active_version(any_db, rows[0].style_id) is None  # nothing is active before a version is ready
 
 
@@ -77,7 +79,8 @@ def test_a_failure_leaves_the_previous_version_active_and_an_older_one_never_rep
         assert training.failed(session, held_three, ErrorCode.INTERNAL, "the loss was not finite")
     assert active_version(any_db, style_id) == 2
     assert finish(any_db, held_one)  # version 1 finishes last: ready, but the newer version stays active
-    assert active_version(any_db, style_id) == 2 and style_version(any_db, one).status == "ready"
+    assert active_version(any_db, style_id) == 2
+    assert style_version(any_db, one).status == "ready"
 
 
 def sweep_of(session: Session, job_id: str, max_attempts: int) -> tuple[bool, bool]:
@@ -107,7 +110,8 @@ def test_checkpoint_then_give_back_on_sigterm_resumes_and_is_not_a_lost_attempt(
     job_id = queue_training(any_db, new_client(any_db))
     for attempt in range(1, 6):  # more give-backs than max_attempts: none of them is a lost attempt
         held = claim(any_db, job_id)
-        assert held.attempt == attempt and held.checkpoint_step == (None if attempt == 1 else attempt - 1)
+        assert held.attempt == attempt
+        assert held.checkpoint_step == (None if attempt == 1 else attempt - 1)
         with any_db.begin() as session:
             assert training.checkpointed(session, held, attempt)
             assert training.requeued(session, held, stopping=True)

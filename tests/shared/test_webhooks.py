@@ -40,11 +40,13 @@ def test_the_specs_known_answer_vector_through_our_signer() -> None:
 
 def test_during_a_rotation_both_signatures_verify_with_the_reference_library() -> None:
     old, new = secrets.new_secret(), secrets.new_secret()
-    assert old.startswith("whsec_") and len(old) == len("whsec_") + 32
+    assert old.startswith("whsec_")
+    assert len(old) == len("whsec_") + 32
     now = dt.datetime.now(dt.UTC)
     body = json.dumps({"type": "illustration.succeeded"})
     headers = secrets.headers([new, old], "msg_abc", now, body)
-    assert headers["webhook-signature"].count("v1,") == 2 and " " in headers["webhook-signature"]
+    assert headers["webhook-signature"].count("v1,") == 2
+    assert " " in headers["webhook-signature"]
     for secret in (old, new):
         assert Webhook(secret).verify(body, headers) == {"type": "illustration.succeeded"}
     with pytest.raises(WebhookVerificationError):
@@ -103,10 +105,12 @@ def test_every_terminal_transition_records_one_event_to_the_job_batch_or_client_
         assert jobs.succeeded(session, held, [])
     event = event_of(any_db, job_id)
     assert event is not None
-    assert event.id == "msg_" + job_id.replace("-", "") and len(event.id) == 36
+    assert event.id == "msg_" + job_id.replace("-", "")
+    assert len(event.id) == 36
     assert (event.type, event.url, event.state, event.attempts, event.user_id) == (
         "illustration.succeeded", "https://a.example/job", "pending", 0, "u1")
-    assert event.next_attempt_at is not None and event.payload is None  # rendered later, by the CPU worker
+    assert event.next_attempt_at is not None
+    assert event.payload is None  # rendered later, by the CPU worker
 
     # No URL on the job: its batch's, else its client's default; none at all: no event.
     with any_db.begin() as session:
@@ -165,8 +169,11 @@ def test_style_versions_record_ready_and_failed_but_not_canceled(any_db: Databas
     ready = rows["msg_" + made[0].replace("-", "")]
     with any_db.begin() as session:
         body = json.loads(events.render(session, session.get_one(WebhookEvent, ready.id), "") or "{}")
-    assert body["type"] == "style.ready" and body["timestamp"].endswith("Z")
-    assert body["data"]["name"] == "ink" and body["data"]["status"] == "ready" and body["data"]["version"] == 1
+    assert body["type"] == "style.ready"
+    assert body["timestamp"].endswith("Z")
+    assert body["data"]["name"] == "ink"
+    assert body["data"]["status"] == "ready"
+    assert body["data"]["version"] == 1
 
 
 def test_the_body_is_the_job_as_the_api_returns_it(any_db: Database) -> None:
@@ -181,7 +188,9 @@ def test_the_body_is_the_job_as_the_api_returns_it(any_db: Database) -> None:
         body = json.loads(events.render(session, event, "https://api.example") or "{}")
     assert set(body) == {"type", "timestamp", "data"}
     data = body["data"]
-    assert data["id"] == job_id and data["status"] == "succeeded" and data["metadata"] == {"memory_id": "m-9"}
+    assert data["id"] == job_id
+    assert data["status"] == "succeeded"
+    assert data["metadata"] == {"memory_id": "m-9"}
     assert data["images"][0]["url"] == f"https://api.example/v1/illustrations/{job_id}/images/0"
     assert data["links"] == {"self": f"/v1/illustrations/{job_id}"}
 
@@ -204,7 +213,9 @@ def test_due_events_are_claimed_once_until_their_lease_ends(any_db: Database) ->
             next_attempt_at=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1), lease_until=None))
     with any_db.begin() as session:
         again = events.claim_due(session, lease_s=60, limit=10_000)
-    assert ids[0] in again and ids[1] not in again and ids[2] not in again
+    assert ids[0] in again
+    assert ids[1] not in again
+    assert ids[2] not in again
 
 
 def test_the_retry_schedule_with_jitter_and_retry_after() -> None:
@@ -237,15 +248,18 @@ def test_the_cli_sets_a_default_url_and_prints_and_rotates_the_secret(tmp_path: 
 
         run("keys", "create", "--name", "autobio")
         refused = runner.invoke(main, ["webhooks", "url", "--name", "autobio", "http://10.0.0.1/hooks"])
-        assert refused.exit_code != 0 and "private address" in refused.output
+        assert refused.exit_code != 0
+        assert "private address" in refused.output
         assert runner.invoke(main, ["webhooks", "url", "--name", "nobody", "https://a.example/h"]).exit_code != 0
         assert run("webhooks", "url", "--name", "autobio", "https://a.example/h").endswith("https://a.example/h")
         assert run("webhooks", "url", "--name", "autobio").endswith("https://a.example/h")
         assert run("webhooks", "url", "--name", "autobio", "--clear").endswith("(none)")
         first = run("webhooks", "secret", "--name", "autobio")
-        assert first.startswith("whsec_") and run("webhooks", "secret", "--name", "autobio") == first
+        assert first.startswith("whsec_")
+        assert run("webhooks", "secret", "--name", "autobio") == first
         rotated = run("webhooks", "secret", "--name", "autobio", "--rotate")
-        assert rotated != first and run("webhooks", "secret", "--name", "autobio") == rotated
+        assert rotated != first
+        assert run("webhooks", "secret", "--name", "autobio") == rotated
         assert run("webhooks", "reencrypt") == "re-encrypted 2 secret(s)"
     finally:
         get_settings.cache_clear()

@@ -48,7 +48,8 @@ def test_url_reference_to_gpu_with_wait_then_user_deletion(pg_url: str, system_r
                                            "params": {"width": 64, "height": 64, "steps": 2, "seed": 3}})
             assert response.status_code == 200, (response.status_code, response.text, procs.logs())
             job: Any = response.json()
-            assert job["status"] == "succeeded" and len(job["images"]) == 1, job
+            assert job["status"] == "succeeded", job
+            assert len(job["images"]) == 1, job
             assert time.monotonic() - started < 60
             assert [path for path, _ in photos.requests] == ["/dad.png"]  # fetched once, by the CPU worker
             subjects: Any = requests.get(f"{base}/v1/subjects?user_id=u-sys", headers=headers, timeout=10).json()

@@ -63,18 +63,22 @@ def test_http_to_worker_to_s3_on_postgresql(fresh_pg_url: str, system_broker_url
         job = wait_terminal(base, headers, response.json()["id"])
 
         assert job["status"] == "succeeded", job
-        assert job["attempts"] == 1 and job["progress"] == {"step": 2, "total": 2}
-        assert job["model"]["profile"] == "tiny" and job["timings"]["inference_s"] > 0
+        assert job["attempts"] == 1
+        assert job["progress"] == {"step": 2, "total": 2}
+        assert job["model"]["profile"] == "tiny"
+        assert job["timings"]["inference_s"] > 0
         assert len(job["images"]) == 2
         for image in job["images"]:
             redirect = requests.get(image["url"], headers=headers, allow_redirects=False, timeout=10)
             assert redirect.status_code == 302
             location = redirect.headers["Location"]
-            assert location.startswith(s3_server.endpoint) and "Signature" in location
+            assert location.startswith(s3_server.endpoint)
+            assert "Signature" in location
             data = requests.get(location, timeout=10)
             assert data.status_code == 200
             picture = Image.open(io.BytesIO(data.content))
-            assert picture.format == "PNG" and picture.size == (64, 96)
+            assert picture.format == "PNG"
+            assert picture.size == (64, 96)
             assert __import__("hashlib").sha256(data.content).hexdigest() == image["sha256"]
         # The presigned URL is bound to its signature.
         tampered = location.replace("Signature=", "Signature=0")
@@ -114,11 +118,13 @@ def test_embedded_mode_with_processes_started_separately(tmp_path: Path) -> None
                               "--height", "64", "--steps", "3", "--seed", "5", "--download-dir", "out",
                               "--api-url", f"http://127.0.0.1:{api_port}", "--key", key], env, tmp_path, timeout=240)
             job = json.loads(result.stdout[: result.stdout.rindex("}") + 1])
-            assert job["status"] == "succeeded" and job["seed"] == 5
+            assert job["status"] == "succeeded"
+            assert job["seed"] == 5
             image_line = [line for line in result.stdout.splitlines() if line.startswith("image: ")]
             assert len(image_line) == 1
             with Image.open(tmp_path / image_line[0].removeprefix("image: ")) as picture:
-                assert picture.format == "PNG" and picture.size == (64, 64)
+                assert picture.format == "PNG"
+                assert picture.size == (64, 64)
             assert (tmp_path / "var" / "illustrations.db").is_file()
             assert (tmp_path / "var" / "storage" / "jobs" / job["id"] / "1" / "0.png").is_file()
 

@@ -61,8 +61,10 @@ def test_one_pinned_worker_per_gpu(pg_url: str, system_redis_url: str, tiny_mode
                 select(GenerationMetric).where(GenerationMetric.job_id.in_([slow, *quick]))).scalars())
         assert len(rows) == 3
         for row in rows:  # each row names the worker that ran it and the GPU that worker was pinned to
-            assert row.worker is not None and row.gpu is not None
-            assert row.worker.startswith(f"gpu{row.gpu}@test-host:") and row.device == "cpu"
+            assert row.worker is not None
+            assert row.gpu is not None
+            assert row.worker.startswith(f"gpu{row.gpu}@test-host:")
+            assert row.device == "cpu"
         after = add_job(db, request=request_doc(), seed=3)  # the worker that hit the limit still serves
         assert publisher.publish(after, "illustrations.interactive")
         wait_for(lambda: load(db, after).status == "succeeded", 60, "a job after the time limit")

@@ -128,7 +128,8 @@ def test_prometheus_output_after_real_jobs(ops_stack: OpsStack) -> None:
     # The API: two gunicorn processes answered the three submits; every scrape reports all of them.
     for _ in range(3):
         response = requests.get(f"{s.stack.base}/metrics", headers=s.ops_headers, timeout=10)
-        assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/plain")
+        assert response.status_code == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
         api = families(response.text)
         posts = samples(api["illustrations_http_requests"], "_total")
         key = (("method", "POST"), ("route", "/v1/illustrations"), ("status", "202"))
@@ -136,7 +137,8 @@ def test_prometheus_output_after_real_jobs(ops_stack: OpsStack) -> None:
         jobs = samples(api["illustrations_jobs"])
         assert jobs[(("queue", "illustrations.interactive"), ("state", "succeeded"))] == 3
         assert samples(api["illustrations_database_up"])[()] == 1
-        assert "illustrations_queue_oldest_age_seconds" in api and "illustrations_unpublished_jobs" in api
+        assert "illustrations_queue_oldest_age_seconds" in api
+        assert "illustrations_unpublished_jobs" in api
         assert PROMPT not in response.text
     assert requests.get(f"{s.stack.base}/metrics", headers=s.headers, timeout=10).status_code == 403
 
@@ -158,7 +160,9 @@ def test_prometheus_output_after_real_jobs(ops_stack: OpsStack) -> None:
                          headers=s.headers, timeout=10).status_code == 201
     quality = requests.get(f"{s.stack.base}/v1/metrics/quality?range=1h", headers=s.ops_headers, timeout=10).json()
     (tiny,) = [g for g in quality["groups"] if (g["profile"], g["variant"]) == ("tiny", "a")]
-    assert tiny["succeeded"] >= 3 and tiny["success_rate"] == 1.0 and tiny["feedback"] == {"count": 1,
+    assert tiny["succeeded"] >= 3
+    assert tiny["success_rate"] == 1.0
+    assert tiny["feedback"] == {"count": 1,
                                                                                             "mean_rating": 5.0}
     assert 0 < tiny["generation_s"]["p50"] <= tiny["generation_s"]["p95"]
 
@@ -196,7 +200,8 @@ def test_controls_on_real_workers_and_flower(ops_stack: OpsStack) -> None:
     assert samples(exporter["illustrations_worker_consuming"])[(("queue", "illustrations.interactive"),)] == 0
     api = families(requests.get(f"{s.stack.base}/metrics", headers=s.ops_headers, timeout=10).text)
     assert samples(api["illustrations_paused_queues"]) == {(("queue", "illustrations.interactive"),): 1}
-    assert s.job(held).status == "queued" and broker.llen("illustrations.interactive") == 1
+    assert s.job(held).status == "queued"
+    assert broker.llen("illustrations.interactive") == 1
 
     # While paused: one job is marked failed (as the lease sweep leaves a crashed job) and two are canceled in bulk.
     lost = s.submit()
@@ -216,7 +221,9 @@ def test_controls_on_real_workers_and_flower(ops_stack: OpsStack) -> None:
     assert s.job(lost).status == "failed"  # terminal states never change
     for job_id in doomed:
         job = s.job(job_id)
-        assert job.status == "canceled" and job.attempt == 0 and job.error_message == "canceled by an operator"
+        assert job.status == "canceled"
+        assert job.attempt == 0
+        assert job.error_message == "canceled by an operator"
 
     # Flower's task list carries job ids only.
     tasks = s.flower_get("/api/tasks?limit=50")
@@ -232,12 +239,15 @@ def test_controls_on_real_workers_and_flower(ops_stack: OpsStack) -> None:
     assert "paused" in s.ops("pause-client", other_name)
     waiting = s.submit()
     witness = s.submit(other)
-    assert s.job(waiting).published_at is None and s.job(witness).published_at is None
+    assert s.job(waiting).published_at is None
+    assert s.job(witness).published_at is None
     assert "resumed" in s.ops("resume-client", other_name)
     # Once the relay has published the other client's job, it has passed over the paused client's.
     assert s.ledger.wait_terminal([witness], 240)[witness] == "succeeded"
     job = s.job(waiting)
-    assert job.status == "queued" and job.published_at is None and job.attempt == 0
+    assert job.status == "queued"
+    assert job.published_at is None
+    assert job.attempt == 0
     assert "resumed" in s.ops("resume-client", s.client_name)
     assert s.ledger.wait_terminal([waiting], 240)[waiting] == "succeeded"
 
@@ -263,7 +273,8 @@ def test_the_ops_page_in_headless_chromium(ops_stack: OpsStack) -> None:
                                           viewport={"width": 1280, "height": 900})
             page = context.new_page()
             response = page.goto(f"{s.stack.base}/ops", wait_until="load")
-            assert response is not None and response.status == 200
+            assert response is not None
+            assert response.status == 200
             card = page.locator(f'[data-job="{done}"]')
             assert card.locator(".state").inner_text().startswith("succeeded")
             assert "★★★★☆" in card.locator(".feedback").inner_text()
@@ -282,7 +293,8 @@ def test_the_ops_page_in_headless_chromium(ops_stack: OpsStack) -> None:
             page.screenshot(path=str(ARTIFACTS / "ops-page-failed.png"), full_page=True)
             # No credentials: the Basic challenge (a browser then asks for them).
             challenge = browser.new_context().request.get(f"{s.stack.base}/ops")
-            assert challenge.status == 401 and challenge.headers["www-authenticate"].startswith("Basic")
+            assert challenge.status == 401
+            assert challenge.headers["www-authenticate"].startswith("Basic")
         finally:
             browser.close()
     assert (ARTIFACTS / "ops-page.png").stat().st_size > 10_000

@@ -42,7 +42,8 @@ def job(base: str, headers: dict[str, str], job_id: str) -> dict[str, Any]:
 def test_a_worker_stopped_like_the_manifest_says_loses_no_job(pg_url: str, system_broker_url: str,
                                                              tiny_model_dir: Path, tmp_path: Path) -> None:
     command, pre_stop, grace_s = gpu_worker_manifest()
-    assert command[0] == "illustrations" and pre_stop[:2] == ["sh", "-c"]
+    assert command[0] == "illustrations"
+    assert pre_stop[:2] == ["sh", "-c"]
     env = clean_env(VAR_DIR=str(tmp_path / "var"), DATABASE_URL=pg_url, BROKER_URL=system_broker_url,
                     STORAGE_URL=str(tmp_path / "storage"), MODEL_DIR=str(tiny_model_dir), TORCH_THREADS="1")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # `illustrations` as in the image
@@ -90,7 +91,8 @@ def test_a_worker_stopped_like_the_manifest_says_loses_no_job(pg_url: str, syste
     with database.begin() as session:
         for job_id in [long_job, *queued]:
             row = session.get_one(Job, job_id)
-            assert row.status == "succeeded" and row.attempt == 1  # each ran exactly once
+            assert row.status == "succeeded"
+            assert row.attempt == 1  # each ran exactly once
             images = session.execute(select(func.count()).select_from(JobImage).where(JobImage.job_id == job_id))
             assert images.scalar_one() == 1
     database.engine.dispose()

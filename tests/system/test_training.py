@@ -107,11 +107,14 @@ def test_train_generate_cancel_kill_and_sigterm_through_real_workers(
 
         # 1. Ten steps through the training queue: ready, active, a finite loss.
         first = start_training(base, headers, steps=10)
-        assert first["version"] == 1 and first["status"] == "queued"
+        assert first["version"] == 1
+        assert first["status"] == "queued"
         ready = wait_version(base, headers, 1, ("ready", "failed", "canceled"))
         assert ready["status"] == "ready", ready
-        assert ready["progress"] == {"step": 10, "total": 10} and ready["attempts"] == 1
-        assert math.isfinite(ready["loss"]) and ready["active_version"] == 1
+        assert ready["progress"] == {"step": 10, "total": 10}
+        assert ready["attempts"] == 1
+        assert math.isfinite(ready["loss"])
+        assert ready["active_version"] == 1
         assert (ready["rank"], ready["alpha"], ready["images"]) == (4, 4.0, 4)
         assert "pipeline tiny loaded" not in first_trainer.log()  # no generation pipeline in a training worker
 
@@ -131,8 +134,10 @@ def test_train_generate_cancel_kill_and_sigterm_through_real_workers(
         assert requests.post(f"{base}/v1/styles/watercolor/versions/2/cancel", headers=headers,
                              timeout=10).status_code == 202
         canceled = wait_version(base, headers, 2, ("canceled", "ready", "failed"), timeout_s=60)
-        assert canceled["status"] == "canceled" and canceled["error"]["code"] == "canceled_by_client"
-        assert canceled["progress"]["step"] < 5000 and canceled["active_version"] == 1
+        assert canceled["status"] == "canceled"
+        assert canceled["error"]["code"] == "canceled_by_client"
+        assert canceled["progress"]["step"] < 5000
+        assert canceled["active_version"] == 1
         assert style_version(db, long["job_id"]).checkpoint_step is None
 
         # 4a. kill -9 mid-training (after a checkpoint); a new worker resumes from it once the lease runs out.
@@ -161,7 +166,8 @@ def test_train_generate_cancel_kill_and_sigterm_through_real_workers(
         finished = wait_version(base, headers, 3, ("ready", "failed", "canceled"))
         assert finished["status"] == "ready", finished
         assert f"resumes from the checkpoint at step {stopped_at} (attempt 3)" in third_trainer.log()
-        assert finished["progress"] == {"step": 150, "total": 150} and finished["attempts"] == 3
+        assert finished["progress"] == {"step": 150, "total": 150}
+        assert finished["attempts"] == 3
         assert finished["active_version"] == 3
     db.engine.dispose()
 

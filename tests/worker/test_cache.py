@@ -38,7 +38,8 @@ def test_two_identical_jobs_one_pipeline_run_then_a_hit(client: FlaskClient, aut
     done: Any = client.get(f"/v1/illustrations/{follower['id']}", headers=auth).json
     first: Any = client.get(f"/v1/illustrations/{leader['id']}", headers=auth).json
     assert first["status"] == done["status"] == "succeeded"
-    assert done["cached"] is True and first["cached"] is False
+    assert done["cached"] is True
+    assert first["cached"] is False
     assert done["images"][0]["sha256"] == first["images"][0]["sha256"]
     assert image_keys(db, follower["id"]) == image_keys(db, leader["id"])
     assert [row.job_id for row in metric_rows(db, [leader["id"], follower["id"]])] == [leader["id"]]  # one run
@@ -47,7 +48,8 @@ def test_two_identical_jobs_one_pipeline_run_then_a_hit(client: FlaskClient, aut
 
     # The worker recorded its revision on the job and its metrics row: the next identical request is a hit.
     hit = submit(client, auth, BODY, headers={"Prefer": "wait=5"})
-    assert hit["status"] == "succeeded" and hit["cached"] is True
+    assert hit["status"] == "succeeded"
+    assert hit["cached"] is True
     assert hit["model"]["revision"] == first["model"]["revision"]
     assert hit["images"][0]["sha256"] == first["images"][0]["sha256"]
     assert len(metric_rows(db, [leader["id"], follower["id"], hit["id"]])) == 1

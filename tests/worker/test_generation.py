@@ -42,18 +42,26 @@ def test_a_job_runs_to_succeeded_with_its_images_stored(runtime: Runtime, db: Da
     job_id = add_job(db, request=request_doc(width=64, height=96, num_images=2), seed=7)
     assert run_generation(job_id, runtime) == "succeeded"
     job = load(db, job_id)
-    assert job.status == "succeeded" and job.attempt == 1 and job.finished_at is not None
+    assert job.status == "succeeded"
+    assert job.attempt == 1
+    assert job.finished_at is not None
     assert job.progress_step == job.progress_total == 2
-    assert job.timings is not None and set(job.timings) == {"queued_s", "inference_s", "total_s"}
-    assert job.model is not None and job.model["profile"] == "tiny" and job.model["revision"].startswith("tiny-")
+    assert job.timings is not None
+    assert set(job.timings) == {"queued_s", "inference_s", "total_s"}
+    assert job.model is not None
+    assert job.model["profile"] == "tiny"
+    assert job.model["revision"].startswith("tiny-")
     images = stored_images(db, job_id)
     assert [image.index for image in images] == [0, 1]
     for image in images:
         assert image.storage_key == f"jobs/{job_id}/1/{image.index}.png"
         data = runtime.storage.get(image.storage_key)
         decoded = Image.open(io.BytesIO(data))
-        assert decoded.format == "PNG" and decoded.size == (64, 96) and image.size_bytes == len(data)
-        assert not decoded.info.get("prompt") and not getattr(decoded, "text", {})  # no memoir text in files
+        assert decoded.format == "PNG"
+        assert decoded.size == (64, 96)
+        assert image.size_bytes == len(data)
+        assert not decoded.info.get("prompt")
+        assert not getattr(decoded, "text", {})  # no memoir text in files
 
 
 def test_png_metadata_only_when_enabled(runtime: Runtime, db: Database) -> None:
@@ -92,7 +100,9 @@ def test_a_missing_reference_fails_reference_invalid(runtime: Runtime, db: Datab
     job_id = add_job(db, request={**request_doc(), "resolved": {"identity": [ref], "style": None}})
     assert run_generation(job_id, runtime) == "failed:reference_invalid"
     job = load(db, job_id)
-    assert job.status == "failed" and job.error_code == "reference_invalid" and stored_images(db, job_id) == []
+    assert job.status == "failed"
+    assert job.error_code == "reference_invalid"
+    assert stored_images(db, job_id) == []
 
 
 def test_a_redelivered_message_is_dropped(runtime: Runtime, db: Database) -> None:
@@ -112,7 +122,8 @@ def test_missing_weights_fail_setup_failed_naming_the_fix(settings: Settings, db
     assert run_generation(job_id, runtime) == "failed:setup_failed"
     job = load(db, job_id)
     assert job.error_code == "setup_failed"
-    assert job.error_message is not None and "make-tiny" in job.error_message
+    assert job.error_message is not None
+    assert "make-tiny" in job.error_message
     assert str(tmp_path / "nothing-here") in job.error_message
     runtime.db.engine.dispose()
 
@@ -134,9 +145,12 @@ def test_cancel_while_running_stops_and_stores_nothing(runtime: Runtime, db: Dat
     worker.join(60)
     assert outcome == ["canceled"]
     job = load(db, job_id)
-    assert job.status == "canceled" and job.error_code == "canceled_by_client"
-    assert job.progress_step is not None and job.progress_step < 100
-    assert stored_images(db, job_id) == [] and not runtime.storage.exists(f"jobs/{job_id}/1/0.png")
+    assert job.status == "canceled"
+    assert job.error_code == "canceled_by_client"
+    assert job.progress_step is not None
+    assert job.progress_step < 100
+    assert stored_images(db, job_id) == []
+    assert not runtime.storage.exists(f"jobs/{job_id}/1/0.png")
 
 
 # --- Styles (LoRA), embeddings, faults, metrics -------------------------------------------------------------------
@@ -178,7 +192,8 @@ def test_a_style_runs_with_its_lora_and_says_which_version_ran(runtime: Runtime,
     digest = {job_id: stored_images(db, job_id)[0].sha256 for job_id in (plain, styled, pinned, after)}
     assert digest[styled] == digest[pinned] != digest[plain]
     model = load(db, styled).model
-    assert model is not None and model["style_lora"] == "watercolor@1"
+    assert model is not None
+    assert model["style_lora"] == "watercolor@1"
     assert load(db, plain).model["style_lora"] is None  # type: ignore[index]
     first, second = metric_rows(db, [styled])[0], metric_rows(db, [pinned])[0]
     assert (first.lora, first.lora_resident, second.lora_resident) == ("watercolor@1", False, True)
@@ -199,7 +214,8 @@ def test_a_style_removed_before_the_job_runs_fails_style_not_found(runtime: Runt
         runtime.storage.delete_prefix(prefix)
     assert run_generation(job_id, runtime) == "failed:style_not_found"
     job = load(db, job_id)
-    assert job.error_code == "style_not_found" and job.error_message == "no style named 'watercolor'"
+    assert job.error_code == "style_not_found"
+    assert job.error_message == "no style named 'watercolor'"
     assert metric_rows(db, [job_id])[0].error_code == "style_not_found"
 
 
@@ -258,7 +274,9 @@ def test_out_of_memory_fails_that_job_and_the_next_succeeds(runtime: Runtime, db
     finally:
         handle.remove()
     job = load(db, oom)
-    assert job.status == "failed" and job.error_code == "out_of_memory" and stored_images(db, oom) == []
+    assert job.status == "failed"
+    assert job.error_code == "out_of_memory"
+    assert stored_images(db, oom) == []
     assert (metric_rows(db, [oom])[0].outcome, metric_rows(db, [oom])[0].error_code) == ("failed", "out_of_memory")
     following = add_job(db, request=request_doc(), seed=4)
     assert run_generation(following, runtime) == "succeeded"
@@ -286,7 +304,8 @@ def test_hard_time_limit_fails_the_job_of_this_worker_only(runtime: Runtime, db:
     assert not limits.GENERATION.fail(runtime, job_id, "gpu1@host-a")
     assert limits.GENERATION.fail(runtime, job_id, "gpu0@host-a")
     job = load(db, job_id)
-    assert job.status == "failed" and job.error_code == "time_limit"
+    assert job.status == "failed"
+    assert job.error_code == "time_limit"
     assert not limits.GENERATION.fail(runtime, job_id, "gpu0@host-a")  # terminal: unchanged
 
 
@@ -319,7 +338,8 @@ def test_cancel_stops_within_one_step(runtime: Runtime, db: Database) -> None:
     with at_unet_call(runtime, 3, cancel) as calls:  # the client cancels while step 3 runs
         assert run_generation(job_id, runtime) == "canceled"
     assert calls == [3]  # step 3 finished, no step after it
-    assert stored_images(db, job_id) == [] and runtime.storage.delete_prefix(f"jobs/{job_id}/") == 0
+    assert stored_images(db, job_id) == []
+    assert runtime.storage.delete_prefix(f"jobs/{job_id}/") == 0
     assert metric_rows(db, [job_id])[0].outcome == "canceled"
 
 
@@ -332,13 +352,18 @@ def test_a_metrics_row_says_where_the_time_went(runtime: Runtime, db: Database) 
     assert (row.outcome, row.attempt, row.user_id) == ("succeeded", 1, "u-metrics")
     assert row.queue == "illustrations.interactive"
     assert (row.steps, row.width, row.height, row.num_images) == (2, 64, 96, 2)
-    assert row.profile == "tiny" and row.revision == runtime.engine().revision
+    assert row.profile == "tiny"
+    assert row.revision == runtime.engine().revision
     assert (row.worker, row.gpu, row.device) == ("gpu3@metrics-host:77", "3", "cpu")
     assert row.peak_gpu_memory_bytes is None  # CPU
-    assert row.model_load_s is not None and row.model_load_s > 0
+    assert row.model_load_s is not None
+    assert row.model_load_s > 0
     assert (row.identity_refs, row.style_ref, row.lora, row.embeddings_cached) == (0, False, None, 0)
-    assert row.queue_wait_s >= 0 and row.load_s is not None and row.inference_s is not None
-    assert row.store_s is not None and row.total_s >= row.inference_s + row.load_s + row.store_s
+    assert row.queue_wait_s >= 0
+    assert row.load_s is not None
+    assert row.inference_s is not None
+    assert row.store_s is not None
+    assert row.total_s >= row.inference_s + row.load_s + row.store_s
 
 
 def test_the_jobs_timings_and_its_metrics_row_tell_the_same_attempt(runtime: Runtime, db: Database) -> None:
@@ -346,7 +371,8 @@ def test_the_jobs_timings_and_its_metrics_row_tell_the_same_attempt(runtime: Run
     assert run_generation(job_id, runtime) == "succeeded"
     timings = load(db, job_id).timings
     (row,) = metric_rows(db, [job_id])
-    assert timings is not None and row.inference_s is not None
+    assert timings is not None
+    assert row.inference_s is not None
     assert timings["queued_s"] == round(row.queue_wait_s, 3)
     assert timings["inference_s"] == round(row.inference_s, 3)
     # The job's total (from its creation) is taken as it finishes; the metrics row's runs to the end of the finish.
@@ -379,11 +405,16 @@ def test_a_storage_fault_is_retried_with_backoff_then_fails_on_the_last_attempt(
     blocker.write_bytes(b"")
     assert run_generation(job_id, runtime) == "requeued:storage"
     job = load(db, job_id)
-    assert job.status == "queued" and job.attempt == 1 and job.published_at is None
-    assert job.not_before is not None and job.not_before > datetime.now(UTC) + timedelta(seconds=10)  # backoff
+    assert job.status == "queued"
+    assert job.attempt == 1
+    assert job.published_at is None
+    assert job.not_before is not None
+    assert job.not_before > datetime.now(UTC) + timedelta(seconds=10)  # backoff
     assert run_generation(job_id, runtime) == "failed:internal"  # the last attempt: no loop
     job = load(db, job_id)
-    assert job.status == "failed" and job.error_code == "internal" and job.attempt == 2
+    assert job.status == "failed"
+    assert job.error_code == "internal"
+    assert job.attempt == 2
     with db.begin() as session:
         assert [step[1] for step in jobs.transitions(session, job_id)] == ["queued", "running", "queued",
                                                                            "running", "failed"]
@@ -409,5 +440,7 @@ def test_a_job_with_a_malformed_request_fails_internal_once(runtime: Runtime, db
     job_id = add_job(db, request={"prompt": "p", "params": {"steps": 2}})  # no size, no scales: a poison job
     assert run_generation(job_id, runtime) == "failed:internal"
     job = load(db, job_id)
-    assert job.status == "failed" and job.error_code == "internal" and job.attempt == 1
+    assert job.status == "failed"
+    assert job.error_code == "internal"
+    assert job.attempt == 1
     assert [(m.outcome, m.error_code, m.width) for m in metric_rows(db, [job_id])] == [("failed", "internal", 0)]

@@ -98,9 +98,14 @@ def test_least_recently_used_slot_is_replaced_hot_swapped_when_shapes_match(tiny
     first = engine.run(GenerationRequest(**BASE, lora=a)).lora
     engine.run(GenerationRequest(**BASE, lora=b))
     again = engine.run(GenerationRequest(**BASE, lora=a)).lora  # a is now the most recently used
-    assert first is not None and again is not None and again.resident and again.adapter == first.adapter
+    assert first is not None
+    assert again is not None
+    assert again.resident
+    assert again.adapter == first.adapter
     swapped = engine.run(GenerationRequest(**BASE, lora=c))  # replaces b, the least recently used
-    assert swapped.lora is not None and not swapped.lora.resident and swapped.lora.hotswapped  # same rank/alpha
+    assert swapped.lora is not None
+    assert not swapped.lora.resident
+    assert swapped.lora.hotswapped  # same rank/alpha
     assert set(engine.loras.resident()) == {a.key, c.key}
     # A hot-swapped slot gives what a fresh load gives.
     fresh = load_engine(tiny_model_dir, slots=1)
@@ -108,7 +113,9 @@ def test_least_recently_used_slot_is_replaced_hot_swapped_when_shapes_match(tiny
     assert np.abs(np.asarray(swapped.images[0], dtype=np.int16) - c_fresh).max() <= NOISE
     # Another rank cannot swap in place: the slot (now LRU: a) is emptied and loaded afresh.
     other = engine.run(GenerationRequest(**BASE, lora=wide)).lora
-    assert other is not None and not other.hotswapped and not other.resident
+    assert other is not None
+    assert not other.hotswapped
+    assert not other.resident
     assert set(engine.loras.resident()) == {c.key, wide.key}
     assert np.abs(pixels(engine, wide) - pixels(fresh, wide)).max() <= NOISE
 
@@ -153,7 +160,8 @@ def test_metadata_is_reduced_to_the_weights_and_the_modules_they_target(loras: d
     assert re.fullmatch(target, "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q")
     assert not re.fullmatch(target, "encoder_hid_proj.image_projection_layers.0.layers.0.attn.to_q")
     weights, kept = load_file(original), load_file(path)
-    assert weights.keys() == kept.keys() and all(torch.equal(weights[k], kept[k]) for k in weights)
+    assert weights.keys() == kept.keys()
+    assert all(torch.equal(weights[k], kept[k]) for k in weights)
 
 
 def test_inspect_reads_rank_alpha_and_refuses_what_is_not_a_lora(loras: dict[str, bytes], tmp_path: Path) -> None:

@@ -62,13 +62,15 @@ def test_sweep_requeues_expired_leases_then_fails_worker_lost(any_db: Database, 
     job_id = add_job(any_db)
     claim(any_db, job_id, lease_s=-1)
     result = sweep(any_db, settings.model_copy(update={"max_attempts": 2}))
-    assert job_id in result.requeued and job_id not in result.failed
+    assert job_id in result.requeued
+    assert job_id not in result.failed
     assert load(any_db, job_id).status == "queued"
     claim(any_db, job_id, lease_s=-1)
     result = sweep(any_db, settings.model_copy(update={"max_attempts": 2}))
     assert job_id in result.failed
     job = load(any_db, job_id)
-    assert job.status == "failed" and job.error_code == "worker_lost"
+    assert job.status == "failed"
+    assert job.error_code == "worker_lost"
 
 
 def test_the_sweep_requeues_an_expired_training_then_fails_it_worker_lost(

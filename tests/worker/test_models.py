@@ -50,7 +50,8 @@ def test_download_fetches_exactly_the_files_check_requires(tmp_path: Path) -> No
     repos = {"base": "stabilityai/stable-diffusion-xl-base-1.0", "ip-adapter": "h94/IP-Adapter"}
     for item in planned:
         folder, _, in_repo = item.local_path.partition("/")
-        assert in_repo == item.path_in_repo and item.repo_id == repos[folder]
+        assert in_repo == item.path_in_repo
+        assert item.repo_id == repos[folder]
     assert "ip-adapter/sdxl_models/ip-adapter-plus-face_sdxl_vit-h.safetensors" in missing_files(profile)
     assert "base/tokenizer_2/tokenizer_config.json" in missing_files(profile)
 
@@ -60,15 +61,18 @@ def test_download_dry_run_lists_and_offline_download_says_it_needs_network(monke
     code, output = run_cli(monkeypatch, ["models", "download", "--to", str(tmp_path / "w"), "--dry-run"],
                            VAR_DIR=str(tmp_path))
     lines = output.strip().splitlines()
-    assert code == 0 and len(lines) == sum(len(repo.files) for repo in REPOSITORIES)
+    assert code == 0
+    assert len(lines) == sum(len(repo.files) for repo in REPOSITORIES)
     assert f"h94/IP-Adapter: models/image_encoder/model.safetensors -> {tmp_path / 'w'}/ip-adapter/models/" \
            "image_encoder/model.safetensors" in lines
     code, output = run_cli(monkeypatch, ["models", "download", "--to", str(tmp_path / "w")], VAR_DIR=str(tmp_path))
-    assert code == 1 and "HF_HUB_OFFLINE is set: downloading needs network" in output
+    assert code == 1
+    assert "HF_HUB_OFFLINE is set: downloading needs network" in output
     assert not (tmp_path / "w" / "MODEL_REVISION").exists()
     code, output = run_cli(monkeypatch, ["models", "download", "--cache", "--base-revision", "v1"],
                            VAR_DIR=str(tmp_path))
-    assert code == 2 and "pin revisions with --to DIR" in output
+    assert code == 2
+    assert "pin revisions with --to DIR" in output
 
 
 def test_check_reports_present_and_missing_files(monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path,
@@ -86,7 +90,8 @@ def test_check_reports_present_and_missing_files(monkeypatch: pytest.MonkeyPatch
     assert "  present  ip-adapter/sdxl_models/ip-adapter-plus-face_sdxl_vit-h.safetensors" in output
     assert f"lacks 1 file(s) at {copy}; run `illustrations models make-tiny {copy}`" in output
     code, output = run_cli(monkeypatch, ["models", "check"], MODEL_PROFILE="sdxl", VAR_DIR=str(tmp_path))
-    assert code == 1 and f"illustrations models download --to {tmp_path.resolve() / 'models' / 'sdxl'}" in output
+    assert code == 1
+    assert f"illustrations models download --to {tmp_path.resolve() / 'models' / 'sdxl'}" in output
 
 
 def hf_cache(tiny: Path, cache: Path) -> Path:
@@ -106,13 +111,15 @@ def test_sdxl_loads_offline_from_the_hugging_face_cache(tiny_model_dir: Path, tm
     cache = hf_cache(tiny_model_dir, tmp_path / "hub")
     profile = locate_profile("sdxl", tmp_path / "models" / "sdxl", explicit=False, cache_dir=cache)
     assert profile.base_dir == cache / "models--stabilityai--stable-diffusion-xl-base-1.0" / "snapshots" / BASE_SHA
-    assert missing_files(profile) == [] and profile.revision == f"sdxl-{'a' * 12}-{'b' * 12}"
+    assert missing_files(profile) == []
+    assert profile.revision == f"sdxl-{'a' * 12}-{'b' * 12}"
     threads = torch.get_num_threads()
     engine = Engine.load(profile, device="cpu", num_threads=1)
     torch.set_num_threads(threads)
     image = engine.generate(GenerationRequest(prompt="a boat", negative_prompt=None, width=64, height=64, steps=2,
                                               guidance_scale=5.0, seed=1, num_images=1))[0]
-    assert np.asarray(image).shape == (64, 64, 3) and engine.revision == profile.revision
+    assert np.asarray(image).shape == (64, 64, 3)
+    assert engine.revision == profile.revision
     # A configured folder is never swapped for the cache, and an incomplete cache is not used.
     explicit = locate_profile("sdxl", tmp_path / "mounted", explicit=True, cache_dir=cache)
     assert explicit.base_dir == tmp_path / "mounted" / "base"

@@ -339,9 +339,11 @@ def test_speed_and_memory_switches_are_applied(model_dir: Path) -> None:
     options = EngineOptions(torch_compile=True, vae_tiling=True, vae_slicing=True, lora_slots=1)
     switched = Engine.load(resolve_profile("tiny", model_dir), device="cpu", num_threads=1, options=options)
     torch.set_num_threads(threads)
-    assert switched.pipe.vae.use_tiling and switched.pipe.vae.use_slicing
+    assert switched.pipe.vae.use_tiling
+    assert switched.pipe.vae.use_slicing
     # Compiled in place (compilation itself happens at the first call, which this test does not make: ~2 min on CPU).
     assert switched.pipe.unet._compiled_call_impl is not None
     assert type(switched.pipe.unet).__name__ == "UNet2DConditionModel"
     assert len(switched.loras.slots) == 1
-    assert switched.device_name == "cpu" and switched.encoder_revision.endswith("-float32")
+    assert switched.device_name == "cpu"
+    assert switched.encoder_revision.endswith("-float32")

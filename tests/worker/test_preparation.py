@@ -26,23 +26,29 @@ def test_url_references_are_fetched_stored_and_handed_to_the_gpu_queue(
     job_id = submit(client, auth, subjects=[{"name": "dad", "image_url": f"{base}/dad.png"}],
                     style={"reference": {"image_url": f"{base}/style.png"}})["id"]
     job = load(db, job_id)
-    assert job.queue == "illustrations.prepare" and job.published_at is not None
+    assert job.queue == "illustrations.prepare"
+    assert job.published_at is not None
     queue = redis.Redis.from_url(settings.broker_url)
     queue.delete("illustrations.interactive")
     assert prepare_job(db, storage, photo_fetcher(), publisher, job_id) == "prepared"
     job = load(db, job_id)
-    assert job.status == "queued" and job.queue == "illustrations.interactive" and job.published_at is not None
+    assert job.status == "queued"
+    assert job.queue == "illustrations.interactive"
+    assert job.published_at is not None
     identity = job.request["resolved"]["identity"]
     with db.begin() as session:
         subject = session.get_one(Subject, identity[0]["subject_id"])
         assert (subject.name, subject.user_id) == ("dad", "u-1")
-    assert identity[0]["storage_key"] == f"subjects/{subject.id}/v1.png" and storage.exists(identity[0]["storage_key"])
+    assert identity[0]["storage_key"] == f"subjects/{subject.id}/v1.png"
+    assert storage.exists(identity[0]["storage_key"])
     style = job.request["resolved"]["style"]
-    assert style["storage_key"] == f"jobs/{job_id}/references/style.png" and storage.exists(style["storage_key"])
+    assert style["storage_key"] == f"jobs/{job_id}/references/style.png"
+    assert storage.exists(style["storage_key"])
     # Everything a GPU worker needs is in storage now: no URL is left in what it reads.
     assert all("image_url" not in ref for ref in [*identity, style])
     message = json.loads(queue.lrange("illustrations.interactive", 0, -1)[0])
-    assert message["headers"]["task"] == "illustrations.generate" and job_id in message["headers"]["argsrepr"]
+    assert message["headers"]["task"] == "illustrations.generate"
+    assert job_id in message["headers"]["argsrepr"]
     assert prepare_job(db, storage, photo_fetcher(), publisher, job_id) == "skipped"  # a redelivery
 
 
@@ -60,8 +66,12 @@ def test_a_reference_that_cannot_be_used_fails_the_job(
     job_id = submit(client, auth, subjects=[{"name": "dad", "image_url": url}])["id"]
     assert prepare_job(db, storage, photo_fetcher(), publisher, job_id) == f"failed:{code}"
     job = load(db, job_id)
-    assert job.status == "failed" and job.error_code == code and job.finished_at is not None
-    assert job.error_message is not None and job.error_message.startswith("subjects.0: ") and url not in \
+    assert job.status == "failed"
+    assert job.error_code == code
+    assert job.finished_at is not None
+    assert job.error_message is not None
+    assert job.error_message.startswith("subjects.0: ")
+    assert url not in \
         job.error_message
     assert recorder.connections == 0
 

@@ -65,7 +65,8 @@ def test_a_job_claims_in_one_statement_and_finishes_in_one_transaction(
     assert run_generation(job_id, runtime) == "succeeded"
     assert len(seen.done) == 2, seen.done  # the claim, the finish: nothing else commits
     claim, finish = seen.done
-    assert len(claim) == 1 and claim[0].startswith("WITH claimed AS"), claim  # UPDATE + audit row, one round trip
+    assert len(claim) == 1, claim
+    assert claim[0].startswith("WITH claimed AS"), claim  # UPDATE + audit row, one round trip
     ours = [s for s in finish if not s.startswith("finished: ")]
     # The fenced UPDATE, its audit row, the image rows, the metrics row (plus what finished() adds, not counted).
     assert ours == ["UPDATE jobs SET", "INSERT INTO job_transitions", "INSERT INTO job_images",

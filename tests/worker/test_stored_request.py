@@ -99,7 +99,8 @@ def test_a_request_written_by_the_api_is_prepared_and_run_as_written(
     with db.begin() as session:
         prepared = StoredRequest.model_validate(session.get_one(Job, job_id).request)
     dad = prepared.resolved.identity[1]
-    assert isinstance(dad, StoredRef) and (dad.name, dad.version) == ("dad", 1)
+    assert isinstance(dad, StoredRef)
+    assert (dad.name, dad.version) == ("dad", 1)
     unchanged = prepared.model_dump(mode="json", exclude={"resolved": {"identity": {1}}})
     assert unchanged == StoredRequest.model_validate(written).model_dump(mode="json",
                                                                          exclude={"resolved": {"identity": {1}}})

@@ -48,14 +48,16 @@ def test_pictures_are_fetched_or_copied_into_the_set_then_handed_to_the_training
     broker.delete(tasks.QUEUE_TRAINING)
     assert prepare_style(db, storage, photo_fetcher(), publisher, job_id) == "prepared"
     version = style_version(db, job_id)
-    assert (version.status, version.queue) == ("queued", tasks.QUEUE_TRAINING) and version.published_at is not None
+    assert (version.status, version.queue) == ("queued", tasks.QUEUE_TRAINING)
+    assert version.published_at is not None
     stored = training_images(db, job_id)
     assert [(p.source, p.user_id) for p in stored] == [("subject", "u-sub"), ("illustration", "u-job"),
                                                        ("url", "u-url"), ("url", "u-url")]
     assert [(p.width, p.height) for p in stored] == [(32, 32), (64, 64), (48, 40), (32, 32)]
     for picture in stored:
         assert picture.storage_key == training.image_key(version.style_id, version.version, picture.index)
-        assert storage.get(picture.storage_key).startswith(b"\x89PNG") and picture.sha256
+        assert storage.get(picture.storage_key).startswith(b"\x89PNG")
+        assert picture.sha256
     (message,) = broker.lrange(tasks.QUEUE_TRAINING, 0, -1)
     decoded = json.loads(message)
     assert decoded["headers"]["task"] == tasks.TRAIN
@@ -81,8 +83,10 @@ def test_a_picture_that_cannot_be_had_fails_the_version_and_stores_nothing(
                                     {"image_url": good}])
     assert prepare_style(db, storage, photo_fetcher(), publisher, job_id) == f"failed:{code}"
     version = style_version(db, job_id)
-    assert (version.status, version.error_code) == ("failed", code) and version.finished_at is not None
-    assert (version.error_message or "").startswith("images.2: ") and url not in (version.error_message or "")
+    assert (version.status, version.error_code) == ("failed", code)
+    assert version.finished_at is not None
+    assert (version.error_message or "").startswith("images.2: ")
+    assert url not in (version.error_message or "")
     assert all(p.storage_key is None for p in training_images(db, job_id))
     assert not storage.exists(training.image_key(version.style_id, version.version, 0))
 

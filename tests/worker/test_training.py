@@ -88,7 +88,8 @@ def test_ten_steps_with_finite_loss_give_a_lora_that_loads_into_a_fresh_pipeline
         tiny_model_dir: Path, tmp_path: Path) -> None:
     trainer = LoraTrainer.load(base_dir(tiny_model_dir), examples(), params(), "fp", CPU)
     before = lora_tensors(trainer)
-    assert before and all(".lora_A." in name or ".lora_B." in name for name in before)
+    assert before
+    assert all(".lora_A." in name or ".lora_B." in name for name in before)
     # Every attention projection of the UNet is adapted: to_q, to_k, to_v and to_out.0 of every Attention module.
     from diffusers.models.attention_processor import Attention
 
@@ -129,7 +130,8 @@ def test_a_resumed_training_takes_exactly_the_steps_of_an_uninterrupted_one(tiny
     first.run(lambda step, _: step < 3)
     data = checkpoints.to_bytes(first.checkpoint())
     names = list(load_safetensors(data))  # one safetensors object: tensors, and JSON in its header (no pickle)
-    assert any(name.startswith("optimizer.") for name in names) and any(n.startswith("lora.") for n in names)
+    assert any(name.startswith("optimizer.") for name in names)
+    assert any(n.startswith("lora.") for n in names)
     resumed = LoraTrainer.load(base, examples(), params(steps=6, batch_size=2), "fp", CPU)
     resumed.restore(checkpoints.from_bytes(data))
     assert resumed.step == 3
@@ -247,13 +249,17 @@ def test_a_training_records_progress_and_loss_and_becomes_the_active_version_use
         sampler.join()
     row = style_version(db, job_id)
     assert (row.status, row.attempt, row.progress_step, row.progress_total) == ("ready", 1, 10, 10)
-    assert row.loss is not None and math.isfinite(row.loss) and (row.rank, row.alpha) == (4, 8.0)
+    assert row.loss is not None
+    assert math.isfinite(row.loss)
+    assert (row.rank, row.alpha) == (4, 8.0)
     assert any(step and 0 < step < 10 and loss is not None for step, loss in seen)  # progress while it ran
     data = runtime.storage.get(row.storage_key or "")
-    assert hashlib.sha256(data).hexdigest() == row.sha256 and row.size_bytes == len(data)
+    assert hashlib.sha256(data).hexdigest() == row.sha256
+    assert row.size_bytes == len(data)
     assert row.storage_key == f"styles/{row.style_id}/1/lora.safetensors"
     assert not runtime.storage.exists(training.checkpoint_key(row.style_id, 1))  # checkpoints go when it is done
-    assert active_version(db, row.style_id) == 1 and row.base_profile == "tiny"
+    assert active_version(db, row.style_id) == 1
+    assert row.base_profile == "tiny"
 
     # A generation names the style by name and by name@1: the trained LoRA runs and the job records the version.
     with db.begin() as session:
@@ -277,7 +283,8 @@ def test_sigterm_checkpoints_and_gives_it_back_and_the_next_attempt_continues_th
     asked.join()
     row = style_version(db, job_id)
     stopped_at = row.checkpoint_step
-    assert stopped_at is not None and 5 <= stopped_at < 24
+    assert stopped_at is not None
+    assert 5 <= stopped_at < 24
     assert (row.status, row.requeues, row.progress_step) == ("queued", 1, stopped_at)
     assert row.published_at is not None  # published again at once (the relay would otherwise)
     assert runtime.storage.exists(training.checkpoint_key(row.style_id, row.version))
@@ -310,7 +317,8 @@ def test_cancel_stops_a_running_training_and_leaves_the_active_version(runtime: 
     asked.join()
     row = style_version(db, job_id)
     assert (row.status, row.error_code) == ("canceled", "canceled_by_client")
-    assert row.progress_step is not None and row.progress_step < 500
+    assert row.progress_step is not None
+    assert row.progress_step < 500
     assert active_version(db, row.style_id) == 1
     assert not runtime.storage.exists(training.checkpoint_key(row.style_id, row.version))
 

@@ -94,11 +94,13 @@ def test_500_three_times_then_200_is_delivered_with_one_id_and_every_attempt_log
         bodies.add(got.body)
     assert len(bodies) == 1  # the body was frozen at the first attempt
     body = json.loads(bodies.pop())
-    assert body["type"] == "illustration.canceled" and body["data"]["id"] == job_id
+    assert body["type"] == "illustration.canceled"
+    assert body["data"]["id"] == job_id
     logged = attempts(db, event_id)
     assert [(a.attempt, a.status_code) for a in logged] == [(1, 500), (2, 500), (3, 500), (4, 200)]
     assert all(a.latency_ms is not None and a.latency_ms >= 0 for a in logged)
-    assert logged[0].error == "the receiver answered 500" and logged[3].error is None
+    assert logged[0].error == "the receiver answered 500"
+    assert logged[3].error is None
 
 
 def test_the_schedule_runs_out_then_failed(db: Database, hook_settings: Settings, fetcher: Fetcher,
@@ -128,8 +130,10 @@ def test_retry_after_is_honoured_up_to_the_cap(db: Database, hook_settings: Sett
         before = dt.datetime.now(dt.UTC)
         assert deliver(db, capped, fetcher, event_id) == "pending"
     due = event(db, event_id).next_attempt_at
-    assert due is not None and 110 <= (due - before).total_seconds() <= 130
-    assert parse_retry_after("7") == 7.0 and parse_retry_after("soon") is None
+    assert due is not None
+    assert 110 <= (due - before).total_seconds() <= 130
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after("soon") is None
     assert (parse_retry_after("Fri, 01 Jan 2100 00:00:00 GMT") or 0) > 50
 
 
@@ -139,12 +143,15 @@ def test_a_receiver_that_is_down_or_resolves_to_a_private_address_is_an_attempt_
     _, down = finished_job(db, "http://127.0.0.1:9/hooks")  # nothing listens on the discard port
     assert deliver(db, hook_settings, Fetcher(allowlist=["127.0.0.1"], timeout_s=2), down) == "pending"
     (logged,) = attempts(db, down)
-    assert logged.status_code is None and "cannot be reached" in (logged.error or "")
+    assert logged.status_code is None
+    assert "cannot be reached" in (logged.error or "")
     # A name that resolves to loopback, without the allowlist: refused before any connection.
     _, blocked = finished_job(db, f"http://localhost:{receiver.port}/hooks")
     assert deliver(db, hook_settings, Fetcher(timeout_s=2), blocked) == "pending"
     (logged,) = attempts(db, blocked)
-    assert logged.status_code is None and (logged.error or "").startswith("blocked:") and "loopback" in logged.error
+    assert logged.status_code is None
+    assert (logged.error or "").startswith("blocked:")
+    assert "loopback" in logged.error
     assert receiver.received == []
 
 
