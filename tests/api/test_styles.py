@@ -69,8 +69,10 @@ def test_multipart_training_is_queued_with_its_pictures_and_only_its_id_is_publi
     assert CAPTION_SECRET.encode() not in messages[0]
 
     version = style_version(db, body["job_id"])
-    assert (version.status, version.source, version.queue, version.base_profile) == ("queued", "training",
-                                                                                     tasks.QUEUE_TRAINING, "tiny")
+    assert version.status == "queued"
+    assert version.source == "training"
+    assert version.queue == tasks.QUEUE_TRAINING
+    assert version.base_profile == "tiny"
     assert version.published_at is not None
     assert (version.rank, version.alpha) == (4, 4.0)
     assert version.params == {**PARAMS, "alpha": 4, "batch_size": 1}

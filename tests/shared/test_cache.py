@@ -57,7 +57,10 @@ def test_follow_succeed_then_hit_then_expire(any_db: Database) -> None:
         assert done.cached
         assert done.finished_at is not None
         entry = session.execute(select(CacheEntry).where(CacheEntry.client_id == client_id)).scalar_one()
-        assert (entry.key, entry.job_id, entry.revision, entry.hits) == (KEY, leader.id, REVISION, 0)
+        assert entry.key == KEY
+        assert entry.job_id == leader.id
+        assert entry.revision == REVISION
+        assert entry.hits == 0
     assert image_keys(any_db, follower.id) == image_keys(any_db, leader.id)
     assert len(image_keys(any_db, leader.id)) == 2
 

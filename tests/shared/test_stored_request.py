@@ -92,12 +92,18 @@ def test_the_memory_context_is_kept_as_given(stored: StoredRequest) -> None:
 
 def test_the_params_read_as_stored(stored: StoredRequest) -> None:
     params = stored.params
-    assert (params.width, params.height, params.num_images, params.lora_scale, params.output_format) == (
-        1024, 768, 2, 0.7, "webp")
+    assert params.width == 1024
+    assert params.height == 768
+    assert params.num_images == 2
+    assert params.lora_scale == 0.7
+    assert params.output_format == "webp"
 
 
 def test_the_labels_read_as_stored(stored: StoredRequest) -> None:
-    assert (stored.variant, stored.experiment, stored.batch_index, stored.retry_of) == ("b", "fewer-steps", 1, None)
+    assert stored.variant == "b"
+    assert stored.experiment == "fewer-steps"
+    assert stored.batch_index == 1
+    assert stored.retry_of is None
 
 
 def test_a_first_release_row_reads_with_the_defaults_of_what_came_later() -> None:

@@ -107,8 +107,11 @@ def test_every_terminal_transition_records_one_event_to_the_job_batch_or_client_
     assert event is not None
     assert event.id == "msg_" + job_id.replace("-", "")
     assert len(event.id) == 36
-    assert (event.type, event.url, event.state, event.attempts, event.user_id) == (
-        "illustration.succeeded", "https://a.example/job", "pending", 0, "u1")
+    assert event.type == "illustration.succeeded"
+    assert event.url == "https://a.example/job"
+    assert event.state == "pending"
+    assert event.attempts == 0
+    assert event.user_id == "u1"
     assert event.next_attempt_at is not None
     assert event.payload is None  # rendered later, by the CPU worker
 

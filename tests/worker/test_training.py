@@ -248,7 +248,10 @@ def test_a_training_records_progress_and_loss_and_becomes_the_active_version_use
         done.set()
         sampler.join()
     row = style_version(db, job_id)
-    assert (row.status, row.attempt, row.progress_step, row.progress_total) == ("ready", 1, 10, 10)
+    assert row.status == "ready"
+    assert row.attempt == 1
+    assert row.progress_step == 10
+    assert row.progress_total == 10
     assert row.loss is not None
     assert math.isfinite(row.loss)
     assert (row.rank, row.alpha) == (4, 8.0)
