@@ -42,7 +42,9 @@ def test_a_subject_from_a_url_is_fetched_checked_and_versioned(url_app: Flask, p
                           headers=auth)
     assert created.status_code == 201, created.json
     body: Any = created.json
-    assert (body["width"], body["height"], body["version"]) == (40, 30, 1)
+    assert body["width"] == 40
+    assert body["height"] == 30
+    assert body["version"] == 1
     assert url_app.extensions["illustrations"].storage.exists(f"subjects/{body['id']}/v1.png")
     same = client.post("/v1/subjects", json={"user_id": "u-1", "name": "grandma", "image_url": f"{base}/grandma.png"},
                        headers=auth)

@@ -381,7 +381,9 @@ def test_open_storage_picks_s3_and_applies_the_prefix(s3_server: S3Server) -> No
     )
     store = open_storage(settings)
     assert isinstance(store, S3Storage)
-    assert (store.bucket, store.prefix, store.presign_seconds) == (s3_server.bucket, "deploy/one/", 600)
+    assert store.bucket == s3_server.bucket
+    assert store.prefix == "deploy/one/"
+    assert store.presign_seconds == 600
     store.put("jobs/1/0.png", b"x", "image/png")
     s3_server.client().head_object(Bucket=s3_server.bucket, Key="deploy/one/jobs/1/0.png")
     store.check()

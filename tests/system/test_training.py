@@ -115,7 +115,9 @@ def test_train_generate_cancel_kill_and_sigterm_through_real_workers(
         assert ready["attempts"] == 1
         assert math.isfinite(ready["loss"])
         assert ready["active_version"] == 1
-        assert (ready["rank"], ready["alpha"], ready["images"]) == (4, 4.0, 4)
+        assert ready["rank"] == 4
+        assert ready["alpha"] == 4.0
+        assert ready["images"] == 4
         assert "pipeline tiny loaded" not in first_trainer.log()  # no generation pipeline in a training worker
 
         # 2. Generation with the style by name and by name@version: the trained LoRA, recorded as watercolor@1.

@@ -196,7 +196,9 @@ def test_a_style_runs_with_its_lora_and_says_which_version_ran(runtime: Runtime,
     assert model["style_lora"] == "watercolor@1"
     assert load(db, plain).model["style_lora"] is None  # type: ignore[index]
     first, second = metric_rows(db, [styled])[0], metric_rows(db, [pinned])[0]
-    assert (first.lora, first.lora_resident, second.lora_resident) == ("watercolor@1", False, True)
+    assert first.lora == "watercolor@1"
+    assert first.lora_resident is False
+    assert second.lora_resident is True
     # The job after the styled ones ran with the LoRA disabled: the plain image again (PNG of the same pixels,
     # unless float noise moved a value by one; then the hashes differ and the pixels agree within 1).
     images = [Image.open(io.BytesIO(runtime.storage.get(stored_images(db, j)[0].storage_key))) for j in (plain, after)]
@@ -349,7 +351,9 @@ def test_a_metrics_row_says_where_the_time_went(runtime: Runtime, db: Database) 
     job_id = add_job(db, request=request_doc(width=64, height=96, num_images=2), seed=9, user_id="u-metrics")
     assert run_generation(job_id, runtime) == "succeeded"
     (row,) = metric_rows(db, [job_id])
-    assert (row.outcome, row.attempt, row.user_id) == ("succeeded", 1, "u-metrics")
+    assert row.outcome == "succeeded"
+    assert row.attempt == 1
+    assert row.user_id == "u-metrics"
     assert row.queue == "illustrations.interactive"
     assert row.steps == 2
     assert row.width == 64
@@ -357,7 +361,9 @@ def test_a_metrics_row_says_where_the_time_went(runtime: Runtime, db: Database) 
     assert row.num_images == 2
     assert row.profile == "tiny"
     assert row.revision == runtime.engine().revision
-    assert (row.worker, row.gpu, row.device) == ("gpu3@metrics-host:77", "3", "cpu")
+    assert row.worker == "gpu3@metrics-host:77"
+    assert row.gpu == "3"
+    assert row.device == "cpu"
     assert row.peak_gpu_memory_bytes is None  # CPU
     assert row.model_load_s is not None
     assert row.model_load_s > 0

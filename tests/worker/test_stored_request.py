@@ -112,7 +112,9 @@ def test_a_request_written_by_the_api_is_prepared_and_run_as_written(
         job = session.get_one(Job, job_id)
         metric = session.execute(select(GenerationMetric).where(GenerationMetric.job_id == job_id)).scalar_one()
     assert (job.model or {}).get("style_lora") == "ink@1"
-    assert (metric.identity_refs, metric.style_ref, metric.lora) == (2, True, "ink@1")
+    assert metric.identity_refs == 2
+    assert metric.style_ref is True
+    assert metric.lora == "ink@1"
     assert metric.width == 64
     assert metric.height == 64
     assert metric.steps == 2
