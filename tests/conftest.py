@@ -48,21 +48,23 @@ def empty_pg_url() -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(scope="session")
-def redis_url() -> str:
-    client = redis.Redis.from_url(REDIS_URL)
+def _emptied(url: str) -> str:
+    client = redis.Redis.from_url(url)
     client.flushdb()
     client.close()
-    return REDIS_URL
+    return url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The session's Redis db (the broker of the in-process tests), emptied once."""
+    return _emptied(REDIS_URL)
 
 
 @pytest.fixture
 def system_redis_url() -> str:
     """An emptied Redis db for a system test's workers."""
-    client = redis.Redis.from_url(SYSTEM_REDIS_URL)
-    client.flushdb()
-    client.close()
-    return SYSTEM_REDIS_URL
+    return _emptied(SYSTEM_REDIS_URL)
 
 
 @pytest.fixture
