@@ -10,7 +10,6 @@ statement's parameters.
 from __future__ import annotations
 
 import subprocess
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -39,16 +38,6 @@ def refuse(url: str, markers: dict[str, str]) -> None:
         ):
             connection.execute(sa.text(statement + " NOT VALID"))
     engine.dispose()
-
-
-def terminal(base: str, headers: dict[str, str], job_id: str, timeout_s: float = 180) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job: dict[str, Any] = requests.get(f"{base}/v1/illustrations/{job_id}", headers=headers, timeout=10).json()
-        if job["status"] in ("succeeded", "failed", "canceled"):
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not finish in {timeout_s} s")
 
 
 def test_database_errors_never_log_what_a_client_sent(fresh_pg_url: str, system_redis_url: str,
@@ -84,7 +73,14 @@ def test_database_errors_never_log_what_a_client_sent(fresh_pg_url: str, system_
         accepted = requests.post(f"{base}/v1/illustrations", headers=headers, timeout=30, json={
             "user_id": "u-quiet", "prompt": f"grandpa said {markers['worker']}", "params": PARAMS})
         assert accepted.status_code == 202, accepted.text
-        job = terminal(base, headers, accepted.json()["id"])
+        job: dict[str, Any] = {}
+
+        def finished() -> bool:
+            job.update(requests.get(f"{base}/v1/illustrations/{accepted.json()['id']}", headers=headers,
+                                    timeout=10).json())
+            return job["status"] in ("succeeded", "failed", "canceled")
+
+        wait_for(finished, 180, "the job to finish", interval_s=0.2)
         assert (job["status"], job["error"]["code"]) == ("failed", "internal"), job
         wait_for(lambda: "refuse_worker" in worker.log(), 30, "the worker's log of the refused success")
         assert "refuse_api" in api.log()
