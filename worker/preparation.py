@@ -13,8 +13,8 @@ A job whose request names a photo by URL is accepted onto ``illustrations.prepar
    in progress (one is: the job is canceled ``user_deleted``, nothing is stored); store each subject photo as a new
    version of the user's subject of that name and the style reference under the job
    (``jobs/{id}/references/style.png``); move the job to its GPU queue with every reference resolved to storage
-   (``shared.jobs.prepared``, the fence). If the fence refuses or anything fails, the transaction rolls back and
-   the objects it wrote are deleted: a user deletion that began meanwhile finds either everything (and deletes it)
+   (``shared.jobs.prepared``, the fence). If the fence refuses or anything fails, the objects it wrote are deleted
+   and the transaction rolls back: a user deletion that began meanwhile finds either everything (and deletes it)
    or nothing. Then publish. GPU workers read references from storage only: they never touch the network.
 """
 
@@ -142,17 +142,22 @@ def _store_and_hand_over(db: Database, storage: Storage, job: Job, fetched: _Fet
                 refused = _fence(session, job)
                 if refused is not None:
                     return refused
-                request = _store(session, storage, job, fetched, written)
-                if not jobs.prepared(session, job.id, tasks.QUEUE_PREPARE, gpu_queue, request.model_dump(mode="json"),
-                                     warnings):
-                    raise _Refused
+                try:
+                    request = _store(session, storage, job, fetched, written)
+                    if not jobs.prepared(session, job.id, tasks.QUEUE_PREPARE, gpu_queue,
+                                         request.model_dump(mode="json"), warnings):
+                        raise _Refused
+                except BaseException:
+                    # Before the rollback: the subject's row is still locked by this transaction, so no other writer
+                    # has put a photo under the version key being removed.
+                    _undo(storage, written)
+                    raise
             return "prepared"
-        except IntegrityError:
-            _undo(storage, written)
-            continue
         except _Refused:
-            _undo(storage, written)
             return "skipped"
+        except IntegrityError:
+            _undo(storage, written)  # (already done unless the commit itself failed)
+            continue
         except BaseException:
             _undo(storage, written)
             raise
@@ -160,7 +165,9 @@ def _store_and_hand_over(db: Database, storage: Storage, job: Job, fetched: _Fet
 
 
 def _undo(storage: Storage, written: list[str]) -> None:
-    for key in written:
+    """Remove the objects a failed or refused transaction wrote (and forget them: undoing twice is a no-op)."""
+    while written:
+        key = written.pop()
         try:
             storage.delete(key)
         except StorageError as exc:  # the user deletion's final sweep removes a job's references
