@@ -160,7 +160,8 @@ def get_subject(subject_id: str) -> Response:
 @require("generate")
 @operation(
     "Delete a subject, every version and photo", tags=["subjects"], query=OwnerQuery,
-    description="Jobs already accepted with it keep their reference; one that has not run yet fails "
+    description="The reference embeddings computed from its photos go too, unless another subject has the same "
+                "image. Jobs already accepted with it keep their reference; one that has not run yet fails "
                 "`reference_invalid`.",
     responses={204: Returns("Deleted.")}, errors=(404,),
 )

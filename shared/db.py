@@ -9,18 +9,21 @@
 - SQLite: WAL, a busy timeout, foreign keys, and ``BEGIN IMMEDIATE`` for every transaction, so that a transaction
   that reads then writes waits for the lock instead of failing with ``SQLITE_BUSY`` when another writer got in
   between (the pysqlite recipe of SQLAlchemy's documentation).
+- ``upsert(...)``: one ``INSERT ... ON CONFLICT DO UPDATE`` (each dialect's construct) that also says whether the row
+  is new (PostgreSQL: ``xmax = 0`` in ``RETURNING``; SQLite: a read just before, exact since writers take turns).
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import TIMESTAMP, Engine, Float, create_engine, event
+from sqlalchemy import TIMESTAMP, Boolean, Engine, Float, Table, create_engine, event, literal_column, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.compiler import compiles
@@ -29,6 +32,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import TypeDecorator
 
+from shared import db_errors
 from shared.settings import Settings, get_settings
 
 
@@ -112,21 +116,47 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
 
 
 def make_engine(settings: Settings, url: str | None = None) -> Engine:
+    """The engine of every process (API, workers, commands, migrations). No database error it raises or logs
+    carries a value: ``hide_parameters`` keeps the parameters out, ``shared.db_errors`` the database's own words."""
     url = url or settings.effective_database_url
     if url.startswith("sqlite"):
         settings.var_path.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": settings.sqlite_busy_timeout_ms / 1000})
+        engine = create_engine(url, connect_args={"timeout": settings.sqlite_busy_timeout_ms / 1000},
+                               hide_parameters=True)
         _configure_sqlite(engine, settings.sqlite_busy_timeout_ms)
+        db_errors.install(engine)
         return engine
     connect_args: dict[str, Any] = {"connect_timeout": max(1, round(settings.db_connect_timeout_s))}
     if url.startswith("postgresql") and settings.db_statement_timeout_ms:
         connect_args["options"] = f"-c statement_timeout={settings.db_statement_timeout_ms}"
-    return create_engine(
+    engine = create_engine(
         url,
         pool_size=settings.db_pool_size,
         pool_pre_ping=True,  # a PostgreSQL restart must cost one failed check, not a 500
         connect_args=connect_args,
+        hide_parameters=True,
     )
+    db_errors.install(engine)
+    return engine
+
+
+def upsert(session: Session, table: Table, values: dict[str, Any], key: Sequence[str],
+           refresh: dict[str, Any] | None = None) -> bool:
+    """Write the row of ``values`` whether or not a row with the same ``key`` columns exists (then its other columns
+    become those of ``values``, and ``refresh``), in one statement that a concurrent writer of the same key never
+    makes fail. Returns whether the row is new."""
+    dialect = session.get_bind().dialect.name
+    match = [table.c[name] == values[name] for name in key]
+    existed = dialect != "postgresql" and session.execute(select(literal_column("1")).select_from(table).where(
+        *match)).first() is not None  # SQLite: BEGIN IMMEDIATE, so no writer comes between this read and the write
+    stmt: Any = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table).values(**values)
+    changed = {name: stmt.excluded[name] for name in values if name not in key} | (refresh or {})
+    stmt = stmt.on_conflict_do_update(index_elements=[table.c[name] for name in key], set_=changed)
+    if dialect != "postgresql":
+        session.execute(stmt)
+        return not existed
+    # xmax is 0 in the version of a row this statement inserted, the updating transaction's id in one it updated.
+    return bool(session.execute(stmt.returning(literal_column("xmax = 0", Boolean))).scalar_one())
 
 
 class Database:

@@ -48,10 +48,13 @@ def store_version(session: Session, storage: Storage, client_id: str, user_id: s
     """Add ``image`` as the newest version of the user's subject ``name`` (creating the subject if absent).
 
     Two writers adding the first version of the same new name at once: one of them gets an ``IntegrityError`` from
-    the unique constraint when its transaction flushes; the caller answers 409 or retries.
+    the unique constraint when its transaction flushes (before it stores anything); the caller answers 409 or
+    retries. Writers adding to an existing subject take turns (its row is locked until the transaction ends), so
+    none stores its photo under a version number another one is taking.
     """
     subject = session.execute(
         select(Subject).where(Subject.client_id == client_id, Subject.user_id == user_id, Subject.name == name)
+        .with_for_update()
     ).scalar_one_or_none()
     current = None
     if subject is None:

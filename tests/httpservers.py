@@ -1,4 +1,5 @@
-"""Real servers for the fetcher's tests: an HTTP(S) server answering from a route table, a socket counting connects."""
+"""Real servers for the fetcher's tests: an HTTP(S) server answering from a route table, a route that holds its
+answer until released, a socket counting connects."""
 
 from __future__ import annotations
 
@@ -55,6 +56,33 @@ class Server:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class Held:
+    """A route that answers only once released: a fetch in flight, held for as long as a test needs.
+
+    ``arrived`` is set when a request is waiting; ``release()`` lets every waiting and later request through.
+    A held request gives up after ``limit_s`` (a test that never releases must not hang its server thread).
+    """
+
+    def __init__(self, body: bytes, content_type: str = "image/png", limit_s: float = 60) -> None:
+        self.body, self.content_type, self.limit_s = body, content_type, limit_s
+        self.arrived = threading.Event()
+        self._released = threading.Event()
+
+    def release(self) -> None:
+        self._released.set()
+
+    def __call__(self, handler: http.server.BaseHTTPRequestHandler) -> None:
+        self.arrived.set()
+        if not self._released.wait(self.limit_s):
+            handler.send_error(504)
+            return
+        handler.send_response(200)
+        handler.send_header("Content-Type", self.content_type)
+        handler.send_header("Content-Length", str(len(self.body)))
+        handler.end_headers()
+        handler.wfile.write(self.body)
 
 
 class Recorder:

@@ -7,7 +7,9 @@ cached embedding gives exactly the image the uncached one gives.
 
 The cache only ever saves work: a store that fails to read or write is logged and the embedding is computed. The
 objects are keyed by image content, not by user: deleting a user deletes ``embeddings/<sha256>/`` of every image
-only they referenced (``shared.deletion.embeddings``), whatever the revisions.
+only they referenced (``shared.deletion.engine``), and deleting a subject that of each photo no other subject has
+(``shared.deletion.subjects``), whatever the revisions: keep every variant of an image's embeddings under that
+prefix.
 
 (``cachetools.LRUCache`` was considered for the memory layer; an ``OrderedDict`` does it in a few lines.)
 """

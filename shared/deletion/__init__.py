@@ -10,9 +10,11 @@ user's pictures from training sets and marks the style versions trained on them.
 before what hangs off them).
 
 The run (``shared.deletion.run``, a maintenance task): cancel the user's queued jobs (``user_deleted``), flag the
-running ones and come back after ``deletion_retry_s`` until none runs, then every part in order, then ``succeeded``.
-While a deletion is ``queued`` or ``running``, submissions for that user get 409 (``in_progress``); the request and
-the submissions agree through ``lock_user`` (a PostgreSQL advisory lock; SQLite serialises writers already).
+running ones and come back after ``deletion_retry_s`` until none runs, then every part in order, then a final check
+(no job or subject of the user left, no style reference under a job that was still being prepared), then
+``succeeded``. While a deletion is ``queued`` or ``running``, submissions for that user get 409 (``in_progress``)
+and the preparation step stores nothing for them (it cancels the job); the request, the submissions and the
+preparation step agree through ``lock_user`` (a PostgreSQL advisory lock; SQLite serialises writers already).
 """
 
 from __future__ import annotations
@@ -76,7 +78,8 @@ def _lock_key(client_id: str, user_id: str) -> int:
 
 
 def lock_user(session: Session, client_id: str, user_id: str, *, exclusive: bool) -> None:
-    """Submissions take it shared, a deletion request exclusive, until their transaction ends (PostgreSQL).
+    """Submissions and the preparation step take it shared, a deletion request exclusive, until their transaction
+    ends (PostgreSQL).
 
     On SQLite every write transaction starts with ``BEGIN IMMEDIATE``, which already serialises them.
     """

@@ -11,14 +11,17 @@ from sqlalchemy.orm import Session
 from shared import jobs, tasks
 from shared.db import Database, utcnow
 from shared.deletion import ACTIVE, parts
+from shared.deletion.jobs import reference_prefix
 from shared.errors import CancelReason
-from shared.models import Job, UserDeletion
+from shared.models import Job, Subject, UserDeletion
 from shared.queue import Publisher
 from shared.settings import Settings
 from shared.states import JobStatus
 from shared.storage import Storage
 
 log = logging.getLogger(__name__)
+
+ORPHANS = "orphaned_objects"  # in ``parts``: objects the final check found and removed
 
 
 def _later(session: Session, deletion_id: str, delay_s: float, **values: Any) -> None:
@@ -39,6 +42,13 @@ def _stop_jobs(session: Session, client_id: str, user_id: str) -> int:
     for job_id in running:
         jobs.request_cancel(session, job_id)
     return len(running)
+
+
+def _preparing(session: Session, client_id: str, user_id: str) -> list[str]:
+    """The user's jobs still on the prepare queue (in any state): a preparation step may still write for them."""
+    return list(session.execute(
+        select(Job.id).where(Job.client_id == client_id, Job.user_id == user_id, Job.queue == tasks.QUEUE_PREPARE)
+    ).scalars())
 
 
 def run_deletion(db: Database, storage: Storage, settings: Settings, deletion_id: str) -> str:
@@ -66,14 +76,24 @@ def run_deletion(db: Database, storage: Storage, settings: Settings, deletion_id
                 _later(session, deletion_id, settings.deletion_retry_s)
             return "waiting"
         # 3. Every registered part, each in its own transaction (objects first, then rows).
+        with db.begin() as session:
+            preparing = _preparing(session, client_id, user_id)
         for item in parts():
             with db.begin() as session:
                 done[item.name] = done.get(item.name, 0) + item.delete(session, storage, client_id, user_id)
-        # 4. Finished, unless a submission that was already in flight added a job meanwhile.
+        # 4. Finished, unless something of the user is still there: a job a submission in flight added, a subject
+        # or a style reference a preparation step stored after the parts ran (one that does not take the deletion
+        # lock: an older worker during a rolling deploy). Such references are removed here; rows mean another run.
+        orphans = sum(storage.delete_prefix(reference_prefix(job_id)) for job_id in preparing)
+        if orphans:
+            log.warning("user deletion %s: %d object(s) written after the parts ran were removed", deletion_id,
+                        orphans)
+            done[ORPHANS] = done.get(ORPHANS, 0) + orphans
         with db.begin() as session:
-            left = session.execute(
-                select(exists().where(Job.client_id == client_id, Job.user_id == user_id))
-            ).scalar_one()
+            left = session.execute(select(
+                exists().where(Job.client_id == client_id, Job.user_id == user_id)
+                | exists().where(Subject.client_id == client_id, Subject.user_id == user_id)
+            )).scalar_one()
             if left:
                 _later(session, deletion_id, 0, parts=done)
                 return "waiting"

@@ -54,7 +54,7 @@ def test_feedback_on_a_succeeded_job_is_recorded_once_per_job(client: FlaskClien
     assert created.json["rating"] == 4  # type: ignore[index]
     assert created.json["job_id"] == job_id  # type: ignore[index]
     again = client.post(url, json={"rating": 2, "user_id": "u-ops"}, headers=auth)
-    assert again.status_code == 201
+    assert again.status_code == 200  # a new rating replaces the earlier one
     with db.begin() as session:
         rows = session.execute(select(Feedback).where(Feedback.job_id == job_id)).scalars().all()
     assert [(row.rating, row.comment, row.profile, row.variant) for row in rows] == [(2, None, "tiny", "a")]
