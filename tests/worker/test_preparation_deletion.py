@@ -33,7 +33,7 @@ from shared.queue import Publisher
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.subjects import store_version
-from tests.conftest import make_key
+from tests.helpers import make_key
 from tests.httpservers import Held, Server
 from worker.preparation import prepare_job
 

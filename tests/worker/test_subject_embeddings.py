@@ -12,7 +12,7 @@ from PIL import Image
 
 from shared.db import Database
 from shared.storage import Storage
-from tests.conftest import make_key
+from tests.helpers import make_key
 from worker.embeddings import embedding_keys
 
 # Two encoder revisions: a deletion covers every revision an image was ever encoded under.
