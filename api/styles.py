@@ -18,7 +18,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from api import training_sets
 from api.auth import current_principal, require
@@ -207,9 +207,13 @@ def styles_out(session: Session, rows: Sequence[Style]) -> list[StyleOut]:
 
 
 def _owned(session: Session, name: str) -> Style:
+    """The client's style ``name`` with its versions, read in one statement: under READ COMMITTED a second statement
+    could see a version made ready (and active) after the style row was read, and answer a ready version that is not
+    the active one."""
     style = session.execute(
-        select(Style).where(Style.client_id == current_principal().client_id, Style.name == name)
-    ).scalar_one_or_none()
+        select(Style).options(joinedload(Style.versions))
+        .where(Style.client_id == current_principal().client_id, Style.name == name)
+    ).unique().scalar_one_or_none()
     if style is None:
         raise not_found("style")
     return style
