@@ -171,7 +171,7 @@ def test_rotation_sends_both_signatures_and_each_verifies(db: Database, hook_set
 
 def test_a_deleted_users_events_and_attempts_are_removed(db: Database, hook_settings: Settings, fetcher: Fetcher,
                                                          receiver: Receiver, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    _, gone = finished_job(db, receiver.url(), user_id="u-gone")
+    _, gone = finished_job(db, receiver.url(), user_id="u-hooks-gone")
     assert deliver(db, hook_settings, fetcher, gone) == "delivered"
     client_id = event(db, gone).client_id
     stays = add_job(db, client_id=client_id, user_id="u-stays", webhook_url=receiver.url())
@@ -179,7 +179,7 @@ def test_a_deleted_users_events_and_attempts_are_removed(db: Database, hook_sett
         jobs.canceled(session, stays, CancelReason.CANCELED_BY_CLIENT)
     (webhooks_part,) = [p for p in parts() if p.name == "webhooks"]
     with db.begin() as session:
-        assert webhooks_part.delete(session, open_storage(hook_settings), client_id, "u-gone") == 1
+        assert webhooks_part.delete(session, open_storage(hook_settings), client_id, "u-hooks-gone") == 1
     with db.begin() as session:
         assert session.get(WebhookEvent, gone) is None
         assert session.execute(select(WebhookAttempt).where(WebhookAttempt.event_id == gone)).first() is None
