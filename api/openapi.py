@@ -25,6 +25,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, send_from_di
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
+from shared import limits
 from shared.schemas import Problem
 
 P = ParamSpec("P")
@@ -125,8 +126,9 @@ _CONVERTER = re.compile(r"<(?:(?P<converter>[a-z]+)(?:\([^)]*\))?:)?(?P<name>\w+
 def _path(rule: str) -> tuple[str, list[dict[str, Any]]]:
     params = []
     for match in _CONVERTER.finditer(rule):
-        schema: dict[str, Any] = {"type": "integer", "minimum": 0} if match["converter"] == "int" else {
-            "type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[^/]+$"}
+        schema: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[^/]+$"}
+        if match["converter"] == "int":  # bounded on every route (api.paths)
+            schema = {"type": "integer", "minimum": 0, "maximum": limits.PATH_INTEGER_MAX}
         params.append({"name": match["name"], "in": "path", "required": True, "schema": schema})
     return _CONVERTER.sub(lambda m: "{" + m["name"] + "}", rule), params
 

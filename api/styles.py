@@ -50,7 +50,6 @@ from shared.views import style_version_out
 bp = Blueprint("styles", __name__, url_prefix="/v1/styles")
 
 MULTIPART = ("multipart/form-data", "application/x-www-form-urlencoded")
-MAX_VERSION = 2**31 - 1  # versions are INTEGER columns: a larger number is no version, not a database error
 
 
 class StyleForm(BaseModel):
@@ -252,7 +251,7 @@ def get_style(name: str) -> Response:
 def cancel_version(name: str, version: int) -> tuple[Response, int]:
     with services().db.begin() as session:
         style = _owned(session, name)
-        if version > MAX_VERSION or session.get(StyleVersion, (style.id, version)) is None:
+        if session.get(StyleVersion, (style.id, version)) is None:
             raise not_found("version")
         outcome = training.cancel(session, style.id, version, CancelReason.CANCELED_BY_CLIENT)
     with services().db.begin() as session:
