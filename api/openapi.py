@@ -217,13 +217,13 @@ def _responses(op: Operation, schemas: _Schemas, authenticated: bool) -> dict[st
     return out
 
 
-def _operation(op: Operation, path_params: list[dict[str, Any]], scope: str | None, schemas: _Schemas,
+def _operation(op: Operation, path_params: list[dict[str, Any]], scopes: tuple[str, ...] | None, schemas: _Schemas,
                definitions: dict[str, Any], operation_id: str) -> dict[str, Any]:
     doc: dict[str, Any] = {"operationId": operation_id, "summary": op.summary, "tags": list(op.tags)}
     description = op.description or ""
-    if scope is not None:
+    if scopes is not None:
         doc["security"] = [{"bearerAuth": []}]
-        description = f"{description}\n\nScope: `{scope}`.".strip()
+        description = f"{description}\n\nScope: {' or '.join(f'`{scope}`' for scope in scopes)}.".strip()
     if description:
         doc["description"] = description
     params = list(path_params)
@@ -236,7 +236,7 @@ def _operation(op: Operation, path_params: list[dict[str, Any]], scope: str | No
     if op.body:
         doc["requestBody"] = {"required": op.body_required, "content": {
             kind: {"schema": schemas.ref(model, "validation")} for kind, model in op.body.items()}}
-    doc["responses"] = _responses(op, schemas, scope is not None)
+    doc["responses"] = _responses(op, schemas, scopes is not None)
     return doc
 
 

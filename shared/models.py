@@ -74,7 +74,8 @@ class Client(Base):
 
 
 # What a key may do (``ApiKey.scopes``); the API checks them (``api.auth.require``), ``illustrations keys`` grants them.
-SCOPES: Final = ("generate", "styles", "admin", "ops")
+# ``metrics`` reads /metrics and the quality numbers only; ``ops`` includes it (``api.keys.INCLUDED``).
+SCOPES: Final = ("generate", "styles", "admin", "metrics", "ops")
 DEFAULT_SCOPES: Final = ("generate",)
 
 
