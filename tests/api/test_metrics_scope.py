@@ -45,7 +45,8 @@ def test_a_generate_key_reads_no_metrics(client: FlaskClient, auth: dict[str, st
     assert client.get("/v1/metrics/quality?range=7d", headers=auth).status_code == 403
 
 
-def test_the_cli_creates_a_metrics_key(settings: Settings, client: FlaskClient, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_cli_creates_a_metrics_key(settings: Settings, client: FlaskClient,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from cli import main
     from shared.settings import get_settings
 
