@@ -5,8 +5,9 @@ optional ``params`` as a JSON string, ``user_id``) or JSON (``name``, ``images``
 ``captions``, ``params``, ``user_id``); either way the whole request is checked first (422 naming each problem:
 too few or too many pictures, a caption count that differs, an unreadable upload, an unknown subject), then the
 version is written ``queued`` with its training set, committed, and its job id published (outbox: the relay sends
-what fails). Pictures named by URL, subject or illustration are copied into the set by the preparation step (CPU
-worker) before the training queue sees the version; uploads are stored here.
+what fails) to the preparation step (CPU worker), which copies the pictures named by URL, subject or illustration
+into the set and normalises every picture before the training queue sees the version. Uploads are checked from their
+headers and stored here as sent: the API decodes no pixel (``api.training_sets``).
 """
 
 from __future__ import annotations
@@ -126,9 +127,8 @@ def _create(session: Session, svc: Services, name: str, params: TrainingParams,
     client_id = current_principal().client_id
     users = {p.user_id for p in pictures if p.user_id is not None} | ({user_id} if user_id else set())
     refuse_if_deleting(session, client_id, users)
-    queue = tasks.QUEUE_PREPARE if any(p.needs_preparation for p in pictures) else tasks.QUEUE_TRAINING
     row = training.new_training(session, client_id, name, _params(params), base_profile=svc.settings.model_profile,
-                                queue=queue, webhook_url=webhook_url)
+                                queue=tasks.QUEUE_PREPARE, webhook_url=webhook_url)
     training_sets.add_pictures(session, svc.storage, row.style_id, row.version, list(pictures))
     return row
 
@@ -165,7 +165,7 @@ def create_style() -> tuple[Response, int, dict[str, str]]:
             created = _created(form.name, row)
     else:
         raise ApiError(415, "Unsupported Media Type", "upload the pictures as multipart/form-data, or send JSON")
-    publish(svc, created.job_id, row.queue or tasks.QUEUE_TRAINING)
+    publish(svc, created.job_id, tasks.QUEUE_PREPARE)
     return jsonify(created.model_dump(mode="json")), 202, {"Location": created.links["self"]}
 
 

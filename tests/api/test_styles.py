@@ -71,33 +71,46 @@ def pictures(db: Database, job_id: str) -> list[TrainingImage]:
         ).scalars())
 
 
+def prepare(app: Flask, db: Database, job_id: str) -> None:
+    """The preparation step (the CPU worker's task, as plain code): the uploads normalised, the version handed to
+    the training queue."""
+    from worker.style_preparation import prepare_style
+
+    svc = app.extensions["illustrations"]
+    assert prepare_style(db, svc.storage, svc.fetcher, svc.publisher, job_id) == "prepared"
+
+
 def test_multipart_training_is_queued_with_its_pictures_and_only_its_id_is_published(
         client: FlaskClient, auth: dict[str, str], app: Flask, db: Database, settings: Settings) -> None:
     broker = redis.Redis.from_url(settings.broker_url)
-    broker.delete(tasks.QUEUE_TRAINING)
+    broker.delete(tasks.QUEUE_PREPARE, tasks.QUEUE_TRAINING)
     response = client.post("/v1/styles", headers=auth, data=form(params=json.dumps(PARAMS), user_id="u-7"))
     assert response.status_code == 202, response.json
     body: Any = response.json
     assert body == {"name": "ink", "version": 1, "status": "queued", "job_id": body["job_id"],
                     "links": {"self": "/v1/styles/ink"}}
     assert response.headers["Location"] == "/v1/styles/ink"
-    messages = broker.lrange(tasks.QUEUE_TRAINING, 0, -1)
+    messages = broker.lrange(tasks.QUEUE_PREPARE, 0, -1)  # uploads are normalised by the preparation step
     assert len(messages) == 1
     message = json.loads(messages[0])
-    assert message["headers"]["task"] == tasks.TRAIN
+    assert message["headers"]["task"] == tasks.PREPARE_STYLE
     assert json.loads(base64.b64decode(message["body"]))[0] == [body["job_id"]]
     assert SECRET.encode() not in messages[0]
 
     version = row(db, body["job_id"])
     assert (version.status, version.source, version.queue, version.base_profile) == ("queued", "training",
-                                                                                     tasks.QUEUE_TRAINING, "tiny")
+                                                                                     tasks.QUEUE_PREPARE, "tiny")
     assert version.published_at is not None and (version.rank, version.alpha) == (4, 4.0)
     assert version.params == {**PARAMS, "alpha": 4, "batch_size": 1}
     stored = pictures(db, body["job_id"])
     storage = app.extensions["illustrations"].storage
     assert [(p.index, p.source, p.user_id, p.caption) for p in stored] == [
         (i, "upload", "u-7", f"{SECRET} {i}") for i in range(4)]
-    for picture in stored:
+    prepare(app, db, body["job_id"])
+    assert row(db, body["job_id"]).queue == tasks.QUEUE_TRAINING
+    (trained,) = broker.lrange(tasks.QUEUE_TRAINING, 0, -1)
+    assert json.loads(trained)["headers"]["task"] == tasks.TRAIN
+    for picture in pictures(db, body["job_id"]):
         assert picture.storage_key == training.image_key(version.style_id, 1, picture.index)
         assert storage.get(picture.storage_key).startswith(b"\x89PNG") and picture.width == 40 + picture.index
 
@@ -228,7 +241,8 @@ def test_another_clients_subject_or_illustration_is_unknown(client: FlaskClient,
                              "images.3.illustration_id"}
 
 
-def test_cancel_a_queued_then_a_running_version(client: FlaskClient, auth: dict[str, str], db: Database) -> None:
+def test_cancel_a_queued_then_a_running_version(client: FlaskClient, auth: dict[str, str], app: Flask,
+                                                db: Database) -> None:
     first = train(client, auth)
     canceled = client.post("/v1/styles/ink/versions/1/cancel", headers=auth)
     assert canceled.status_code == 200
@@ -239,6 +253,7 @@ def test_cancel_a_queued_then_a_running_version(client: FlaskClient, auth: dict[
     assert row(db, first["job_id"]).status == "canceled"
 
     second = train(client, auth)
+    prepare(app, db, second["job_id"])
     with db.begin() as session:
         assert isinstance(training.claim(session, second["job_id"], "train@x:1", 60), training.TrainingClaim)
     flagged = client.post("/v1/styles/ink/versions/2/cancel", headers=auth)
@@ -269,6 +284,7 @@ def test_deleting_a_user_removes_their_training_pictures_and_marks_the_versions(
         client: FlaskClient, auth: dict[str, str], app: Flask, db: Database, settings: Settings) -> None:
     storage = app.extensions["illustrations"].storage
     ready = train(client, auth, user_id="u-gone")
+    prepare(app, db, ready["job_id"])
     with db.begin() as session:
         held = training.claim(session, ready["job_id"], "train@x:1", 60)
         assert isinstance(held, training.TrainingClaim)
