@@ -9,8 +9,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import struct
-import zlib
 from typing import Any
 
 import pytest
@@ -25,6 +23,7 @@ from shared.db import Database
 from shared.models import StyleVersion, TrainingImage
 from shared.settings import Settings
 from tests.conftest import make_key
+from tests.image_files import encoded, png_header
 
 
 @pytest.fixture
@@ -32,24 +31,9 @@ def auth(db: Database) -> dict[str, str]:
     return {"Authorization": f"Bearer {make_key(db, scopes=('styles',))}"}
 
 
-def encoded(image: Image.Image, fmt: str = "PNG", **options: Any) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
-
-
 def bilevel(width: int, height: int) -> bytes:
     """A 1-bit PNG: a few kilobytes however many pixels it has."""
     return encoded(Image.new("1", (width, height)))
-
-
-def png_header(width: int, height: int) -> bytes:
-    """A PNG whose header says ``width`` x ``height`` (1-bit grey) and whose pixel data is a few junk bytes."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
-            + chunk(b"IDAT", b"junk") + chunk(b"IEND", b""))
 
 
 def post(client: FlaskClient, auth: dict[str, str], pictures: list[bytes]) -> Any:

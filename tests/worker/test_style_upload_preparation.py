@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import struct
-import zlib
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
@@ -25,18 +22,13 @@ from shared.queue import Publisher
 from shared.storage import Storage
 from tests.conftest import make_key
 from tests.httpservers import Server
+from tests.image_files import encoded, png_header
 from worker.style_preparation import prepare_style
 
 
 @pytest.fixture
 def auth(db: Database) -> dict[str, str]:
     return {"Authorization": f"Bearer {make_key(db, scopes=('styles',))}"}
-
-
-def encoded(image: Image.Image, fmt: str = "PNG", **options: Any) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
 
 
 def rotated_jpeg_with_gps() -> bytes:
@@ -51,15 +43,6 @@ def png_with_text() -> bytes:
     info = PngImagePlugin.PngInfo()
     info.add_text("Comment", "grandma's address is 12 Elm Street")
     return encoded(Image.new("RGBA", (30, 30), (255, 0, 0, 128)), pnginfo=info)
-
-
-def corrupt_png(width: int, height: int) -> bytes:
-    """A valid PNG header over pixel data that cannot be decoded."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", b"junk") + chunk(b"IEND", b""))
 
 
 def train(client: FlaskClient, auth: dict[str, str], pictures: list[bytes]) -> str:
@@ -107,7 +90,7 @@ def test_uploads_are_normalised_in_the_preparation_step(client: FlaskClient, aut
 def test_an_upload_that_cannot_be_decoded_fails_the_version_naming_it(
         client: FlaskClient, auth: dict[str, str], db: Database, storage: Storage, publisher: Publisher) -> None:
     plain = encoded(Image.new("RGB", (32, 32), "red"))
-    job_id = train(client, auth, [plain, corrupt_png(64, 64), plain, plain])  # its header is fine: accepted
+    job_id = train(client, auth, [plain, png_header(64, 64), plain, plain])  # its header is fine: accepted
     assert prepare_style(db, storage, no_fetcher(), publisher, job_id) == "failed:reference_invalid"
     version, rows = state(db, job_id)
     assert (version.status, version.error_code) == ("failed", "reference_invalid")
