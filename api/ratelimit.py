@@ -4,8 +4,9 @@ The bucket of a request is its key's (by the key's id) when the bearer key is va
 expired key counts against the caller's address, so a fresh made-up token per request buys no fresh bucket. The
 key is looked up once per request (the process's key cache, else the database) and the scope check reuses it. The
 address is the TCP peer, or the one ``trusted_proxy_hops`` proxies report (werkzeug's ProxyFix, set up here).
-``/healthz``, ``/readyz``, ``/openapi.json`` and ``/docs`` are not limited. When the counter store is down the
-request goes through (``swallow_errors``): a Redis outage must not stop submissions, which wait in PostgreSQL.
+``/healthz``, ``/readyz``, ``/openapi.json`` and ``/docs`` are not limited (``/metrics`` and ``/ops`` are: they
+check keys). When the counter store is down the request goes through (``swallow_errors``): a Redis outage must not
+stop submissions, which wait in PostgreSQL.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from api.errors import problem_response
 from shared.schemas import Problem
 from shared.settings import Settings
 
-LIMITED_PREFIXES = ("/v1/", "/api/")
+# Every route that checks a key (bearer, or /ops's Basic password): each made-up one would cost a lookup.
+LIMITED_PREFIXES = ("/v1/", "/api/", "/metrics", "/ops")
 
 
 def _key() -> str:
@@ -58,8 +60,10 @@ def init_app(app: Flask, settings: Settings) -> Limiter | None:
     return Limiter(
         _key,
         app=app,
-        default_limits=[settings.rate_limit],
-        default_limits_exempt_when=_exempt,
+        # Application limits: one count per bucket across every route (default limits would count each route apart,
+        # so a key, or an address, would get the rate once per route).
+        application_limits=[settings.rate_limit],
+        application_limits_exempt_when=_exempt,
         storage_uri=settings.effective_rate_limit_storage_url,
         # A dead Redis must cost a request little: short socket timeouts (whole seconds, as limits takes them).
         storage_options={"socket_timeout": max(1, round(settings.broker_socket_timeout_s)),

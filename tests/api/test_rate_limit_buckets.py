@@ -122,3 +122,24 @@ def test_behind_a_trusted_proxy_each_forwarded_address_has_its_bucket(settings: 
         # Only the last hop is trusted: what the client put in front of it does not move it to another bucket.
         assert client.get("/v1/illustrations", environ_base=proxy,
                           headers={**fake(), "X-Forwarded-For": f"{fresh_address()}, {one}"}).status_code == 429
+
+
+def test_the_operator_routes_are_limited_too(limited_app: Flask, db: Database) -> None:
+    """`/metrics` (bearer) and `/ops` (Basic: no bearer, so the address) look keys up as well."""
+    client = limited_app.test_client()
+    address = {"REMOTE_ADDR": fresh_address()}
+    statuses = [client.get("/metrics", headers=fake(), environ_base=address).status_code for _ in range(LIMIT)]
+    assert statuses == [401] * LIMIT
+    assert client.get("/ops", headers={"Authorization": "Basic b3BzOmlrX25vcGU="},
+                      environ_base=address).status_code == 429
+    assert client.get("/healthz", environ_base=address).status_code == 200  # the open routes are not limited
+    metrics_key = {"Authorization": f"Bearer {make_key(db, scopes=('metrics',))}"}
+    assert client.get("/metrics", headers=metrics_key, environ_base=address).status_code == 200
+
+
+def test_a_key_has_one_count_across_every_route(limited_app: Flask, db: Database) -> None:
+    client = limited_app.test_client()
+    valid = {"Authorization": f"Bearer {make_key(db, scopes=('generate', 'styles'))}"}
+    paths = ["/v1/illustrations", "/v1/subjects", "/v1/styles", "/v1/webhooks/deliveries"]
+    statuses = [client.get(path, headers=valid).status_code for path in paths]
+    assert statuses == [200] * LIMIT + [429]
