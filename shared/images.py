@@ -1,4 +1,6 @@
-"""Images coming in (uploads now, fetched URLs later): checked before decoding, normalised, metadata stripped.
+"""Images coming in (subject uploads now, training uploads and fetched URLs in a preparation step): checked from
+their headers before decoding (``inspect`` alone, where the decoding is left to a worker), normalised, metadata
+stripped.
 
 Pillow decodes only PNG, JPEG and WebP here; the byte and pixel limits are checked from the header before any pixel
 is decoded (a decompression bomb never reaches ``load()``); EXIF orientation is applied and every other piece of
