@@ -18,6 +18,7 @@ from api import (
     metrics,
     openapi,
     ops_page,
+    paths,
     quality,
     ratelimit,
     styles,
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or get_settings()
     app = Flask(__name__)
+    paths.init_app(app)  # before any route is added
     app.config["MAX_CONTENT_LENGTH"] = limits.REQUEST_BODY_MAX_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
     if settings.is_sqlite:

@@ -26,30 +26,44 @@ def _bearer() -> str:
     return token.strip()
 
 
+def authenticated() -> keys.Principal | None:
+    """The principal of the request's bearer key, or None when it is not a valid key (401 without a bearer). Looked
+    up once per request (the rate limiter's bucket and the scope check share it), through the process's key cache."""
+    if "bearer_principal" not in g:
+        token = _bearer()
+        svc = services()
+        g.bearer_principal = svc.keys.authenticate(svc.db.begin, token)  # remembered for API_KEY_CACHE_S
+    found: keys.Principal | None = g.bearer_principal
+    return found
+
+
 def current_principal() -> keys.Principal:
     principal: keys.Principal = g.principal
     return principal
 
 
-def require(scope: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """Decorate a view: authenticate the key and check it carries ``scope``."""
-    if scope not in keys.SCOPES:
-        raise ValueError(f"unknown scope {scope}")
+def require(*scopes: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorate a view: authenticate the key and check it carries one of ``scopes`` (a view that serves several
+    scopes narrows what it shows by ``current_principal().scopes``)."""
+    if not scopes or set(scopes) - set(keys.SCOPES):
+        raise ValueError(f"unknown scope in {scopes}")
 
     def decorate(view: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(view)
         def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
-            token = _bearer()
-            svc = services()
-            principal = svc.keys.authenticate(svc.db.begin, token)  # remembered for ILLUSTRATIONS_API_KEY_CACHE_S
+            principal = authenticated()
             if principal is None:
                 raise ApiError(401, "Unauthorized", "the API key is not valid", headers=_CHALLENGE)
-            if scope not in principal.scopes:
-                raise ApiError(403, "Forbidden", f"this key lacks the '{scope}' scope")
+            if principal.scopes.isdisjoint(scopes):
+                raise ApiError(403, "Forbidden", f"this key lacks the {_named(scopes)} scope")
             g.principal = principal
             return view(*args, **kwargs)
 
-        wrapped.__scope__ = scope  # type: ignore[attr-defined]  # read by the OpenAPI document
+        wrapped.__scope__ = scopes  # type: ignore[attr-defined]  # read by the OpenAPI document
         return wrapped
 
     return decorate
+
+
+def _named(scopes: tuple[str, ...]) -> str:
+    return " or ".join(f"'{scope}'" for scope in scopes)

@@ -15,7 +15,7 @@ import hashlib
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,6 +31,8 @@ KEY_PREFIX: Final = "ik_"
 PREFIX_CHARS: Final = 11  # "ik_" + 8 characters: enough to tell keys apart in a listing, useless to an attacker
 LAST_USED_RESOLUTION_S: Final = 60.0
 KEY_CACHE_MAX: Final = 10_000  # keys remembered per process (only valid keys are); the oldest go first
+# Scopes that include others: an ``ops`` key reads all that a ``metrics`` key reads (and the /ops page).
+INCLUDED: Final = {"ops": frozenset({"metrics"})}
 
 
 def hash_key(plaintext: str) -> str:
@@ -45,6 +47,12 @@ class Principal:
     client_name: str
     key_id: str
     scopes: frozenset[str]
+
+
+def effective_scopes(granted: Iterable[str]) -> frozenset[str]:
+    """The scopes a key acts with: those granted and those they include."""
+    granted = frozenset(granted)
+    return granted.union(*(INCLUDED.get(scope, frozenset()) for scope in granted))
 
 
 def create_key(
@@ -92,7 +100,8 @@ def _lookup(session: Session, plaintext: str, for_s: float) -> tuple[Principal, 
     ).one_or_none()
     if row is None:
         return None
-    principal = Principal(client_id=row.client_id, client_name=row.name, key_id=row.id, scopes=frozenset(row.scopes))
+    principal = Principal(client_id=row.client_id, client_name=row.name, key_id=row.id,
+                          scopes=effective_scopes(row.scopes))
     return principal, bool(row.lasts)
 
 

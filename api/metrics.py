@@ -1,4 +1,5 @@
-"""``GET /metrics`` (``ops``): Prometheus text of every API process, plus the job numbers read from PostgreSQL.
+"""``GET /metrics`` (scope ``metrics``, which ``ops`` includes): Prometheus text of every API process, plus the job
+numbers read from PostgreSQL.
 
 Requests are counted by route template (``/v1/illustrations/<job_id>``, never a concrete path, so labels hold no
 ids), method and status, with their latency. Under gunicorn each worker process writes its samples to the
@@ -47,7 +48,7 @@ def _finished(response: Response) -> Response:
 
 
 @bp.get("/metrics")
-@require("ops")
+@require("metrics")
 @operation(
     "Prometheus metrics", tags=["operations"],
     description="Prometheus text format: requests by route and status with latency (every API process), jobs by "

@@ -25,6 +25,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, send_from_di
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
+from shared import limits
 from shared.schemas import Problem
 
 P = ParamSpec("P")
@@ -125,8 +126,9 @@ _CONVERTER = re.compile(r"<(?:(?P<converter>[a-z]+)(?:\([^)]*\))?:)?(?P<name>\w+
 def _path(rule: str) -> tuple[str, list[dict[str, Any]]]:
     params = []
     for match in _CONVERTER.finditer(rule):
-        schema: dict[str, Any] = {"type": "integer", "minimum": 0} if match["converter"] == "int" else {
-            "type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[^/]+$"}
+        schema: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[^/]+$"}
+        if match["converter"] == "int":  # bounded on every route (api.paths)
+            schema = {"type": "integer", "minimum": 0, "maximum": limits.PATH_INTEGER_MAX}
         params.append({"name": match["name"], "in": "path", "required": True, "schema": schema})
     return _CONVERTER.sub(lambda m: "{" + m["name"] + "}", rule), params
 
@@ -215,13 +217,13 @@ def _responses(op: Operation, schemas: _Schemas, authenticated: bool) -> dict[st
     return out
 
 
-def _operation(op: Operation, path_params: list[dict[str, Any]], scope: str | None, schemas: _Schemas,
+def _operation(op: Operation, path_params: list[dict[str, Any]], scopes: tuple[str, ...] | None, schemas: _Schemas,
                definitions: dict[str, Any], operation_id: str) -> dict[str, Any]:
     doc: dict[str, Any] = {"operationId": operation_id, "summary": op.summary, "tags": list(op.tags)}
     description = op.description or ""
-    if scope is not None:
+    if scopes is not None:
         doc["security"] = [{"bearerAuth": []}]
-        description = f"{description}\n\nScope: `{scope}`.".strip()
+        description = f"{description}\n\nScope: {' or '.join(f'`{scope}`' for scope in scopes)}.".strip()
     if description:
         doc["description"] = description
     params = list(path_params)
@@ -234,7 +236,7 @@ def _operation(op: Operation, path_params: list[dict[str, Any]], scope: str | No
     if op.body:
         doc["requestBody"] = {"required": op.body_required, "content": {
             kind: {"schema": schemas.ref(model, "validation")} for kind, model in op.body.items()}}
-    doc["responses"] = _responses(op, schemas, scope is not None)
+    doc["responses"] = _responses(op, schemas, scopes is not None)
     return doc
 
 

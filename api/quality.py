@@ -1,5 +1,5 @@
-"""Quality numbers: ``GET /v1/metrics/quality?range=7d`` (``ops``), computed in the database
-(``api.quality_numbers``)."""
+"""Quality numbers: ``GET /v1/metrics/quality?range=7d`` (scope ``metrics``, which ``ops`` includes), computed in the
+database (``api.quality_numbers``)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ bp = Blueprint("quality", __name__, url_prefix="/v1/metrics")
 
 
 @bp.get("/quality")
-@require("ops")
+@require("metrics")
 @operation(
     "Quality numbers per model profile and A/B variant", tags=["operations"], query=QualityQuery,
     description="Over every client, for jobs finished in the range: success rate, failures by code, p50/p95 of queue "

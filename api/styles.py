@@ -5,8 +5,9 @@ optional ``params`` as a JSON string, ``user_id``) or JSON (``name``, ``images``
 ``captions``, ``params``, ``user_id``); either way the whole request is checked first (422 naming each problem:
 too few or too many pictures, a caption count that differs, an unreadable upload, an unknown subject), then the
 version is written ``queued`` with its training set, committed, and its job id published (outbox: the relay sends
-what fails). Pictures named by URL, subject or illustration are copied into the set by the preparation step (CPU
-worker) before the training queue sees the version; uploads are stored here.
+what fails) to the preparation step (CPU worker), which copies the pictures named by URL, subject or illustration
+into the set and normalises every picture before the training queue sees the version. Uploads are checked from their
+headers and stored here as sent: the API decodes no pixel (``api.training_sets``).
 """
 
 from __future__ import annotations
@@ -50,7 +51,6 @@ from shared.views import style_version_out
 bp = Blueprint("styles", __name__, url_prefix="/v1/styles")
 
 MULTIPART = ("multipart/form-data", "application/x-www-form-urlencoded")
-MAX_VERSION = 2**31 - 1  # versions are INTEGER columns: a larger number is no version, not a database error
 
 
 class StyleForm(BaseModel):
@@ -127,9 +127,8 @@ def _create(session: Session, svc: Services, name: str, params: TrainingParams,
     client_id = current_principal().client_id
     users = {p.user_id for p in pictures if p.user_id is not None} | ({user_id} if user_id else set())
     refuse_if_deleting(session, client_id, users)
-    queue = tasks.QUEUE_PREPARE if any(p.needs_preparation for p in pictures) else tasks.QUEUE_TRAINING
     row = training.new_training(session, client_id, name, _params(params), base_profile=svc.settings.model_profile,
-                                queue=queue, webhook_url=webhook_url)
+                                queue=tasks.QUEUE_PREPARE, webhook_url=webhook_url)
     training_sets.add_pictures(session, svc.storage, row.style_id, row.version, list(pictures))
     return row
 
@@ -166,7 +165,7 @@ def create_style() -> tuple[Response, int, dict[str, str]]:
             created = _created(form.name, row)
     else:
         raise ApiError(415, "Unsupported Media Type", "upload the pictures as multipart/form-data, or send JSON")
-    publish(svc, created.job_id, row.queue or tasks.QUEUE_TRAINING)
+    publish(svc, created.job_id, tasks.QUEUE_PREPARE)
     return jsonify(created.model_dump(mode="json")), 202, {"Location": created.links["self"]}
 
 
@@ -256,7 +255,7 @@ def get_style(name: str) -> Response:
 def cancel_version(name: str, version: int) -> tuple[Response, int]:
     with services().db.begin() as session:
         style = _owned(session, name)
-        if version > MAX_VERSION or session.get(StyleVersion, (style.id, version)) is None:
+        if session.get(StyleVersion, (style.id, version)) is None:
             raise not_found("version")
         outcome = training.cancel(session, style.id, version, CancelReason.CANCELED_BY_CLIENT)
     with services().db.begin() as session:

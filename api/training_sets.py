@@ -1,5 +1,7 @@
-"""The pictures of a training set as ``POST /v1/styles`` receives them: uploads checked and normalised now, pictures
-named by URL, subject or illustration checked now and copied into storage by the preparation step.
+"""The pictures of a training set as ``POST /v1/styles`` receives them: uploads checked from their headers and stored
+as sent, pictures named by URL, subject or illustration checked now and copied into storage by the preparation step,
+which decodes and normalises every picture (CPU worker): an upload costs the API no decoding, however many pixels its
+few bytes claim (their sum is held to ``limits.TRAINING_SET_MAX_PIXELS`` before anything is stored).
 
 Each picture records the user it came from: a subject's or an illustration's owner, else the request's ``user_id``
 (if any). Errors name the field (``image.3``, ``images.2.subject_id``) and never repeat a caption or a URL.
@@ -13,8 +15,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.datastructures import FileStorage
 
+from shared import limits
 from shared.fetch import FetchBlocked, check_url
-from shared.images import ImageRejected, NormalisedImage, normalise
+from shared.images import ImageRejected, inspect
 from shared.models import Job, JobImage, Subject, TrainingImage
 from shared.schemas import TrainingImageRef
 from shared.states import JobStatus
@@ -27,30 +30,34 @@ SOURCE_UPLOAD, SOURCE_URL, SOURCE_SUBJECT, SOURCE_ILLUSTRATION = "upload", "url"
 
 @dataclass(frozen=True)
 class Picture:
-    """One picture of the set before it has a row: an upload (``image``) or a reference for the preparation step."""
+    """One picture of the set before it has a row: an upload (its bytes as sent, with their content type) or a
+    reference for the preparation step."""
 
     source: str
     caption: str
     user_id: str | None
-    image: NormalisedImage | None = None
+    upload: bytes | None = None
+    content_type: str | None = None
     source_ref: str | None = None
-
-    @property
-    def needs_preparation(self) -> bool:
-        return self.image is None
 
 
 def uploads(files: list[FileStorage], captions: list[str], user_id: str | None,
             errors: list[tuple[str, str]]) -> list[Picture]:
-    """Multipart ``image`` files, each checked (format, bytes, pixels) and normalised; errors name ``image.<i>``."""
-    pictures = []
+    """Multipart ``image`` files, each checked from its header (format, bytes, pixels: nothing is decoded) and kept
+    as sent; errors name ``image.<i>``, or ``image`` for the set's pixels in all."""
+    pictures, pixels = [], 0
     for index, (upload, caption) in enumerate(zip(files, captions, strict=True)):
+        data = upload.read()
         try:
-            image = normalise(upload.read())
+            header = inspect(data)
         except ImageRejected as exc:
             errors.append((f"image.{index}", str(exc)))
             continue
-        pictures.append(Picture(SOURCE_UPLOAD, caption, user_id, image=image))
+        pixels += header.pixels
+        pictures.append(Picture(SOURCE_UPLOAD, caption, user_id, upload=data, content_type=header.content_type))
+    if pixels > limits.TRAINING_SET_MAX_PIXELS:
+        errors.append(("image", f"the pictures have {pixels} pixels in all; a training set takes at most "
+                                f"{limits.TRAINING_SET_MAX_PIXELS}"))
     return pictures
 
 
@@ -92,16 +99,15 @@ def references(session: Session, client_id: str, refs: list[TrainingImageRef], c
 
 def add_pictures(session: Session, storage: Storage, style_id: str, version: int,
                  pictures: list[Picture]) -> list[TrainingImage]:
-    """The set's rows, in order; uploads are stored now (under the version, in the caller's transaction)."""
+    """The set's rows, in order; uploads are stored now, as sent, where the preparation step will put them normalised
+    (under the version, in the caller's transaction). ``sha256`` stays unset until then."""
     rows = []
     for index, picture in enumerate(pictures):
         row = TrainingImage(style_id=style_id, version=version, index=index, source=picture.source,
                             source_ref=picture.source_ref, user_id=picture.user_id, caption=picture.caption)
-        if picture.image is not None:
-            key = image_key(style_id, version, index)
-            storage.put(key, picture.image.png, "image/png")
-            row.storage_key, row.sha256 = key, picture.image.sha256
-            row.width, row.height = picture.image.width, picture.image.height
+        if picture.upload is not None:
+            row.storage_key = image_key(style_id, version, index)
+            storage.put(row.storage_key, picture.upload, picture.content_type or "application/octet-stream")
         rows.append(row)
     session.add_all(rows)
     session.flush()

@@ -1,7 +1,9 @@
 """The webhook delivery log and re-send (contract "Webhooks"): ``GET /v1/webhooks/deliveries?job_id=|style=`` and
 ``POST /v1/webhooks/deliveries/{id}/retry`` (the same ``webhook-id``, sent again now).
 
-Scope ``generate``; a style's deliveries also need ``styles``. Nothing of another client is visible (404).
+A key sees the deliveries its scopes cover: ``generate`` those of jobs, ``styles`` those of styles (both: all). The
+list without a filter shows what the key covers; a filter (``job_id``, ``style``) or a re-send of an event the key's
+scopes do not cover is a 403. Nothing of another client is visible (404).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from flask import Blueprint, Flask, Response, jsonify
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from api.auth import current_principal, require
@@ -27,9 +29,21 @@ bp = Blueprint("webhooks", __name__, url_prefix="/v1/webhooks")
 MAX_EVENT_ID = 40  # msg_ + 32 hex digits
 
 
-def _need_styles() -> None:
-    if "styles" not in current_principal().scopes:
-        raise ApiError(403, "Forbidden", "this key lacks the 'styles' scope (a style's webhook deliveries)")
+JOBS, STYLES = "generate", "styles"  # the scope that covers the deliveries of jobs, of styles
+
+
+def _need(scope: str) -> None:
+    if scope not in current_principal().scopes:
+        kind = "a job's" if scope == JOBS else "a style's"
+        raise ApiError(403, "Forbidden", f"this key lacks the '{scope}' scope ({kind} webhook deliveries)")
+
+
+def _covered() -> list[ColumnElement[bool]]:
+    """The deliveries the key's scopes cover (style events are those with a style, every other one is a job's)."""
+    scopes = current_principal().scopes
+    if JOBS in scopes and STYLES in scopes:
+        return []
+    return [WebhookEvent.style_id.is_(None) if JOBS in scopes else WebhookEvent.style_id.is_not(None)]
 
 
 def _out(session: Session, rows: Sequence[WebhookEvent]) -> list[WebhookDeliveryOut]:
@@ -52,23 +66,25 @@ def _out(session: Session, rows: Sequence[WebhookEvent]) -> list[WebhookDelivery
 
 
 @bp.get("/deliveries")
-@require("generate")
+@require(JOBS, STYLES)
 @operation(
     "List webhook deliveries and their attempts, newest first", tags=["webhooks"], query=WebhookDeliveryQuery,
     description="Each item is one event (one `webhook-id`) with every attempt: time, status code, latency, error. "
-                "`job_id` or `style` narrows the list (a style's deliveries need the `styles` scope too); without "
-                "either, the client's recent deliveries.",
+                "`job_id` (scope `generate`) or `style` (scope `styles`) narrows the list; without either, the "
+                "client's recent deliveries that the key's scopes cover: `generate` sees those of jobs, `styles` "
+                "those of styles.",
     responses={200: Returns("A page of deliveries.", WebhookDeliveryList)}, errors=(404,),
 )
 def list_deliveries() -> Response:
     args = query_args(WebhookDeliveryQuery)
     client_id = current_principal().client_id
-    query = select(WebhookEvent).where(WebhookEvent.client_id == client_id)
+    query = select(WebhookEvent).where(WebhookEvent.client_id == client_id, *_covered())
     with services().db.begin() as session:
         if args.job_id is not None:
+            _need(JOBS)
             query = query.where(WebhookEvent.job_id == args.job_id)
         if args.style is not None:
-            _need_styles()
+            _need(STYLES)
             style_id = session.execute(
                 select(Style.id).where(Style.client_id == client_id, Style.name == args.style)
             ).scalar_one_or_none()
@@ -81,11 +97,12 @@ def list_deliveries() -> Response:
 
 
 @bp.post("/deliveries/<event_id>/retry")
-@require("generate")
+@require(JOBS, STYLES)
 @operation(
     "Send a webhook event again now (same webhook-id)", tags=["webhooks"],
     description="Whatever its state (delivered, stopped, failed or still retrying), the event is sent again at once, "
-                "with the same `webhook-id` and body; a failure then continues the retry schedule where it was.",
+                "with the same `webhook-id` and body; a failure then continues the retry schedule where it was. "
+                "A job's event needs the `generate` scope, a style's the `styles` scope.",
     responses={202: Returns("Queued for delivery now: the event.", WebhookDeliveryOut)}, errors=(404,),
 )
 def retry_delivery(event_id: str) -> tuple[Response, int]:
@@ -100,8 +117,7 @@ def retry_delivery(event_id: str) -> tuple[Response, int]:
         ).scalar_one_or_none()
         if event is None:
             raise not_found("webhook delivery")
-        if event.style_id is not None:
-            _need_styles()
+        _need(JOBS if event.style_id is None else STYLES)
         events.resend(session, event_id, svc.settings.webhook_lease_s)
     if not svc.publisher.send(tasks.DELIVER_WEBHOOK, event_id, tasks.QUEUE_WEBHOOKS):
         with svc.db.begin() as session:

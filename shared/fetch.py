@@ -2,9 +2,9 @@
 
 1. Only ``http``/``https`` URLs without credentials in them.
 2. The host is resolved once (``resolve``, injectable: tests answer with the addresses they need) and *every*
-   address is checked: loopback, private, link-local, unique-local, CGNAT, cloud metadata, IPv4-mapped/NAT64/6to4
-   forms of those, multicast, reserved and unspecified addresses are refused. One bad address refuses the host
-   (a DNS answer that mixes a public and a private address is an attack, not an accident).
+   address is checked: loopback, private, link-local, unique-local, site-local, CGNAT, cloud metadata, documentation,
+   IPv4-mapped/NAT64/6to4 forms of those, multicast, reserved and unspecified addresses are refused. One bad address
+   refuses the host (a DNS answer that mixes a public and a private address is an attack, not an accident).
 3. The connection goes to the address that was checked (urllib3 pool on the IP), with the original name in the
    ``Host`` header and, for https, in SNI and certificate verification: a second DNS answer cannot swap it.
 4. Redirects are not followed by urllib3: each ``Location`` goes through steps 1-3 again, at most
@@ -57,6 +57,10 @@ METADATA: Final = frozenset(
 CGNAT: Final = ipaddress.ip_network("100.64.0.0/10")
 UNIQUE_LOCAL: Final = ipaddress.ip_network("fc00::/7")
 NAT64: Final = ipaddress.ip_network("64:ff9b::/96")
+# Not public, yet neither private nor reserved to Python's ``ipaddress`` (3.11), so named here: the deprecated IPv6
+# site-local range (RFC 3879; still routed inside some networks) and IPv6's documentation prefix (RFC 9637).
+SITE_LOCAL: Final = ipaddress.ip_network("fec0::/10")
+DOCUMENTATION_V6: Final = ipaddress.ip_network("3fff::/20")
 
 
 class FetchError(IllustrationsError):
@@ -104,6 +108,10 @@ def blocked_kind(address: IPAddress) -> str | None:
         return "cgnat"
     if isinstance(address, ipaddress.IPv6Address) and address in UNIQUE_LOCAL:
         return "unique-local"
+    if isinstance(address, ipaddress.IPv6Address) and address in SITE_LOCAL:
+        return "site-local"
+    if isinstance(address, ipaddress.IPv6Address) and address in DOCUMENTATION_V6:
+        return "documentation"
     if address.is_multicast:
         return "multicast"
     if address.is_reserved:

@@ -1,4 +1,6 @@
-"""Images coming in (uploads now, fetched URLs later): checked before decoding, normalised, metadata stripped.
+"""Images coming in (subject uploads now, training uploads and fetched URLs in a preparation step): checked from
+their headers before decoding (``inspect`` alone, where the decoding is left to a worker), normalised, metadata
+stripped.
 
 Pillow decodes only PNG, JPEG and WebP here; the byte and pixel limits are checked from the header before any pixel
 is decoded (a decompression bomb never reaches ``load()``); EXIF orientation is applied and every other piece of
@@ -32,10 +34,25 @@ class NormalisedImage:
     height: int
 
 
-def normalise(
-    data: bytes, *, max_bytes: int = limits.UPLOAD_MAX_BYTES, max_pixels: int = limits.UPLOAD_MAX_PIXELS
-) -> NormalisedImage:
-    """Validate and re-encode an input image as an RGB PNG without metadata."""
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image's header says, read without decoding a pixel."""
+
+    format: str  # PNG, JPEG or WEBP
+    width: int
+    height: int
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    @property
+    def content_type(self) -> str:
+        return Image.MIME[self.format]
+
+
+def _open(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
+    """Open lazily (Pillow reads the header; no pixel is decoded) and check format, bytes and pixels."""
     if not data:
         raise ImageRejected("the image is empty")
     if len(data) > max_bytes:
@@ -49,9 +66,28 @@ def normalise(
         raise ImageRejected("not a PNG, JPEG or WebP image") from None
     except Image.DecompressionBombError:
         raise ImageRejected(f"the image has more than {max_pixels} pixels") from None
+    except (OSError, ValueError, SyntaxError, EOFError):  # a header Pillow recognised, then could not read
+        raise ImageRejected("the image's header is corrupt") from None
     width, height = image.size
     if width < 1 or height < 1 or width * height > max_pixels:
         raise ImageRejected(f"the image has {width}x{height} pixels; at most {max_pixels} are accepted")
+    return image
+
+
+def inspect(
+    data: bytes, *, max_bytes: int = limits.UPLOAD_MAX_BYTES, max_pixels: int = limits.UPLOAD_MAX_PIXELS
+) -> ImageHeader:
+    """Check an input image from its header alone (format, bytes, pixels): cheap whatever its size, for a caller
+    that stores it as sent and leaves decoding to a worker (``normalise`` there)."""
+    image = _open(data, max_bytes, max_pixels)
+    return ImageHeader(str(image.format), image.width, image.height)
+
+
+def normalise(
+    data: bytes, *, max_bytes: int = limits.UPLOAD_MAX_BYTES, max_pixels: int = limits.UPLOAD_MAX_PIXELS
+) -> NormalisedImage:
+    """Validate and re-encode an input image as an RGB PNG without metadata."""
+    image = _open(data, max_bytes, max_pixels)
     try:
         image.load()
         rgb = ImageOps.exif_transpose(image).convert("RGB")

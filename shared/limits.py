@@ -34,10 +34,16 @@ UPLOAD_MAX_PIXELS: Final = 25_000_000
 REQUEST_BODY_MAX_BYTES: Final = 12 * 1024 * 1024
 TRAINING_IMAGES_MIN: Final = 4
 TRAINING_IMAGES_MAX: Final = 200
+# The pixels of one training set's pictures in all, read from their headers before any is decoded (uploads at
+# submit, every picture in the preparation step): it bounds the decoding one request can cause, which the body
+# limit does not (a 1-bit PNG of 25 megapixels is 3 KB). 200 pictures of 1.25 megapixels, or 10 of 25.
+TRAINING_SET_MAX_PIXELS: Final = 250_000_000
 CAPTION_MAX_CHARS: Final = 1_000
 PREFER_WAIT_MAX_S: Final = 60
 LIST_LIMIT_MAX: Final = 100
 LIST_LIMIT_DEFAULT: Final = 20
+# Integer path parameters (an image's index, a style's version) are INTEGER columns: a larger number is no row.
+PATH_INTEGER_MAX: Final = 2**31 - 1
 
 # Defaults of the generation parameters (documented in the OpenAPI document through the schemas).
 DEFAULT_WIDTH: Final = 1024

@@ -74,7 +74,8 @@ class Client(Base):
 
 
 # What a key may do (``ApiKey.scopes``); the API checks them (``api.auth.require``), ``illustrations keys`` grants them.
-SCOPES: Final = ("generate", "styles", "admin", "ops")
+# ``metrics`` reads /metrics and the quality numbers only; ``ops`` includes it (``api.keys.INCLUDED``).
+SCOPES: Final = ("generate", "styles", "admin", "metrics", "ops")
 DEFAULT_SCOPES: Final = ("generate",)
 
 
@@ -350,8 +351,10 @@ class StyleVersion(Base):
 class TrainingImage(Base):
     """One captioned picture of a version's training set, and the user it came from (user deletion removes it).
 
-    Uploads are stored at submit; pictures named by URL, subject or illustration are copied into the training set
-    by the preparation step (``storage_key`` is empty until then), so the set never changes under a training.
+    Uploads are stored at submit, as sent, at their ``storage_key``; pictures named by URL, subject or illustration
+    are copied into the training set by the preparation step (``storage_key`` is empty until then), which also
+    normalises every picture in place: ``sha256`` (and the size) is set once a picture is normalised, so the set
+    never changes under a training.
     """
 
     __tablename__ = "training_images"

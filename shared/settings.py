@@ -222,11 +222,17 @@ class Settings(BaseSettings):
     quota_retry_after_s: int = Field(30, ge=1, description="Retry-After of a 429 for a full queue quota.")
     rate_limit: str = Field(
         "300/second", description="Requests per API key (flask-limiter syntax, e.g. '10/second;600/minute'); "
-        "empty = no limit."
+        "requests without a valid key count against the caller's address instead. Empty = no limit."
     )
     rate_limit_storage_url: str | None = Field(
         None, description="Where request counts live (limits' storage URL). Unset: the Redis broker, else memory "
         "(a count per process)."
+    )
+    trusted_proxy_hops: int = Field(
+        0, ge=0, le=5, description="Proxies in front of the API whose X-Forwarded-For is trusted (werkzeug's "
+        "ProxyFix): the caller's address, which a request without a valid key is rate-limited by, is taken that many "
+        "hops from the right of X-Forwarded-For. 0 = the TCP peer; set 1 behind one load balancer or ingress that "
+        "sets the header, never more hops than there are proxies (a client could then choose its address)."
     )
     fetch_allowlist: list[str] = Field(
         default_factory=list, description="Hosts or CIDR networks the URL fetcher may reach even when they are not "

@@ -11,7 +11,7 @@ failed or canceled one leaves the active as it was.
 
 | from    | to                         | when                                                                       |
 |---------|----------------------------|----------------------------------------------------------------------------|
-| (new)   | queued                     | accepted (on the prepare queue when pictures must be fetched or copied)     |
+| (new)   | queued                     | accepted (on the prepare queue: its pictures are normalised there first)    |
 | queued  | running                    | a training worker claims it                                                |
 | queued  | canceled                   | client cancel, user deleted                                                |
 | queued  | failed                     | the preparation step could not get a picture                               |

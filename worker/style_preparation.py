@@ -1,15 +1,18 @@
-"""The preparation step of a training (CPU worker, ``illustrations.prepare`` queue): every picture of the set that
-was named by URL, subject or illustration is copied into the version's training set, then the version goes to the
-training queue. Training workers read pictures from storage only: they never touch the network.
+"""The preparation step of a training (CPU worker, ``illustrations.prepare`` queue): every picture of the set is
+decoded and normalised into the version's training set (uploads, which the API stored as sent, and pictures named by
+URL, subject or illustration, copied in), then the version goes to the training queue. Training workers read
+normalised pictures from storage only: they never touch the network, and the API never decodes an upload.
 
 1. Read the version (only a queued one still on the prepare queue is prepared; anything else is dropped).
-2. Get each missing picture: a URL through the safe fetcher (``shared.fetch``), a subject's latest photo or an
-   illustration's image from storage; check it as an input image (``shared.images``) and store it under the
-   version (``styles/<style id>/<version>/images/<n>.png``).
-3. A picture that cannot be had fails the version (``reference_unreachable`` / ``reference_blocked`` /
+2. Get each picture not yet normalised (no ``sha256``): an upload from where the API stored it, a URL through the
+   safe fetcher (``shared.fetch``), a subject's latest photo or an illustration's image from storage; check its
+   header (format, bytes, pixels, and the set's pixels in all against ``limits.TRAINING_SET_MAX_PIXELS``) before
+   decoding it, normalise it (``shared.images``: EXIF orientation applied, metadata dropped, an RGB PNG) and store it
+   under the version (``styles/<style id>/<version>/images/<n>.png``; an upload is replaced there).
+3. A picture that cannot be had or decoded fails the version (``reference_unreachable`` / ``reference_blocked`` /
    ``reference_invalid``, the message naming ``images.<n>``, never the URL); the active version stays as it was.
 4. Record the pictures and move the version to the training queue in one transaction (fenced: a version canceled
-   meanwhile stays canceled, and the pictures just stored are removed), then publish it.
+   meanwhile stays canceled, and the pictures this step added are removed), then publish it.
 """
 
 from __future__ import annotations
@@ -18,11 +21,11 @@ import logging
 
 from sqlalchemy import select, update
 
-from shared import tasks, training
+from shared import limits, tasks, training
 from shared.db import Database
 from shared.errors import ErrorCode, JobFailure
 from shared.fetch import Fetcher, FetchError
-from shared.images import ImageRejected, NormalisedImage, normalise
+from shared.images import ImageRejected, NormalisedImage, inspect, normalise
 from shared.models import JobImage, StyleVersion, TrainingImage
 from shared.queue import Publisher
 from shared.storage import ObjectNotFound, Storage
@@ -35,6 +38,8 @@ def _bytes(db: Database, storage: Storage, fetcher: Fetcher, row: TrainingImage)
     field = f"images.{row.index}"
     ref = row.source_ref or ""
     try:
+        if row.storage_key is not None:  # an upload, as sent
+            return storage.get(row.storage_key)
         if row.source == "url":
             return fetcher.get(ref).data
         with db.begin() as session:
@@ -55,15 +60,20 @@ def _bytes(db: Database, storage: Storage, fetcher: Fetcher, row: TrainingImage)
         raise JobFailure(ErrorCode.REFERENCE_INVALID, f"{field}: the {row.source} is no longer stored") from None
 
 
-def _picture(db: Database, storage: Storage, fetcher: Fetcher, row: TrainingImage) -> NormalisedImage:
-    data = _bytes(db, storage, fetcher, row)
+def _picture(data: bytes, index: int, pixels_before: int, max_pixels: int) -> tuple[NormalisedImage, int]:
+    """The picture normalised, and the set's pixels so far with it; its header is checked before any decoding."""
     try:
-        return normalise(data)
+        pixels = pixels_before + inspect(data).pixels
+        if pixels > max_pixels:
+            raise JobFailure(ErrorCode.REFERENCE_INVALID,
+                             f"images.{index}: the training set has more than {max_pixels} pixels in all")
+        return normalise(data), pixels
     except ImageRejected as exc:
-        raise JobFailure(ErrorCode.REFERENCE_INVALID, f"images.{row.index}: {exc}") from None
+        raise JobFailure(ErrorCode.REFERENCE_INVALID, f"images.{index}: {exc}") from None
 
 
-def prepare_style(db: Database, storage: Storage, fetcher: Fetcher, publisher: Publisher, job_id: str) -> str:
+def prepare_style(db: Database, storage: Storage, fetcher: Fetcher, publisher: Publisher, job_id: str, *,
+                  max_pixels: int = limits.TRAINING_SET_MAX_PIXELS) -> str:
     """Prepare one training's pictures; returns what happened, for the worker log (never a URL or caption)."""
     # 1. Only a queued version still waiting for preparation.
     with db.begin() as session:
@@ -76,19 +86,23 @@ def prepare_style(db: Database, storage: Storage, fetcher: Fetcher, publisher: P
         style_id, number = version.style_id, version.version
         missing = list(session.execute(
             select(TrainingImage).where(TrainingImage.style_id == style_id, TrainingImage.version == number,
-                                        TrainingImage.storage_key.is_(None)).order_by(TrainingImage.index)
+                                        TrainingImage.sha256.is_(None)).order_by(TrainingImage.index)
         ).scalars())
         session.expunge_all()
-    # 2-3. Get, check and store each picture.
+    # 2-3. Get, check, normalise and store each picture.
     stored: dict[int, tuple[str, NormalisedImage]] = {}
+    added: list[str] = []  # keys this step created (an upload's key was the API's: it stays with the version)
+    pixels = 0
     try:
         for row in missing:
-            image = _picture(db, storage, fetcher, row)
+            image, pixels = _picture(_bytes(db, storage, fetcher, row), row.index, pixels, max_pixels)
             key = training.image_key(style_id, number, row.index)
             storage.put(key, image.png, "image/png")
             stored[row.index] = (key, image)
+            if row.storage_key is None:
+                added.append(key)
     except JobFailure as exc:
-        for key, _ in stored.values():
+        for key in added:
             storage.delete(key)
         with db.begin() as session:
             training.preparation_failed(session, job_id, exc.code, exc.message)
@@ -105,12 +119,12 @@ def prepare_style(db: Database, storage: Storage, fetcher: Fetcher, publisher: P
                 .values(storage_key=key, sha256=image.sha256, width=image.width, height=image.height)
                 .execution_options(synchronize_session=False)
             )
-    if not moved:  # canceled (or removed) meanwhile: what was stored for it goes
-        for key, _ in stored.values():
+    if not moved:  # canceled (or removed) meanwhile: what this step added for it goes
+        for key in added:
             storage.delete(key)
         return "skipped"
     if publisher.send(tasks.TRAIN, job_id, tasks.QUEUE_TRAINING):
         with db.begin() as session:
             training.mark_published(session, job_id)
-    log.info("training %s prepared: %d picture(s) copied", job_id, len(stored))
+    log.info("training %s prepared: %d picture(s) normalised", job_id, len(stored))
     return "prepared"

@@ -129,7 +129,7 @@ def test_cli_keys_create_prints_the_key_alone_on_the_last_line(settings: Setting
     with db.begin() as session:
         principal = authenticate(session, key)
         assert principal is not None
-        assert principal.scopes == {"generate", "ops"}
+        assert principal.scopes == {"generate", "ops", "metrics"}  # ops includes metrics
         assert session.execute(select(Client).where(Client.name == "autobio-cli")).scalar_one()
     second = again.stdout.strip().splitlines()[-1]
     assert second != key

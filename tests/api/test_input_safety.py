@@ -8,6 +8,7 @@ from flask.testing import FlaskClient
 
 from shared.db import Database
 from tests.helpers import VALID, count_jobs, png
+from tests.image_files import png_header
 
 
 def test_nul_characters_are_refused_everywhere(client: FlaskClient, auth: dict[str, str], db: Database) -> None:
@@ -44,3 +45,21 @@ def test_a_decompression_bomb_upload_is_422_naming_the_image(client: FlaskClient
     error = response.json["errors"][0]  # type: ignore[index]
     assert error["field"] == "image"
     assert "pixels" in error["message"]
+
+
+def test_a_subject_photo_is_judged_by_its_header_before_any_decoding(client: FlaskClient,
+                                                                    auth: dict[str, str]) -> None:
+    """Headers over the limit whose pixel data is junk: the pixel limit answers, so nothing was decoded (decoding
+    would have found the junk first). 25 megapixels is the most a subject photo may have; each small body costs at
+    most that much decoding (bench/style_upload.py measures it)."""
+    for width, height in ((5001, 5000), (20_000, 20_000), (1, 25_000_001)):
+        response = client.post("/v1/subjects", headers=auth, data={
+            "user_id": "u-1", "name": "bomb", "image": (io.BytesIO(png_header(width, height)), "b.png")})
+        assert response.status_code == 422, (width, height)
+        error = response.json["errors"][0]  # type: ignore[index]
+        assert error["field"] == "image", (width, height, error)
+        assert "pixels" in error["message"], (width, height, error)
+    at_limit = client.post("/v1/subjects", headers=auth, data={
+        "user_id": "u-1", "name": "bomb", "image": (io.BytesIO(png_header(5000, 5000)), "b.png")})
+    assert at_limit.status_code == 422  # within the limit, so decoded: and the junk is found
+    assert "corrupt" in at_limit.json["errors"][0]["message"]  # type: ignore[index]

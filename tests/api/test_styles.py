@@ -51,27 +51,36 @@ def versions(db: Database) -> int:
         return int(session.execute(select(func.count()).select_from(StyleVersion)).scalar_one())
 
 
+def prepare(app: Flask, db: Database, job_id: str) -> None:
+    """The preparation step (the CPU worker's task, as plain code): the uploads normalised, the version handed to
+    the training queue."""
+    from worker.style_preparation import prepare_style
+
+    svc = app.extensions["illustrations"]
+    assert prepare_style(db, svc.storage, svc.fetcher, svc.publisher, job_id) == "prepared"
+
+
 def test_multipart_training_is_queued_with_its_pictures_and_only_its_id_is_published(
         client: FlaskClient, auth: dict[str, str], app: Flask, db: Database, settings: Settings) -> None:
     broker = redis.Redis.from_url(settings.broker_url)
-    broker.delete(tasks.QUEUE_TRAINING)
+    broker.delete(tasks.QUEUE_PREPARE, tasks.QUEUE_TRAINING)
     response = client.post("/v1/styles", headers=auth, data=style_form(params=json.dumps(PARAMS), user_id="u-7"))
     assert response.status_code == 202, response.json
     body: Any = response.json
     assert body == {"name": "ink", "version": 1, "status": "queued", "job_id": body["job_id"],
                     "links": {"self": "/v1/styles/ink"}}
     assert response.headers["Location"] == "/v1/styles/ink"
-    messages = broker.lrange(tasks.QUEUE_TRAINING, 0, -1)
+    messages = broker.lrange(tasks.QUEUE_PREPARE, 0, -1)  # uploads are normalised by the preparation step
     assert len(messages) == 1
     message = json.loads(messages[0])
-    assert message["headers"]["task"] == tasks.TRAIN
+    assert message["headers"]["task"] == tasks.PREPARE_STYLE
     assert json.loads(base64.b64decode(message["body"]))[0] == [body["job_id"]]
     assert CAPTION_SECRET.encode() not in messages[0]
 
     version = style_version(db, body["job_id"])
     assert version.status == "queued"
     assert version.source == "training"
-    assert version.queue == tasks.QUEUE_TRAINING
+    assert version.queue == tasks.QUEUE_PREPARE
     assert version.base_profile == "tiny"
     assert version.published_at is not None
     assert (version.rank, version.alpha) == (4, 4.0)
@@ -80,7 +89,11 @@ def test_multipart_training_is_queued_with_its_pictures_and_only_its_id_is_publi
     storage = app.extensions["illustrations"].storage
     assert [(p.index, p.source, p.user_id, p.caption) for p in stored] == [
         (i, "upload", "u-7", f"{CAPTION_SECRET} {i}") for i in range(4)]
-    for picture in stored:
+    prepare(app, db, body["job_id"])
+    assert style_version(db, body["job_id"]).queue == tasks.QUEUE_TRAINING
+    (trained,) = broker.lrange(tasks.QUEUE_TRAINING, 0, -1)
+    assert json.loads(trained)["headers"]["task"] == tasks.TRAIN
+    for picture in training_images(db, body["job_id"]):
         assert picture.storage_key == training.image_key(version.style_id, 1, picture.index)
         assert storage.get(picture.storage_key).startswith(b"\x89PNG")
         assert picture.width == 40 + picture.index
@@ -230,7 +243,8 @@ def test_another_clients_subject_or_illustration_is_unknown(client: FlaskClient,
                              "images.3.illustration_id"}
 
 
-def test_cancel_a_queued_then_a_running_version(client: FlaskClient, auth: dict[str, str], db: Database) -> None:
+def test_cancel_a_queued_then_a_running_version(client: FlaskClient, auth: dict[str, str], app: Flask,
+                                                db: Database) -> None:
     first = train(client, auth)
     canceled = client.post("/v1/styles/ink/versions/1/cancel", headers=auth)
     assert canceled.status_code == 200
@@ -241,6 +255,7 @@ def test_cancel_a_queued_then_a_running_version(client: FlaskClient, auth: dict[
     assert style_version(db, first["job_id"]).status == "canceled"
 
     second = train(client, auth)
+    prepare(app, db, second["job_id"])
     with db.begin() as session:
         assert isinstance(training.claim(session, second["job_id"], "train@x:1", 60), training.TrainingClaim)
     flagged = client.post("/v1/styles/ink/versions/2/cancel", headers=auth)
@@ -272,6 +287,7 @@ def test_deleting_a_user_removes_their_training_pictures_and_marks_the_versions(
         client: FlaskClient, auth: dict[str, str], app: Flask, db: Database, settings: Settings) -> None:
     storage = app.extensions["illustrations"].storage
     ready = train(client, auth, user_id="u-gone")
+    prepare(app, db, ready["job_id"])
     with db.begin() as session:
         held = training.claim(session, ready["job_id"], "train@x:1", 60)
         assert isinstance(held, training.TrainingClaim)

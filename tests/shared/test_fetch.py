@@ -53,6 +53,9 @@ BLOCKED = [
     ("100.64.0.1", "cgnat"),
     ("fc00::1", "unique-local"),
     ("fd12:3456::1", "unique-local"),
+    ("fec0::1", "site-local"),  # deprecated (RFC 3879), still routed inside some networks
+    ("feff:ffff::1", "site-local"),
+    ("3fff::1", "documentation"),  # RFC 9637
     ("::ffff:127.0.0.1", "ipv4-mapped loopback"),
     ("::ffff:10.0.0.1", "ipv4-mapped private"),
     ("::ffff:169.254.169.254", "ipv4-mapped metadata"),
