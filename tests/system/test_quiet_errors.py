@@ -18,7 +18,8 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from tests.system.procs import clean_env, cli, free_port, http_ok, processes, run_cli, wait_for
+from tests.helpers import wait_for
+from tests.system.procs import clean_env, cli, free_port, http_ok, processes, run_cli
 
 pytestmark = pytest.mark.system
 
