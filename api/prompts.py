@@ -3,12 +3,15 @@
 Parts, in priority order (a higher one is never dropped for a lower one):
 
 1. the user's ``prompt`` (always kept; a warning says when it alone overflows CLIP's window),
-2. ``style.artistic_style`` ("watercolor" → "watercolor style"),
-3. the era cue of ``memory_context.date`` ("1965-07-14" → "1960s, sixties fashion and cars, period-accurate
+2. with two or more people, their names left to right as the layout places them ("grandma on the left, dad on the
+   right"; ``shared.regions``): each person's attention mask ties a face to a region, and the text names who stands
+   there. One person's prompt is the user's alone, as before regions existed.
+3. ``style.artistic_style`` ("watercolor" → "watercolor style"),
+4. the era cue of ``memory_context.date`` ("1965-07-14" → "1960s, sixties fashion and cars, period-accurate
    clothing and setting"),
-4. ``style.mood`` as a mood phrase ("nostalgic" → "nostalgic mood, soft golden light"),
-5. ``style.color_palette`` ("warm sepia" → "warm sepia color palette"),
-6. ``memory_context.title``.
+5. ``style.mood`` as a mood phrase ("nostalgic" → "nostalgic mood, soft golden light"),
+6. ``style.color_palette`` ("warm sepia" → "warm sepia color palette"),
+7. ``memory_context.title``.
 
 CLIP reads 77 tokens including its start and end markers: parts are added in order while the joined prompt fits
 in 75; the first part that does not fit and every part after it are left out, and ``warnings`` names them (by
@@ -19,12 +22,14 @@ prose is long and CLIP would only read its first words. Same request and tokeniz
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
 from api.clip_tokens import TokenCounter
-from shared import limits
+from shared import limits, regions
 from shared.schemas import IllustrationRequest
+from shared.stored_request import Resolved
 
 BUDGET: Final = limits.CLIP_MAX_TOKENS - 2  # start and end markers
 SEPARATOR: Final = ", "
@@ -77,9 +82,21 @@ def _clean(text: str) -> str:
     return " ".join(text.split()).strip(" ,")
 
 
-def prompt_parts(request: IllustrationRequest) -> list[tuple[str, str]]:
-    """(field, phrase) in priority order; empty preferences give no part."""
+def people_in_layout(resolved: Resolved) -> list[str]:
+    """The people left to right as the layout places them, each with where they are ("grandma on the left"); none
+    for fewer than two people, or when one of them has no name."""
+    used = regions.regions_used(resolved.given_regions())
+    names = [_clean(ref.name or "") for ref in resolved.identity]
+    if used is None or not all(names):
+        return []
+    return [f"{names[index]} {where}" for index, where in regions.left_to_right(used)]
+
+
+def prompt_parts(request: IllustrationRequest, people: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """(field, phrase) in priority order; empty preferences give no part. ``people``: ``people_in_layout``."""
     parts = [("prompt", _clean(request.prompt))]
+    if people:
+        parts.append(("subjects", SEPARATOR.join(people)))
     style, context = request.style, request.memory_context
     if style is not None and style.artistic_style and _clean(style.artistic_style):
         artistic = _clean(style.artistic_style)
@@ -96,9 +113,9 @@ def prompt_parts(request: IllustrationRequest) -> list[tuple[str, str]]:
     return parts
 
 
-def build_prompt(request: IllustrationRequest, counter: TokenCounter) -> BuiltPrompt:
-    """The prompt sent to the model and the warnings about it."""
-    parts = prompt_parts(request)
+def build_prompt(request: IllustrationRequest, counter: TokenCounter, people: Sequence[str] = ()) -> BuiltPrompt:
+    """The prompt sent to the model and the warnings about it (``people``: ``people_in_layout``)."""
+    parts = prompt_parts(request, people)
     warnings: list[str] = []
     kept = [parts[0][1]]
     tokens = counter.count(kept[0])

@@ -2,7 +2,8 @@
 
 A new photo under an existing name adds a version when it differs (``if_exists=replace``, the default; the same
 photo answers 200 with the current version) or answers 409 (``if_exists=error``). URLs go through the safe fetcher
-(``shared.fetch``) before the image checks; a URL that cannot be used is a 422 naming ``image_url``.
+(``shared.fetch``) before the image checks; a URL that cannot be used is a 422 naming ``image_url``. The face
+detector (``shared.faces``) runs on each new photo before it is stored: the answer's ``face`` and ``warnings``.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def _from_form() -> tuple[SubjectForm, NormalisedImage]:
     if upload is None:
         raise validation_error([("image", "Field required")])
     try:
-        return form, normalise(upload.read())
+        return form, normalise(upload.read(), find_face=True)
     except ImageRejected as exc:
         raise validation_error([("image", str(exc))]) from None
 
@@ -71,7 +72,7 @@ def _from_url(body: SubjectUrlRequest) -> NormalisedImage:
     except FetchError as exc:
         raise validation_error([("image_url", f"{exc} ({exc.code.value})")]) from None
     try:
-        return normalise(fetched.data)
+        return normalise(fetched.data, find_face=True)
     except ImageRejected as exc:
         raise validation_error([("image_url", f"{exc} (reference_invalid)")]) from None
 

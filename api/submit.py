@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from api.errors import ApiError, validation_error
 from api.idempotency import record
 from api.keys import Principal
-from api.prompts import build_prompt
+from api.prompts import build_prompt, people_in_layout
 from api.services import Services
 from shared import cache, deletion, experiments, jobs, limits, styles, tasks
 from shared.fetch import FetchBlocked, check_url
@@ -33,21 +33,21 @@ from shared.models import Batch, Client, Job, Subject
 from shared.schemas import IllustrationRequest, ImageRef, SubjectRef
 from shared.states import JobStatus
 from shared.stored_request import Reference, Resolved, StoredRef, StoredRequest, UrlRef
-from shared.subjects import latest_version, reference
+from shared.subjects import face_warnings, latest_version, reference
 
 log = logging.getLogger(__name__)
 
 
 # --- 1. accept: references, the stored request, the quota --------------------------------------------------------
 def _stored(session: Session, client_id: str, user_id: str, *, subject_id: str | None = None,
-            name: str | None = None) -> StoredRef | None:
+            name: str | None = None, region: list[float] | None = None) -> StoredRef | None:
     query = select(Subject).where(Subject.client_id == client_id, Subject.user_id == user_id)
     query = query.where(Subject.id == subject_id) if subject_id is not None else query.where(Subject.name == name)
     subject = session.execute(query).scalar_one_or_none()
     version = latest_version(session, subject.id) if subject is not None else None
     if subject is None or version is None:
         return None
-    return reference(subject, version)
+    return reference(subject, version, region)
 
 
 def check_webhook_url(url: str | None, field: str, svc: Services, errors: list[tuple[str, str]]) -> None:
@@ -68,13 +68,16 @@ def _url(url: str, field: str, svc: Services, errors: list[tuple[str, str]]) -> 
 def _resolve_one(session: Session, svc: Services, client_id: str, user_id: str, ref: SubjectRef | ImageRef,
                  field: str, index: int, errors: list[tuple[str, str]]) -> Reference | None:
     name = ref.name if isinstance(ref, SubjectRef) else None
+    region = ref.region if isinstance(ref, SubjectRef) else None
     if ref.image_url is not None:
         if not _url(ref.image_url, f"{field}.image_url", svc, errors):
             return None
-        return UrlRef(index=index, name=name, image_url=ref.image_url)  # fetched by the preparation step
-    resolved = _stored(session, client_id, user_id, subject_id=ref.subject_id, name=name)
+        return UrlRef(index=index, name=name, image_url=ref.image_url, region=region)  # fetched by preparation
+    resolved = _stored(session, client_id, user_id, subject_id=ref.subject_id, name=name, region=region)
     if resolved is None:
         errors.append((field, "no such subject for this user"))
+    elif isinstance(ref, ImageRef):  # a style reference: its style is what counts, not the face in it
+        resolved = resolved.model_copy(update={"face": None, "face_count": None, "detector": None})
     return resolved
 
 
@@ -82,6 +85,9 @@ def resolve_references(session: Session, svc: Services, client_id: str, body: Il
                        prefix: str, errors: list[tuple[str, str]]) -> Resolved:
     """Subjects and the style reference, resolved to stored versions (or URLs for the preparation step)."""
     identity = []
+    if any(ref.region is not None for ref in body.subjects):  # every subject a region, or none
+        errors.extend((f"{prefix}subjects.{i}.region", "give every subject a region, or none")
+                      for i, ref in enumerate(body.subjects) if ref.region is None)
     for i, ref in enumerate(body.subjects):
         resolved = _resolve_one(session, svc, client_id, body.user_id, ref, f"{prefix}subjects.{i}", i, errors)
         if resolved is not None:
@@ -212,14 +218,15 @@ def accept(session: Session, svc: Services, principal: Principal, bodies: Sequen
             continue
         priority = priorities[i] if priorities is not None else body.priority
         seed = body.params.seed if body.params.seed is not None else secrets.randbelow(limits.SEED_MAX + 1)
-        built = build_prompt(body, counter)
-        queue = tasks.QUEUE_PREPARE if resolved.needs_fetching() else tasks.QUEUE_BY_PRIORITY[priority]
+        built = build_prompt(body, counter, people_in_layout(resolved))
+        queue = tasks.QUEUE_PREPARE if resolved.needs_preparing() else tasks.QUEUE_BY_PRIORITY[priority]
         request = stored_request(body, svc, seed=seed, priority=priority, resolved=resolved, variant=variant,
                                  batch_index=i if batch_id is not None else None)  # a batch keeps request order
         key, request = cache.request_key(session, svc.settings, principal.client_id, body, request, built.prompt)
         rows.append(cached.new_job(
             key, client_id=principal.client_id, user_id=body.user_id, priority=priority, queue=queue,
-            request=request.model_dump(mode="json"), seed=seed, prompt_used=built.prompt, warnings=built.warnings,
+            request=request.model_dump(mode="json"), seed=seed, prompt_used=built.prompt,
+            warnings=built.warnings + face_warnings(resolved),
             meta=body.metadata, webhook_url=body.webhook_url, cancel_after=body.cancel_after, batch_id=batch_id,
         ))
     if errors:

@@ -7,8 +7,9 @@ from flask import request
 
 from api.services import services
 from shared import views
+from shared.faces import face_warnings
 from shared.models import Job, Subject, SubjectVersion
-from shared.schemas import JobOut, SubjectOut
+from shared.schemas import FaceOut, JobOut, SubjectOut
 from shared.views import job_path
 
 __all__ = ["base_url", "job_out", "job_path", "subject_out"]
@@ -32,5 +33,7 @@ def subject_out(subject: Subject, version: SubjectVersion) -> SubjectOut:
         width=version.width,
         height=version.height,
         sha256=version.sha256,
+        face=FaceOut(box=version.face_box) if version.face_box is not None else None,
+        warnings=face_warnings(version.face_count),
         created_at=version.created_at,
     )

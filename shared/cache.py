@@ -4,16 +4,19 @@
 determines the images: the client (a key never crosses clients), the model profile, the prompt actually used (after
 ``api.prompts``), the negative prompt, every param (seed, size, steps, guidance, number and format of images,
 adapter and LoRA scales), the A/B variant and experiment (the key is computed after ``apply_variant``), each subject
-reference's image sha256 in order, the style reference's sha256, and the LoRA as ``name@version`` with its file's
-sha256 (a bare name is resolved to its active version at submit, and the job is pinned to that version). Not in
-it, because they do not change the pixels: ``user_id`` (images of one client are shared between its users),
-``metadata``, ``webhook_url``, ``cancel_after``, ``priority`` (and so the queue), ``on_subject_error`` (stored
-subjects never fail at submit), ``memory_context.content`` (kept with the job, never in the prompt; the title and
-date count through the prompt), the ``Idempotency-Key``.
+reference's image sha256 in order with the face crop the identity adapter sees of it (``shared.faces.crop_tag``: the
+crop rule, the detector and the box) and the regions the people are masked to (``shared.regions``: the columns when
+none are given), the style reference's sha256, and the LoRA as ``name@version`` with its file's sha256 (a bare name
+is resolved to its active version at submit, and the job is pinned to that version). Not in it, because they do not
+change the pixels: ``user_id`` (images of one client are shared between its users), ``metadata``, ``webhook_url``,
+``cancel_after``, ``priority`` (and so the queue), ``on_subject_error`` (stored subjects never fail at submit),
+``memory_context.content`` (kept with the job, never in the prompt; the title and date count through the prompt),
+the ``Idempotency-Key``.
 
 **Cacheable** only with the result cache on (``ILLUSTRATIONS_RESULT_CACHE``), an explicit seed (a drawn seed asks for
-a new picture) and no reference given by URL (those are fetched later by the preparation step, so their content is
-unknown at submit).
+a new picture) and nothing for the preparation step to do: no reference given by URL (fetched later, so its content
+is unknown at submit) and no subject photo stored before faces were detected (its crop is known only once the step
+has looked).
 
 **Model revision.** Workers record the revision of the weights they run (``worker.pipeline.profiles.read_revision``)
 on each job (``model.revision``) and on each ``generation_metrics`` row. An entry keeps the revision its images were
@@ -51,7 +54,7 @@ from sqlalchemy import delete, event, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
-from shared import deletion, jobs, styles
+from shared import deletion, faces, jobs, regions, styles
 from shared.db import utcnow
 from shared.errors import ErrorCode
 from shared.models import CacheEntry, GenerationMetric, Job, JobImage, new_id
@@ -60,7 +63,9 @@ from shared.settings import Settings
 from shared.states import JobStatus
 from shared.stored_request import StoredRef, StoredRequest
 
-KEY_VERSION: Final = 1
+# 2: face crops and regions (the identity adapter sees the face, not the whole photo: the images of version 1 keys
+# with a face in a subject photo are not what the same request makes now).
+KEY_VERSION: Final = 2
 # A leader that failed for one of these reasons failed through no fault of the request: followers run themselves.
 RELEASING_CODES: Final = frozenset({ErrorCode.WORKER_LOST.value})
 
@@ -93,6 +98,9 @@ def key_document(client_id: str, profile: str, request: StoredRequest, prompt_us
         "negative_prompt": request.negative_prompt,
         "params": params,
         "identity": [ref.sha256 for ref in resolved.identity if isinstance(ref, StoredRef)],
+        "crops": [faces.crop_tag(faces.as_box(ref.face), ref.detector) for ref in resolved.identity
+                  if isinstance(ref, StoredRef)],
+        "regions": regions.regions_used(resolved.given_regions()),
         "style_reference": resolved.style.sha256 if isinstance(resolved.style, StoredRef) else None,
         "lora": {"name": lora.label, "sha256": lora.sha256} if lora else None,
         "variant": request.variant,
@@ -113,8 +121,8 @@ def request_key(session: Session, settings: Settings, client_id: str, body: Illu
     if not settings.result_cache or body.params.seed is None:
         return None, request
     resolved = request.resolved
-    if resolved.needs_fetching():
-        return None, request  # given by URL: fetched (and known) only later, by the preparation step
+    if resolved.needs_preparing():
+        return None, request  # given by URL, or a face not looked for yet: known only after the preparation step
     lora = None
     if resolved.style_lora is not None:
         try:

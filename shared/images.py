@@ -4,7 +4,8 @@ stripped.
 
 Pillow decodes only PNG, JPEG and WebP here; the byte and pixel limits are checked from the header before any pixel
 is decoded (a decompression bomb never reaches ``load()``); EXIF orientation is applied and every other piece of
-metadata (EXIF with GPS, ICC, text chunks) is dropped by re-encoding the pixels as PNG.
+metadata (EXIF with GPS, ICC, text chunks) is dropped by re-encoding the pixels as PNG. A subject's photo also goes
+through the face detector (``find_face``, ``shared.faces``) while its pixels are decoded.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from shared import limits
+from shared import faces, limits
 from shared.errors import IllustrationsError
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP")
@@ -32,6 +33,7 @@ class NormalisedImage:
     sha256: str
     width: int
     height: int
+    face: faces.FaceDetection | None = None  # with ``find_face``: what the face detector found
 
 
 @dataclass(frozen=True)
@@ -84,9 +86,11 @@ def inspect(
 
 
 def normalise(
-    data: bytes, *, max_bytes: int = limits.UPLOAD_MAX_BYTES, max_pixels: int = limits.UPLOAD_MAX_PIXELS
+    data: bytes, *, max_bytes: int = limits.UPLOAD_MAX_BYTES, max_pixels: int = limits.UPLOAD_MAX_PIXELS,
+    find_face: bool = False,
 ) -> NormalisedImage:
-    """Validate and re-encode an input image as an RGB PNG without metadata."""
+    """Validate and re-encode an input image as an RGB PNG without metadata (and, with ``find_face``, look for the
+    face in it: a subject's photo)."""
     image = _open(data, max_bytes, max_pixels)
     try:
         image.load()
@@ -96,4 +100,6 @@ def normalise(
     buffer = io.BytesIO()
     rgb.save(buffer, format="PNG", compress_level=1)
     png = buffer.getvalue()
-    return NormalisedImage(png=png, sha256=hashlib.sha256(png).hexdigest(), width=rgb.width, height=rgb.height)
+    face = faces.detect(rgb) if find_face else None
+    return NormalisedImage(png=png, sha256=hashlib.sha256(png).hexdigest(), width=rgb.width, height=rgb.height,
+                           face=face)

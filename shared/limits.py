@@ -19,6 +19,7 @@ SEED_MAX: Final = 2**32 - 1
 ADAPTER_SCALE_MAX: Final = 2.0
 LORA_SCALE_MAX: Final = 2.0
 SUBJECTS_MAX: Final = 4
+REGION_MIN_AREA: Final = 1 / 16  # of the picture: a person's region (``subjects[].region``) is at least this big
 BATCH_MAX: Final = 100
 PROMPT_MAX_CHARS: Final = 2_000
 NEGATIVE_PROMPT_MAX_CHARS: Final = 1_000
@@ -52,7 +53,7 @@ DEFAULT_STEPS: Final = 30
 DEFAULT_GUIDANCE: Final = 7.5
 DEFAULT_IDENTITY_SCALE: Final = 0.6
 DEFAULT_STYLE_SCALE: Final = 0.8
-DEFAULT_CONTENT_SCALE: Final = 1.0
+DEFAULT_CONTENT_SCALE: Final = 0.0  # InstantStyle's "style only": a reference's layout is opt-in
 DEFAULT_LORA_SCALE: Final = 0.8
 
 # Fetching references by URL (the safe fetcher, shared.fetch).

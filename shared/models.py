@@ -124,6 +124,12 @@ class SubjectVersion(Base):
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=utcnow())
+    # The face detector's finding (``shared.faces``): the largest face's box [x0, y0, x1, y1] in fractions of the
+    # photo (None: no face), how many faces, and which detector ran. All None: a version stored before detection
+    # existed (the GPU worker detects at job time).
+    face_box: Mapped[list[float] | None] = mapped_column(JsonType)
+    face_count: Mapped[int | None] = mapped_column(Integer)
+    face_detector: Mapped[str | None] = mapped_column(String(80))
 
     subject: Mapped[Subject] = relationship(back_populates="versions")
 
@@ -422,6 +428,8 @@ class GenerationMetric(Base):
     model_load_s: Mapped[float | None] = mapped_column(Float)  # the worker's one-time pipeline load
     peak_gpu_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)  # null on CPU
     variant: Mapped[str | None] = mapped_column(String(16))  # the A/B variant the job ran with (request "variant")
+    regions: Mapped[int | None] = mapped_column(Integer)  # people tied to a region by a mask (0: none masked)
+    faces_found: Mapped[int | None] = mapped_column(Integer)  # identity references whose face was found and cropped
 
 
 class Feedback(Base):

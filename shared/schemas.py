@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from shared import limits
+from shared import limits, regions
 
 Text200 = Annotated[str, StringConstraints(max_length=limits.SHORT_TEXT_MAX_CHARS)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=limits.NAME_MAX_CHARS, strip_whitespace=True)]
@@ -45,12 +45,29 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+def _region(values: list[float]) -> list[float]:
+    return list(regions.check_region(values))
+
+
+Region = Annotated[
+    list[float],
+    Field(min_length=4, max_length=4, json_schema_extra={"items": {"type": "number", "minimum": 0, "maximum": 1}},
+          description="[x0, y0, x1, y1] in fractions of the width and height, x0 < x1 and y0 < y1, covering at "
+                      f"least 1/{round(1 / limits.REGION_MIN_AREA)} of the picture."),
+    AfterValidator(_region),
+]
+
+
 class SubjectRef(Strict):
     """A person in the picture: a stored subject by id, by name, or by name with a photo URL."""
 
     subject_id: Identifier | None = None
     name: Name | None = None
     image_url: HttpUrl | None = None
+    region: Region | None = Field(None, description="Where this person goes (an attention mask ties their face to "
+                                                    "it). Give every subject a region or none: without, two or "
+                                                    "more people get equal columns left to right in the order "
+                                                    "given, and one person the whole picture.")
 
     @model_validator(mode="after")
     def _one_way(self) -> SubjectRef:
@@ -169,6 +186,16 @@ class Timings(Out):
     total_s: float | None = None
 
 
+class LayoutOut(Out):
+    """One person of a job, where they went (``region``) and whether a face was found in their photo."""
+
+    subject_id: str | None = Field(description="null until the preparation step has stored a photo given by URL.")
+    name: str | None
+    region: list[float] = Field(description="[x0, y0, x1, y1] in fractions of the width and height.")
+    face_found: bool | None = Field(description="null: not known yet (a URL not fetched yet, or a photo stored "
+                                                "before faces were detected: the worker looks when the job runs).")
+
+
 class JobOut(Out):
     id: str
     status: Literal["queued", "running", "succeeded", "failed", "canceled"]
@@ -190,6 +217,11 @@ class JobOut(Out):
     metadata: dict[str, Any] | None
     priority: str
     links: dict[str, str]
+    layout: list[LayoutOut] = Field(default_factory=list, description="The people in the order given.")
+
+
+class FaceOut(Out):
+    box: list[float] = Field(description="The face found, [x0, y0, x1, y1] in fractions of the photo.")
 
 
 class SubjectOut(Out):
@@ -200,6 +232,9 @@ class SubjectOut(Out):
     width: int
     height: int
     sha256: str
+    face: FaceOut | None = Field(description="The face the identity adapter sees (cropped with a margin); null when "
+                                             "none was found (the whole photo is used) or not looked for yet.")
+    warnings: list[str] = Field(default_factory=list)
     created_at: dt.datetime
 
 

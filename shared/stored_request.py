@@ -8,7 +8,9 @@ and use attributes.
 
 **Compatibility.** The JSON shape is the one the API has written since the first release (``tests/shared/
 test_stored_request.py`` keeps a literal row of it), so every row already stored reads, without a migration. Keys
-added since default when a row lacks them (``variant``, ``resolved.style_lora``); the optional labels
+added since default when a row lacks them (``variant``, ``resolved.style_lora``, a person's ``face``/``face_count``/
+``detector`` and ``region``: a row without a detector goes through the preparation step, which looks); the optional
+labels
 (``experiment``, ``batch_index``, ``retry_of``) and a stored reference's subject fields are left out when empty,
 as the API always did. Keys this version does not know are kept (``extra="allow"``): nothing reads them, but a row
 written by a newer API during a rolling deploy keeps them when this version's preparation step or ``ops retry``
@@ -31,6 +33,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from shared import experiments, limits
+from shared.regions import Region, as_region
 from shared.styles import StyleRef
 
 
@@ -52,6 +55,18 @@ class StoredRef(Stored):
     subject_id: str | None = Field(None, exclude_if=_absent)
     name: str | None = Field(None, exclude_if=_absent)
     version: int | None = Field(None, exclude_if=_absent)
+    # A person's photo (``shared.faces``): the face box in fractions (None: no face, the whole photo is used), how
+    # many faces, the detector that looked. ``detector`` None: the photo was stored before faces were detected (the
+    # GPU worker looks when the job runs).
+    face: list[float] | None = Field(None, exclude_if=_absent)
+    face_count: int | None = Field(None, exclude_if=_absent)
+    detector: str | None = Field(None, exclude_if=_absent)
+    region: list[float] | None = Field(None, exclude_if=_absent)  # as asked (``shared.regions``)
+
+    @property
+    def face_found(self) -> bool | None:
+        """Whether a face was found (None: not looked for yet)."""
+        return None if self.detector is None else self.face is not None
 
 
 class UrlRef(Stored):
@@ -60,6 +75,7 @@ class UrlRef(Stored):
     index: int  # its position in the request (``subjects.{index}`` in warnings and errors)
     name: str | None  # the subject it becomes a version of (None: a style reference)
     image_url: str
+    region: list[float] | None = Field(None, exclude_if=_absent)  # as asked (``shared.regions``)
 
 
 def _reference_kind(value: Any) -> str:
@@ -89,6 +105,16 @@ class Resolved(Stored):
     def needs_fetching(self) -> bool:
         """Whether a reference is still a URL (the job goes to the preparation step first)."""
         return any(isinstance(ref, UrlRef) for ref in self.references)
+
+    def needs_preparing(self) -> bool:
+        """Whether the job goes to the preparation step first: a reference is still a URL, or a person's photo was
+        stored before faces were detected (the step looks for the face)."""
+        return self.needs_fetching() or any(isinstance(ref, StoredRef) and ref.detector is None
+                                            for ref in self.identity)
+
+    def given_regions(self) -> list[Region | None]:
+        """Each person's region as asked (``shared.regions.regions_used`` makes the masks' regions of them)."""
+        return [as_region(ref.region) if ref.region is not None else None for ref in self.identity]
 
 
 # --- the parameters -----------------------------------------------------------------------------------------------

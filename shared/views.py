@@ -6,12 +6,36 @@ a webhook: ``public_base_url``, else the URLs stay relative).
 
 from __future__ import annotations
 
+from typing import Any
+
+from pydantic import ValidationError
+
+from shared import regions
 from shared.models import Job, StyleVersion
-from shared.schemas import ImageOut, JobErrorOut, JobOut, Progress, StyleVersionOut, Timings
+from shared.schemas import ImageOut, JobErrorOut, JobOut, LayoutOut, Progress, StyleVersionOut, Timings
+from shared.stored_request import RequestOutline, StoredRef
 
 
 def job_path(job_id: str) -> str:
     return f"/v1/illustrations/{job_id}"
+
+
+def layout_out(request: Any) -> list[LayoutOut]:
+    """The job's people in the order given: where each went and whether their face was found."""
+    try:
+        resolved = RequestOutline.model_validate(request or {}).resolved
+    except ValidationError:
+        return []
+    identity = resolved.identity
+    try:
+        used = regions.layout_regions(resolved.given_regions())
+    except ValueError:  # not written by this API (a mix is refused at submit)
+        return []
+    return [
+        LayoutOut(subject_id=ref.subject_id if isinstance(ref, StoredRef) else None, name=ref.name,
+                  region=list(region), face_found=ref.face_found if isinstance(ref, StoredRef) else None)
+        for ref, region in zip(identity, used, strict=True)
+    ]
 
 
 def job_out(job: Job, base: str, queue_position: int | None = None) -> JobOut:
@@ -52,6 +76,7 @@ def job_out(job: Job, base: str, queue_position: int | None = None) -> JobOut:
         metadata=job.meta,
         priority=job.priority,
         links={"self": job_path(job.id)},
+        layout=layout_out(job.request),
     )
 
 

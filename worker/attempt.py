@@ -108,6 +108,8 @@ class Attempt:
         self.inference_s: float | None = None  # the pipeline call
         self.store_s: float | None = None  # images stored and the job finished
         self.embeddings_cached = 0
+        self.regions: int | None = None  # people tied to a region by a mask (0: none)
+        self.faces_found = 0  # identity references whose face was found and cropped
         self.lora_resident: bool | None = None
         self.peak_memory_bytes: int | None = None
 
@@ -166,6 +168,8 @@ class Attempt:
             "model_load_s": runtime.load_seconds,
             "peak_gpu_memory_bytes": self.peak_memory_bytes,
             "variant": job.variant,
+            "regions": self.regions,
+            "faces_found": self.faces_found if self.regions is not None else None,
         }
 
     def _record(self, session: Session, outcome: str, error_code: str | None = None) -> None:

@@ -1,7 +1,10 @@
 """Reference embeddings computed once per image and kept in storage (and a few in memory), as safetensors.
 
-Key: ``embeddings/<image sha256>/<encoder revision>/<adapter>.safetensors``. The encoder revision names the weights
-and the dtype (``Engine.encoder_revision``), so a new model or another device type never reads a stale embedding.
+Key: ``embeddings/<image sha256>/<encoder revision>/<adapter>[-<crop>].safetensors``. The encoder revision names the
+weights and the dtype (``Engine.encoder_revision``), so a new model or another device type never reads a stale
+embedding; ``<crop>`` (``shared.faces.crop_tag``: the crop rule's version, the detector and the face box) names the
+face crop an identity embedding was made of (none: the whole photo), so a changed detector or margin never does
+either.
 A hit skips both the image read and the image encoder; since the engine encodes every reference on its own, a
 cached embedding gives exactly the image the uncached one gives.
 
@@ -40,12 +43,14 @@ def embedding_prefix(sha256: str) -> str:
     return f"embeddings/{sha256}/"
 
 
-def embedding_key(encoder_revision: str, adapter: int, sha256: str) -> str:
-    return f"{embedding_prefix(sha256)}{encoder_revision}/{ADAPTER_NAMES[adapter]}.safetensors"
+def embedding_key(encoder_revision: str, adapter: int, sha256: str, crop: str | None = None) -> str:
+    name = ADAPTER_NAMES[adapter] + (f"-{crop}" if crop else "")
+    return f"{embedding_prefix(sha256)}{encoder_revision}/{name}.safetensors"
 
 
 def embedding_keys(encoder_revision: str, sha256: str) -> list[str]:
-    """Every key an image's embeddings may have under one encoder revision."""
+    """The keys of an image's whole-photo embeddings under one encoder revision (face crops' keys are under the same
+    prefix, ``embedding_prefix``)."""
     return [embedding_key(encoder_revision, adapter, sha256) for adapter in ADAPTER_NAMES]
 
 
@@ -57,11 +62,13 @@ class EmbeddingCache:
         self.memory_items = memory_items
         self._memory: OrderedDict[str, torch.Tensor] = OrderedDict()
 
-    def embedding(self, adapter: int, sha256: str, image: Callable[[], PIL.Image.Image]) -> tuple[torch.Tensor, bool]:
-        """The embedding of the image with this sha256 (``image`` is called only on a miss) and whether it hit."""
+    def embedding(self, adapter: int, sha256: str, image: Callable[[], PIL.Image.Image],
+                  crop: str | None = None) -> tuple[torch.Tensor, bool]:
+        """The embedding of the image with this sha256 (``image`` is called only on a miss, and gives the crop named
+        ``crop`` of it, if any) and whether it hit."""
         if not self.enabled:
             return self.engine.embed(adapter, image()), False
-        key = embedding_key(self.engine.encoder_revision, adapter, sha256)
+        key = embedding_key(self.engine.encoder_revision, adapter, sha256, crop)
         cached = self._memory_get(key)
         if cached is None:
             cached = self._storage_get(key)

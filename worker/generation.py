@@ -13,7 +13,7 @@ import hashlib
 import io
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import PIL.Image
@@ -22,7 +22,7 @@ from PIL.PngImagePlugin import PngInfo
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from shared import jobs, styles
+from shared import faces, jobs, regions, styles
 from shared.db import is_unavailable
 from shared.errors import ErrorCode, JobFailure
 from shared.models import Job
@@ -82,15 +82,46 @@ def _load_reference(runtime: Runtime, reference: StoredRef) -> PIL.Image.Image:
     return image.convert("RGB")
 
 
-def _embedding(runtime: Runtime, adapter: int, reference: StoredRef | UrlRef, attempt: Attempt) -> Any:
+def _stored(reference: StoredRef | UrlRef) -> StoredRef:
     if isinstance(reference, UrlRef):  # the preparation step stores every URL reference before a GPU sees the job
         raise JobFailure(ErrorCode.INTERNAL, "a reference given by URL reached a GPU worker unfetched")
-    embedding, hit = runtime.embeddings().embedding(
-        adapter, reference.sha256, lambda: _load_reference(runtime, reference)
-    )
+    return reference
+
+
+def _embedding(runtime: Runtime, adapter: int, reference: StoredRef, attempt: Attempt,
+               image: Callable[[], PIL.Image.Image], crop: str | None = None) -> Any:
+    embedding, hit = runtime.embeddings().embedding(adapter, reference.sha256, image, crop)
     attempt.embeddings_cached += int(hit)
     observability.embedding_looked_up(hit)
     return embedding
+
+
+def _person(runtime: Runtime, reference: StoredRef | UrlRef, attempt: Attempt) -> Any:
+    """A person's identity embedding: of the face crop (``shared.faces``), or of the whole photo when no face was
+    found. A photo stored before faces were detected is looked at now (the same detector)."""
+    from worker.pipeline.engine import IDENTITY
+
+    reference = _stored(reference)
+    box = faces.as_box(reference.face)
+    detector = reference.detector
+    loaded: PIL.Image.Image | None = None
+    if detector is None:
+        loaded = _load_reference(runtime, reference)
+        found = faces.detect(loaded)
+        box, detector = found.box, found.detector
+    attempt.faces_found += int(box is not None)
+
+    def image() -> PIL.Image.Image:
+        return faces.crop(loaded if loaded is not None else _load_reference(runtime, reference), box)
+
+    return _embedding(runtime, IDENTITY, reference, attempt, image, faces.crop_tag(box, detector))
+
+
+def _style(runtime: Runtime, reference: StoredRef | UrlRef, attempt: Attempt) -> Any:
+    from worker.pipeline.engine import STYLE
+
+    stored = _stored(reference)
+    return _embedding(runtime, STYLE, stored, attempt, lambda: _load_reference(runtime, stored))
 
 
 def _lora_request(runtime: Runtime, job: JobInput) -> Any:
@@ -114,10 +145,15 @@ def _lora_request(runtime: Runtime, job: JobInput) -> Any:
 
 
 def _request(runtime: Runtime, job: JobInput, attempt: Attempt) -> GenerationRequest:
-    from worker.pipeline.engine import IDENTITY, STYLE, GenerationRequest
+    from worker.pipeline.engine import GenerationRequest
 
     request = job.request
     params, resolved = request.params, request.resolved
+    try:
+        used = regions.regions_used(resolved.given_regions())
+    except ValueError:  # a mix of given and missing regions: refused at submit, so never written by the API
+        raise JobFailure(ErrorCode.INTERNAL, "the job's stored regions cannot be used") from None
+    attempt.regions = len(used) if used is not None else 0
     return GenerationRequest(
         prompt=job.prompt_used,
         negative_prompt=request.negative_prompt,
@@ -127,9 +163,10 @@ def _request(runtime: Runtime, job: JobInput, attempt: Attempt) -> GenerationReq
         guidance_scale=params.guidance_scale,
         seed=job.seed,
         num_images=params.num_images,
-        identity_embeds=tuple(_embedding(runtime, IDENTITY, ref, attempt) for ref in resolved.identity),
+        identity_embeds=tuple(_person(runtime, ref, attempt) for ref in resolved.identity),
         identity_scale=params.identity_scale,
-        style_embeds=_embedding(runtime, STYLE, resolved.style, attempt) if resolved.style is not None else None,
+        identity_regions=tuple(used or ()),
+        style_embeds=_style(runtime, resolved.style, attempt) if resolved.style is not None else None,
         style_scale=params.style_scale,
         content_scale=params.content_scale,
         lora=_lora_request(runtime, job),

@@ -14,7 +14,7 @@ import pytest
 from flask import Flask
 from sqlalchemy import select
 
-from shared import styles
+from shared import faces, styles
 from shared.db import Database
 from shared.fetch import Fetcher
 from shared.models import ApiKey, GenerationMetric, Job
@@ -71,24 +71,27 @@ def test_a_request_written_by_the_api_is_prepared_and_run_as_written(
     response.close()
     assert response.status_code == 202, response.json
     job_id = str(response.json["id"])  # type: ignore[index]
-    grandma = {"subject_id": subject["id"], "name": "grandma", "version": 1,
-               "storage_key": f"subjects/{subject['id']}/v1.png", "sha256": subject["sha256"]}
+    photo = {"subject_id": subject["id"], "name": "grandma", "version": 1,
+             "storage_key": f"subjects/{subject['id']}/v1.png", "sha256": subject["sha256"]}
+    # A person's photo also keeps what the face detector found in it (no face in a flat colour); a style reference
+    # does not.
+    grandma = {**photo, "face_count": 0, "detector": faces.detector_version()}
 
     # 1. What the API wrote: the shape rows have always had (a literal, field by field).
     with db.begin() as session:
         written = session.get_one(Job, job_id).request
     assert written == {
         "user_id": "u-1", "prompt": body["prompt"], "negative_prompt": "blurry",
-        "subjects": [{"subject_id": subject["id"], "name": None, "image_url": None},
-                     {"subject_id": None, "name": "dad", "image_url": dad_url}],
+        "subjects": [{"subject_id": subject["id"], "name": None, "image_url": None, "region": None},
+                     {"subject_id": None, "name": "dad", "image_url": dad_url, "region": None}],
         "style": {"artistic_style": "watercolor", "color_palette": None, "mood": None,
                   "reference": {"subject_id": subject["id"], "image_url": None}},
         "memory_context": body["memory_context"],
         "params": {"width": 64, "height": 64, "steps": 2, "guidance_scale": 7.5, "seed": 9, "num_images": 1,
-                   "identity_scale": 0.6, "style_scale": 0.8, "content_scale": 1.0, "style_lora": "ink",
+                   "identity_scale": 0.6, "style_scale": 0.8, "content_scale": 0.0, "style_lora": "ink",
                    "lora_scale": 0.7, "output_format": "png"},
         "priority": "interactive", "on_subject_error": "fail",
-        "resolved": {"identity": [grandma, {"index": 1, "name": "dad", "image_url": dad_url}], "style": grandma,
+        "resolved": {"identity": [grandma, {"index": 1, "name": "dad", "image_url": dad_url}], "style": photo,
                      "style_lora": {"name": "ink", "version": None}},
         "variant": "a",
     }

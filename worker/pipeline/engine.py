@@ -10,6 +10,11 @@ References are encoded one image at a time (``embed``) and passed as ``ip_adapte
 in embeddings it cached (``identity_embeds`` / ``style_embeds``), and a cached embedding gives exactly the image the
 uncached one gives, because both went through the same one-image call. LoRA styles live in ``LoraSlots``.
 
+People: each identity photo keeps its own tokens (the adapter's embeds are ``(batch, people, tokens, dim)``), and
+with ``identity_regions`` each person's tokens are tied to their region by an attention mask (``masks``), so faces
+never blend; ``identity_inputs`` builds both, and can pad to a fixed number of people with zero masks. Without
+regions (one person, the whole picture) the call is exactly the one made before masks existed.
+
 ``run`` does one job and says where its time went; ``generate`` returns only the images.
 """
 
@@ -28,7 +33,9 @@ from diffusers import StableDiffusionXLPipeline
 from diffusers.models.embeddings import ImageProjection
 from transformers import CLIPVisionModelWithProjection
 
+from shared.regions import Region
 from worker.pipeline.lora import LoraRequest, LoraSlots, LoraUse
+from worker.pipeline.masks import MaskGrid, identity_masks
 from worker.pipeline.profiles import ModelProfile, ModelsMissing, missing_files, read_revision
 
 logger = logging.getLogger(__name__)
@@ -72,10 +79,13 @@ class GenerationRequest:
     identity_scale: float = 0.6
     style_image: PIL.Image.Image | None = None
     style_scale: float = 0.8
-    content_scale: float = 1.0
+    content_scale: float = 0.0  # InstantStyle "style only": the reference's layout block stays off
     identity_embeds: tuple[torch.Tensor, ...] = ()  # one per photo, each ``embed(IDENTITY, photo)``
     style_embeds: torch.Tensor | None = None  # ``embed(STYLE, image)``
     lora: LoraRequest | None = None
+    # One region per identity photo (fractions, ``shared.regions``): each person's tokens reach only their region.
+    # Empty: no masks (one person has the whole picture; several would share it, their tokens concatenated).
+    identity_regions: tuple[Region, ...] = ()
 
     @property
     def identity_count(self) -> int:
@@ -167,6 +177,14 @@ def _check_request(req: GenerationRequest) -> None:
         raise ValueError("give `identity_images` or `identity_embeds`, not both")
     if req.style_image is not None and req.style_embeds is not None:
         raise ValueError("give `style_image` or `style_embeds`, not both")
+    if req.identity_regions and len(req.identity_regions) != req.identity_count:
+        raise ValueError(f"`identity_regions` must give one region per identity image: {req.identity_count} images, "
+                         f"{len(req.identity_regions)} regions")
+    for i, region in enumerate(req.identity_regions):
+        if len(region) != 4 or not all(math.isfinite(v) and 0 <= v <= 1 for v in region):
+            raise ValueError(f"`identity_regions[{i}]` must be four fractions between 0 and 1")
+        if region[0] >= region[2] or region[1] >= region[3]:
+            raise ValueError(f"`identity_regions[{i}]` must have x0 < x1 and y0 < y1")
     if req.lora is not None and not (math.isfinite(req.lora.scale) and 0 <= req.lora.scale <= MAX_ADAPTER_SCALE):
         raise ValueError(f"`lora.scale` must be between 0 and {MAX_ADAPTER_SCALE}, got {req.lora.scale}")
     references = [(f"identity_images[{i}]", image) for i, image in enumerate(req.identity_images)]
@@ -216,6 +234,7 @@ class Engine:
         # diffusers feeds hidden states to every projection but the basic one, which takes the pooled embedding.
         self._hidden_states = [not isinstance(layer, ImageProjection) for layer in layers]
         self._negatives = [self._negative(hidden) for hidden in self._hidden_states]
+        self.mask_grid = MaskGrid.of(pipe.unet, pipe.vae_scale_factor)
 
     @classmethod
     def load(
@@ -323,6 +342,39 @@ class Engine:
             return positive
         return torch.cat([negative.expand_as(positive[0]).unsqueeze(0), positive])
 
+    def identity_inputs(
+        self,
+        embeds: torch.Tensor,
+        regions: Sequence[Region],
+        width: int,
+        height: int,
+        guided: bool,
+        slots: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The identity adapter's inputs for ``embeds`` (one per person, ``(n, tokens, dim)``): its
+        ``ip_adapter_image_embeds`` entry ``((2 if guided else 1), slots, tokens, dim)``, each person's tokens in
+        their own slot, and its ``ip_adapter_masks`` entry ``(1, slots, h, w)``, mask i tying slot i to
+        ``regions[i]`` (None without regions: every slot has the whole picture).
+
+        ``slots`` (default: one per person) pads with the negative embedding under an all-zero mask, which adds
+        exactly nothing: a fixed number of identity slots (a compiled UNet) costs no change to the picture.
+        """
+        people = embeds.shape[0]
+        slots = people if slots is None else slots
+        if slots < people:
+            raise ValueError(f"{people} people do not fit in {slots} identity slots")
+        if regions and len(regions) != people:
+            raise ValueError(f"one region per person: {people} people, {len(regions)} regions")
+        if slots > people and not regions:
+            raise ValueError("padding slots need regions (their masks keep the padding out of the picture)")
+        if slots > people:
+            padding = self._negatives[IDENTITY].to(embeds.device, embeds.dtype)
+            embeds = torch.cat([embeds, padding.expand(slots - people, *embeds.shape[1:])])
+        masks = None
+        if regions:
+            masks = identity_masks(self.mask_grid, regions, width, height, slots=slots, device=self.device)
+        return self._adapter_input(IDENTITY, embeds, guided), masks
+
     # --- The call -----------------------------------------------------------------------------------------------
 
     def generate(self, req: GenerationRequest, on_step: StepCallback | None = None) -> list[PIL.Image.Image]:
@@ -365,10 +417,17 @@ class Engine:
         style_embeds = req.style_embeds
         if req.style_image is not None:
             style_embeds = self.embed_style(req.style_image)
-        image_embeds = [
-            self._adapter_input(IDENTITY, identity_embeds, guided),
-            self._adapter_input(STYLE, style_embeds, guided),
-        ]
+        masks: torch.Tensor | None = None
+        if identity_embeds is not None and req.identity_regions and req.identity_scale > 0:
+            identity_input, masks = self.identity_inputs(
+                identity_embeds, req.identity_regions, req.width, req.height, guided
+            )
+        else:
+            identity_input = self._adapter_input(IDENTITY, identity_embeds, guided)
+        image_embeds = [identity_input, self._adapter_input(STYLE, style_embeds, guided)]
+        # Only with masks (the style adapter's entry None: not masked); without them the call is exactly the one
+        # made before masks existed.
+        attention = {"ip_adapter_masks": [masks, None]} if masks is not None else None
 
         # 4. Set adapter scales (an adapter at 0 is skipped inside attention); unchanged scales are not set again:
         #    it walks every attention processor (1.5 ms, 6 ms with a per-block dict, on the tiny model).
@@ -405,6 +464,7 @@ class Engine:
             num_images_per_prompt=req.num_images,
             generator=generators,
             ip_adapter_image_embeds=image_embeds,
+            cross_attention_kwargs=attention,
             callback_on_step_end=step_end,
             output_type="pil",
         )
