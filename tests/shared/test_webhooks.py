@@ -195,7 +195,7 @@ def test_the_body_is_the_job_as_the_api_returns_it(any_db: Database) -> None:
     assert data["status"] == "succeeded"
     assert data["metadata"] == {"memory_id": "m-9"}
     assert data["images"][0]["url"] == f"https://api.example/v1/illustrations/{job_id}/images/0"
-    assert data["links"] == {"self": f"/v1/illustrations/{job_id}"}
+    assert data["links"] == {"self": f"https://api.example/v1/illustrations/{job_id}"}
 
 
 def test_due_events_are_claimed_once_until_their_lease_ends(any_db: Database) -> None:
