@@ -100,10 +100,10 @@ def start_stack(settings: Settings, api_bind: str | None = None, flower_port: in
         upgrade(settings)
     if settings.model_profile == "tiny":
         from worker.pipeline.profiles import missing_files, resolve_profile
-        from worker.pipeline.tiny import make_tiny
+        from worker.pipeline.tiny import make_tiny, outdated
 
         profile = resolve_profile("tiny", settings.effective_model_dir)
-        if missing_files(profile):
+        if missing_files(profile) or outdated(profile.root):
             click.echo(f"generating the tiny model in {profile.root}")
             make_tiny(profile.root)
     api_bind = api_bind or settings.api_bind
