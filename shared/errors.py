@@ -78,7 +78,6 @@ class FieldCode(StrEnum):
     NUL_CHARACTER = "nul_character"  # a NUL character (never storable)
     INVALID_URL = "invalid_url"  # not an http(s) URL this service fetches (scheme, credentials, host)
     BLOCKED_URL = "blocked_url"  # names or resolves to an address that is not public (see fetch_allowlist)
-    UNRESOLVABLE_HOST = "unresolvable_host"  # a webhook host name that does not resolve
     NOT_FOUND = "not_found"  # names a subject, style or illustration that does not exist for this client/user
     INVALID_IMAGE = "invalid_image"  # an upload that is not a usable image (format, size, pixels)
     REFERENCE_UNREACHABLE = "reference_unreachable"  # a URL fetched at submit (or by the job) could not be read
