@@ -25,7 +25,7 @@ from api.submit import refuse_if_deleting
 from api.views import subject_out
 from shared.deletion.subjects import delete_subject
 from shared.errors import FieldCode, ProblemCode
-from shared.fetch import FetchError
+from shared.fetch import ALLOWLIST_HINT, FetchBlocked, FetchError, FetchMalformed
 from shared.images import ImageRejected, NormalisedImage, normalise
 from shared.models import Subject
 from shared.schemas import (
@@ -71,7 +71,8 @@ def _from_url(body: SubjectUrlRequest) -> NormalisedImage:
     try:
         fetched = services().fetcher.get(body.image_url)
     except FetchError as exc:
-        raise validation_error([("image_url", f"{exc} ({exc.code.value})", FieldCode(exc.code.value))]) from None
+        hint = ALLOWLIST_HINT if isinstance(exc, FetchBlocked) and not isinstance(exc, FetchMalformed) else ""
+        raise validation_error([("image_url", f"{exc} ({exc.code.value}){hint}", FieldCode(exc.code.value))]) from None
     try:
         return normalise(fetched.data, find_face=True)
     except ImageRejected as exc:

@@ -29,10 +29,9 @@ from api.prompts import build_prompt, people_in_layout
 from api.services import Services
 from shared import cache, deletion, experiments, jobs, limits, styles, tasks
 from shared.errors import FieldCode, ProblemCode
-from shared.fetch import FetchBlocked, FetchMalformed, FetchUnreachable, check_url
+from shared.fetch import ALLOWLIST_HINT, FetchBlocked, FetchMalformed, FetchUnreachable, check_url
 from shared.models import Batch, Client, Job, Subject
 from shared.schemas import IllustrationRequest, ImageRef, SubjectRef
-from shared.settings import ENV_PREFIX
 from shared.states import JobStatus
 from shared.stored_request import Reference, Resolved, StoredRef, StoredRequest, UrlRef
 from shared.subjects import face_warnings, latest_version, reference
@@ -50,11 +49,6 @@ def _stored(session: Session, client_id: str, user_id: str, *, subject_id: str |
     if subject is None or version is None:
         return None
     return reference(subject, version, region)
-
-
-ALLOWLIST = f"{ENV_PREFIX}FETCH_ALLOWLIST"
-ALLOWLIST_HINT = (f"; a host that is not public (a private deployment, a test receiver) must be listed in the "
-                  f"server's {ALLOWLIST} setting (host names or CIDR networks, comma-separated)")
 
 
 def url_error(field: str, exc: FetchBlocked) -> FieldError:

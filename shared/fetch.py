@@ -65,6 +65,11 @@ SITE_LOCAL: Final = ipaddress.ip_network("fec0::/10")
 DOCUMENTATION_V6: Final = ipaddress.ip_network("3fff::/20")
 
 
+# Appended to the refusal of an address that is not public, where a person reads it (a 422, the CLI).
+ALLOWLIST_HINT: Final = ("; a host that is not public (a private deployment, a test receiver) must be listed in "
+                         "the server's ILLUSTRATIONS_FETCH_ALLOWLIST setting (host names or CIDR networks, "
+                         "comma-separated)")
+
 # Name lookups bounded in time (``Fetcher.check_resolved``): a few threads, shared by the process, made on demand.
 _RESOLVERS: Final = ThreadPoolExecutor(max_workers=4, thread_name_prefix="resolve")
 
