@@ -129,3 +129,18 @@ def v1_field(field: str) -> str:
     """A v1 field path in AutoBio's names: ``subjects.0.image_url`` → ``subjectReferences.0.imageUrl``."""
     head, *rest = field.split(".")
     return ".".join([FIELD_NAMES.get(head, to_camel(head)), *(to_camel(part) for part in rest)])
+
+
+# v1 field paths as messages name them (``subjects.0: the URL resolves to ...``, ``image_url needs a name``).
+_V1_PATH = re.compile(r"\b(?:subjects|style\.reference|memory_context|user_id|image_url|subject_id)(?:\.\w+)*\b")
+
+
+def v1_text(text: str) -> str:
+    """A message or detail with every v1 field path in it written in AutoBio's names."""
+    return _V1_PATH.sub(lambda match: v1_field(match.group(0)), text)
+
+
+def v1_path_in(text: str) -> str | None:
+    """The v1 field path a job's error message starts with (``subjects.0: ...``), if any."""
+    match = _V1_PATH.match(text)
+    return match.group(0) if match else None

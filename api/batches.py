@@ -10,15 +10,16 @@ from datetime import datetime
 
 from flask import Blueprint, Flask, Response, jsonify
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from api import submit
 from api.auth import current_principal, require
 from api.body import json_body
-from api.errors import not_found, validation_error
+from api.errors import FieldError, not_found, validation_error
 from api.idempotency import idempotent
 from api.openapi import IDEMPOTENCY_KEY, Returns, operation
 from api.services import services
-from api.views import job_out
+from api.views import absolute, job_out
 from shared import jobs
 from shared.models import Batch, Job
 from shared.schemas import BatchCreated, BatchOut, BatchRequest
@@ -42,15 +43,16 @@ def create_batch() -> tuple[Response, int, dict[str, str]]:
     body = json_body(BatchRequest)
     principal = current_principal()
     svc = services()
-    errors: list[tuple[str, str]] = []
+    errors: list[FieldError] = []
     submit.check_webhook_url(body.webhook_url, "webhook_url", svc, errors)
     if errors:
         raise validation_error(errors)
     priorities = [r.priority if "priority" in r.model_fields_set else "batch" for r in body.requests]
     batch = Batch(client_id=principal.client_id, webhook_url=body.webhook_url)
 
-    def answer(rows: list[Job]) -> submit.Answer:
-        out = BatchCreated(id=batch.id, job_ids=[job.id for job in rows], links={"self": batch_path(batch.id)})
+    def answer(_session: Session, rows: list[Job]) -> submit.Answer:
+        out = BatchCreated(id=batch.id, job_ids=[job.id for job in rows],
+                           links={"self": absolute(batch_path(batch.id))})
         return submit.Answer(out.model_dump(mode="json"), {"Location": batch_path(batch.id)})
 
     created = submit.create(svc, principal, body.requests, answer, batch=batch, priorities=priorities,
@@ -82,7 +84,7 @@ def get_batch(batch_id: str) -> Response:
             counts[job.status] += 1
         views = [job_out(job, queue_position=jobs.queue_position(session, job)) for job in rows]
         out = BatchOut(id=batch.id, created_at=batch.created_at, counts=counts, jobs=views,
-                       links={"self": batch_path(batch.id)})
+                       links={"self": absolute(batch_path(batch.id))})
     return jsonify(out.model_dump(mode="json"))
 
 

@@ -13,6 +13,7 @@ from flask import Flask, request
 from pydantic import BaseModel, ValidationError
 
 from api.errors import ApiError, fields_of, validation_error
+from shared.errors import FieldCode
 from shared.schemas import Query
 
 M = TypeVar("M", bound=BaseModel)
@@ -34,7 +35,7 @@ def json_body(model: type[M]) -> M:
     if b"\\u0000" in data:
         bad = _nul_paths(json.loads(data))
         if bad:
-            raise validation_error([(path or "body", NUL_MESSAGE) for path in bad])
+            raise validation_error([(path or "body", NUL_MESSAGE, FieldCode.NUL_CHARACTER) for path in bad])
     return parsed
 
 
@@ -63,7 +64,7 @@ def _refuse_nul() -> None:
     bad = [name for source in sources for name, value in source.items(multi=True)
            if "\x00" in name or "\x00" in value]
     if bad:
-        raise validation_error([(name.replace("\x00", "?"), NUL_MESSAGE) for name in bad])
+        raise validation_error([(name.replace("\x00", "?"), NUL_MESSAGE, FieldCode.NUL_CHARACTER) for name in bad])
 
 
 FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")

@@ -15,20 +15,31 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, jsonify, request
 from pydantic import ValidationError
+from sqlalchemy.orm import Session
 
 from api import submit
 from api.auth import current_principal, require
-from api.autobio import GeneratePending, GenerateRequest, GenerateResult, ResultMetadata, to_v1, v1_field
+from api.autobio import (
+    GeneratePending,
+    GenerateRequest,
+    GenerateResult,
+    ResultMetadata,
+    to_v1,
+    v1_field,
+    v1_path_in,
+    v1_text,
+)
 from api.body import json_body
-from api.errors import ApiError, fields_of, validation_error
+from api.errors import ApiError, FieldError, fields_of, problem_field, validation_error
 from api.idempotency import idempotent
 from api.illustrations import owned_job, wait_for
 from api.openapi import IDEMPOTENCY_KEY, PREFER, Returns, operation
 from api.services import Services, services
 from api.views import base_url, job_path
 from api.waiting import prefer_wait
+from shared.errors import FieldCode, ProblemCode
 from shared.models import Job
-from shared.schemas import IllustrationRequest
+from shared.schemas import IllustrationRequest, ProblemField
 from shared.states import JobStatus
 from shared.stored_request import StoredRequest
 
@@ -67,20 +78,30 @@ def _answer(job: Job) -> tuple[Response, int, dict[str, str]]:
                                   status_url=status_path(job.id))
         return jsonify(pending.model_dump(mode="json", by_alias=True)), 202, headers
     code = job.error_code or "internal"
-    detail = f"generation {job.id} ended {job.status} ({code}): {job.error_message or ''}".strip()
+    message = v1_text(job.error_message or "")
+    detail = f"generation {job.id} ended {job.status} ({code}): {message}".strip()
     if job.status == JobStatus.CANCELED.value:
-        raise ApiError(409, "Conflict", detail)
+        raise ApiError(409, "Conflict", detail, code=ProblemCode.GENERATION_CANCELED)
     if code in INPUT_ERRORS:
-        raise ApiError(422, "Unprocessable Content", detail, [("subjectReferences", code)])
-    raise ApiError(503, "Service Unavailable", detail,
+        path = v1_path_in(job.error_message or "")
+        field = v1_field(path) if path else ("stylePreferences" if code == "style_not_found" else "subjectReferences")
+        raise ApiError(422, "Unprocessable Content", detail, [(field, message or code, FieldCode(code))],
+                       code=ProblemCode.GENERATION_FAILED)
+    raise ApiError(503, "Service Unavailable", detail, code=ProblemCode.GENERATION_FAILED,
                    headers={"Retry-After": str(services().settings.retry_after_s)})
+
+
+def _legacy(error: FieldError | ProblemField) -> FieldError:
+    """A v1 field error in AutoBio's names, in its field and its message."""
+    field = problem_field(error)
+    return v1_field(field.field), v1_text(field.message), field.code
 
 
 def _translate(body: GenerateRequest) -> IllustrationRequest:
     try:
         return IllustrationRequest.model_validate_json(json.dumps(to_v1(body)))
     except ValidationError as exc:
-        raise validation_error([(v1_field(f), m) for f, m in fields_of(exc)]) from None
+        raise validation_error([_legacy(error) for error in fields_of(exc)]) from None
 
 
 def _wait_s(svc: Services) -> float:
@@ -88,7 +109,7 @@ def _wait_s(svc: Services) -> float:
     return preferred if preferred is not None else min(svc.settings.compat_wait_s, svc.settings.prefer_wait_max_s)
 
 
-def _accepted(rows: list[Job]) -> submit.Answer:
+def _accepted(_session: Session, rows: list[Job]) -> submit.Answer:
     """What a retry with the same Idempotency-Key gets: the generation as accepted, and it follows statusUrl from
     there (never a second job)."""
     (job,) = rows
@@ -117,7 +138,7 @@ def generate() -> tuple[Response, int, dict[str, str]]:
     try:
         created = submit.create(svc, current_principal(), [body], _accepted)
     except ApiError as exc:
-        exc.errors = [type(error)(field=v1_field(error.field), message=error.message) for error in exc.errors]
+        exc.errors = [problem_field(_legacy(error)) for error in exc.errors]
         raise
     submit.mark(svc, created.published)
     job_id = created.jobs[0].id

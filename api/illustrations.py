@@ -74,8 +74,9 @@ def create_illustration() -> tuple[Response, int, dict[str, str]]:
     svc = services()
     wait = prefer_wait(request.headers.get("Prefer"), svc.settings.prefer_wait_max_s)
     # The answer (and what a retry with the same Idempotency-Key gets): the job as accepted.
-    created = submit.create(svc, current_principal(), [body], lambda rows: submit.Answer(
-        job_out(rows[0]).model_dump(mode="json"), {"Location": job_path(rows[0].id)}))
+    created = submit.create(svc, current_principal(), [body], lambda session, rows: submit.Answer(
+        job_out(rows[0], queue_position=jobs.queue_position(session, rows[0])).model_dump(mode="json"),
+        {"Location": job_path(rows[0].id)}))
     (job,), answer = created.jobs, created.answer
     if wait is None:
         response = jsonify(answer.body)

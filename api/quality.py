@@ -12,6 +12,7 @@ from api.errors import validation_error
 from api.openapi import Returns, operation
 from api.services import services
 from shared import limits
+from shared.errors import FieldCode
 from shared.schemas import QualityOut, QualityQuery
 
 bp = Blueprint("quality", __name__, url_prefix="/v1/metrics")
@@ -28,7 +29,7 @@ bp = Blueprint("quality", __name__, url_prefix="/v1/metrics")
 def get_quality() -> Response:
     args = query_args(QualityQuery)
     if quality_numbers.parse_range(args.range).days > limits.QUALITY_RANGE_MAX_DAYS:
-        raise validation_error([("range", f"at most {limits.QUALITY_RANGE_MAX_DAYS} days")])
+        raise validation_error([("range", f"at most {limits.QUALITY_RANGE_MAX_DAYS} days", FieldCode.OUT_OF_RANGE)])
     with services().db.begin() as session:
         out = quality_numbers.quality(session, args.range)
     return jsonify(out.model_dump(mode="json"))

@@ -7,12 +7,18 @@ address is the TCP peer, or the one ``trusted_proxy_hops`` proxies report (werkz
 ``/healthz``, ``/readyz``, ``/openapi.json`` and ``/docs`` are not limited (``/metrics`` and ``/ops`` are: they
 check keys). When the counter store is down the request goes through (``swallow_errors``): a Redis outage must not
 stop submissions, which wait in PostgreSQL.
+
+Every limited answer (a 429 too) carries the IETF draft's headers (draft-ietf-httpapi-ratelimit-headers, structured
+fields): ``RateLimit-Policy: "requests";q=<quota>;w=<window s>`` and ``RateLimit: "requests";r=<remaining>;t=<s
+until the window resets>``. flask-limiter's own headers are the older ``X-RateLimit-*`` values (a reset timestamp),
+so they stay off and these are written from its ``current_limit``.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from functools import partial
 
 from flask import Flask, Response, request
 from flask_limiter import Limiter, RequestLimit
@@ -21,6 +27,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api.auth import authenticated
 from api.errors import problem_response
+from shared.errors import ProblemCode
 from shared.schemas import Problem
 from shared.settings import Settings
 
@@ -46,10 +53,25 @@ def _exempt() -> bool:
 
 def _breached(limit: RequestLimit) -> Response:
     retry_after = max(1, math.ceil(limit.reset_at - time.time()))
-    problem = Problem(title="Too Many Requests", status=429,
+    problem = Problem(title="Too Many Requests", status=429, code=ProblemCode.RATE_LIMITED,
                       detail=f"over the request rate ({limit.limit}) of this key, or of this address for "
                              f"requests without a valid key; retry after {retry_after} s")
     return problem_response(problem, {"Retry-After": str(retry_after)})
+
+
+POLICY = "requests"  # the one policy's name, in both headers
+
+
+def _headers(limiter: Limiter, response: Response) -> Response:
+    """``RateLimit-Policy`` and ``RateLimit`` when a limit applied to this request."""
+    current = limiter.current_limit
+    if current is None:
+        return response
+    window = current.limit.get_expiry()
+    reset_s = min(window, max(0, math.ceil(current.reset_at - time.time())))
+    response.headers["RateLimit-Policy"] = f'"{POLICY}";q={current.limit.amount};w={window}'
+    response.headers["RateLimit"] = f'"{POLICY}";r={max(0, current.remaining)};t={reset_s}'
+    return response
 
 
 def init_app(app: Flask, settings: Settings) -> Limiter | None:
@@ -57,7 +79,7 @@ def init_app(app: Flask, settings: Settings) -> Limiter | None:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxy_hops)  # type: ignore[method-assign]
     if not settings.rate_limit.strip():
         return None
-    return Limiter(
+    limiter = Limiter(
         _key,
         app=app,
         # Application limits: one count per bucket across every route (default limits would count each route apart,
@@ -74,3 +96,5 @@ def init_app(app: Flask, settings: Settings) -> Limiter | None:
         on_breach=_breached,
         headers_enabled=False,
     )
+    app.after_request(partial(_headers, limiter))
+    return limiter

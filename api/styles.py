@@ -24,13 +24,14 @@ from sqlalchemy.orm import Session, joinedload
 from api import training_sets
 from api.auth import current_principal, require
 from api.body import json_body, query_args
-from api.errors import ApiError, fields_of, not_found, validation_error
+from api.errors import ApiError, FieldError, fields_of, not_found, validation_error
 from api.openapi import Returns, operation
 from api.pagination import newest_page
 from api.services import Services, services
 from api.submit import check_webhook_url, refuse_if_deleting
+from api.views import absolute
 from shared import limits, tasks, training
-from shared.errors import CancelReason
+from shared.errors import CancelReason, FieldCode
 from shared.models import Style, StyleVersion, TrainingImage
 from shared.schemas import (
     Caption,
@@ -65,7 +66,7 @@ class StyleForm(BaseModel):
     user_id: UserId | None = None
 
 
-def _single(form: dict[str, list[str]], errors: list[tuple[str, str]]) -> dict[str, Any]:
+def _single(form: dict[str, list[str]], errors: list[FieldError]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for key, items in form.items():
         if key == "caption":
@@ -78,7 +79,7 @@ def _single(form: dict[str, list[str]], errors: list[tuple[str, str]]) -> dict[s
 
 
 def _from_form(svc: Services) -> tuple[StyleForm, TrainingParams, list[training_sets.Picture]]:
-    errors: list[tuple[str, str]] = []
+    errors: list[FieldError] = []
     fields = _single(request.form.to_dict(flat=False), errors)
     if errors:
         raise validation_error(errors)
@@ -89,19 +90,20 @@ def _from_form(svc: Services) -> tuple[StyleForm, TrainingParams, list[training_
     files = request.files.getlist("image")
     unknown = sorted(set(request.files) - {"image"})
     if unknown:
-        raise validation_error([(name, "unknown file field; send the pictures as `image`") for name in unknown])
+        raise validation_error([(name, "unknown file field; send the pictures as `image`", FieldCode.EXTRA_FORBIDDEN)
+                                for name in unknown])
     params = TrainingParams()
     if form.params is not None:
         try:
             params = TrainingParams.model_validate_json(form.params)
         except ValidationError as exc:
             if any(item["type"] == "json_invalid" for item in exc.errors()):
-                errors.append(("params", "must be a JSON object"))
+                errors.append(("params", "must be a JSON object", FieldCode.INVALID_TYPE))
             else:
                 errors += fields_of(exc, "params.")
     if not limits.TRAINING_IMAGES_MIN <= len(files) <= limits.TRAINING_IMAGES_MAX:
         errors.append(("image", f"give {limits.TRAINING_IMAGES_MIN} to {limits.TRAINING_IMAGES_MAX} pictures, "
-                                f"got {len(files)}"))
+                                f"got {len(files)}", FieldCode.OUT_OF_RANGE))
     if len(form.caption) != len(files):
         errors.append(("caption", f"give one caption per image: {len(files)} images, {len(form.caption)} captions"))
     check_webhook_url(form.webhook_url, "webhook_url", svc, errors)
@@ -149,7 +151,7 @@ def create_style() -> tuple[Response, int, dict[str, str]]:
     if request.mimetype == "application/json":
         body = json_body(StyleTrainingRequest)
         name, params, user_id = body.name, body.params, body.user_id
-        errors: list[tuple[str, str]] = []
+        errors: list[FieldError] = []
         check_webhook_url(body.webhook_url, "webhook_url", svc, errors)
         with svc.db.begin() as session:
             pictures = training_sets.references(session, current_principal().client_id, body.images, body.captions,
@@ -166,13 +168,13 @@ def create_style() -> tuple[Response, int, dict[str, str]]:
     else:
         raise ApiError(415, "Unsupported Media Type", "upload the pictures as multipart/form-data, or send JSON")
     publish(svc, created.job_id, tasks.QUEUE_PREPARE)
-    return jsonify(created.model_dump(mode="json")), 202, {"Location": created.links["self"]}
+    return jsonify(created.model_dump(mode="json")), 202, {"Location": style_path(created.name)}
 
 
 def _created(name: str, row: StyleVersion) -> StyleCreated:
     assert row.job_id is not None
     return StyleCreated(name=name, version=row.version, status="queued", job_id=row.job_id,
-                        links={"self": style_path(name)})
+                        links={"self": absolute(style_path(name))})
 
 
 def publish(svc: Services, job_id: str, queue: str) -> None:
@@ -200,7 +202,7 @@ def styles_out(session: Session, rows: Sequence[Style]) -> list[StyleOut]:
     return [
         StyleOut(name=style.name, active_version=style.active_version, created_at=style.created_at,
                  versions=[_version_out(v, counts.get((style.id, v.version), 0)) for v in style.versions],
-                 links={"self": style_path(style.name)})
+                 links={"self": absolute(style_path(style.name))})
         for style in rows
     ]
 

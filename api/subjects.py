@@ -24,7 +24,8 @@ from api.services import services
 from api.submit import refuse_if_deleting
 from api.views import subject_out
 from shared.deletion.subjects import delete_subject
-from shared.fetch import FetchError
+from shared.errors import FieldCode, ProblemCode
+from shared.fetch import ALLOWLIST_HINT, FetchBlocked, FetchError, FetchMalformed
 from shared.images import ImageRejected, NormalisedImage, normalise
 from shared.models import Subject
 from shared.schemas import (
@@ -59,22 +60,23 @@ def _from_form() -> tuple[SubjectForm, NormalisedImage]:
         raise validation_error(fields_of(exc)) from None
     upload = request.files.get("image")
     if upload is None:
-        raise validation_error([("image", "Field required")])
+        raise validation_error([("image", "Field required", FieldCode.MISSING)])
     try:
         return form, normalise(upload.read(), find_face=True)
     except ImageRejected as exc:
-        raise validation_error([("image", str(exc))]) from None
+        raise validation_error([("image", str(exc), FieldCode.INVALID_IMAGE)]) from None
 
 
 def _from_url(body: SubjectUrlRequest) -> NormalisedImage:
     try:
         fetched = services().fetcher.get(body.image_url)
     except FetchError as exc:
-        raise validation_error([("image_url", f"{exc} ({exc.code.value})")]) from None
+        hint = ALLOWLIST_HINT if isinstance(exc, FetchBlocked) and not isinstance(exc, FetchMalformed) else ""
+        raise validation_error([("image_url", f"{exc} ({exc.code.value}){hint}", FieldCode(exc.code.value))]) from None
     try:
         return normalise(fetched.data, find_face=True)
     except ImageRejected as exc:
-        raise validation_error([("image_url", f"{exc} (reference_invalid)")]) from None
+        raise validation_error([("image_url", f"{exc} (reference_invalid)", FieldCode.REFERENCE_INVALID)]) from None
 
 
 @bp.post("")
@@ -107,7 +109,8 @@ def create_subject() -> tuple[Response, int, dict[str, str]]:
                                    form.if_exists)
             body_out = subject_out(stored.subject, stored.version)
     except SubjectExists:
-        raise ApiError(409, "Conflict", "a subject with this name exists for this user") from None
+        raise ApiError(409, "Conflict", "a subject with this name exists for this user",
+                       code=ProblemCode.SUBJECT_EXISTS) from None
     except IntegrityError:  # two uploads for the same new name at once: the other one won
         raise ApiError(409, "Conflict", "another upload for this subject is in progress; retry") from None
     status = 201 if stored.created else 200

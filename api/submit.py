@@ -22,13 +22,14 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api.errors import ApiError, validation_error
+from api.errors import ApiError, FieldError, validation_error
 from api.idempotency import record
 from api.keys import Principal
 from api.prompts import build_prompt, people_in_layout
 from api.services import Services
 from shared import cache, deletion, experiments, jobs, limits, styles, tasks
-from shared.fetch import FetchBlocked, check_url
+from shared.errors import FieldCode, ProblemCode
+from shared.fetch import ALLOWLIST_HINT, FetchBlocked, FetchMalformed, FetchUnreachable, check_url
 from shared.models import Batch, Client, Job, Subject
 from shared.schemas import IllustrationRequest, ImageRef, SubjectRef
 from shared.states import JobStatus
@@ -50,23 +51,39 @@ def _stored(session: Session, client_id: str, user_id: str, *, subject_id: str |
     return reference(subject, version, region)
 
 
-def check_webhook_url(url: str | None, field: str, svc: Services, errors: list[tuple[str, str]]) -> None:
-    """A webhook URL must pass the safe fetcher's checks that need no DNS (scheme, syntax, a literal address)."""
-    if url is not None:
-        _url(url, field, svc, errors)
+def url_error(field: str, exc: FetchBlocked) -> FieldError:
+    """The field error of a refused URL: ``invalid_url`` for the URL itself, ``blocked_url`` (naming the allowlist
+    setting) for an address that is not public."""
+    if isinstance(exc, FetchMalformed):
+        return field, str(exc), FieldCode.INVALID_URL
+    return field, str(exc) + ALLOWLIST_HINT, FieldCode.BLOCKED_URL
 
 
-def _url(url: str, field: str, svc: Services, errors: list[tuple[str, str]]) -> bool:
+def check_webhook_url(url: str | None, field: str, svc: Services, errors: list[FieldError]) -> None:
+    """A webhook URL must pass the safe fetcher's checks, its host resolved now: a name that resolves to a blocked
+    address is refused at once (delivery checks again, connecting to the address it checked). A name that does not
+    resolve now, or not within the fetcher's connect timeout, is accepted: delivery retries."""
+    if url is None or not _url(url, field, svc, errors):
+        return
+    try:
+        svc.fetcher.check_resolved(url, timeout_s=svc.settings.fetch_connect_timeout_s)
+    except FetchBlocked as exc:
+        errors.append(url_error(field, exc))
+    except FetchUnreachable:
+        pass
+
+
+def _url(url: str, field: str, svc: Services, errors: list[FieldError]) -> bool:
     try:
         check_url(url, svc.settings.fetch_allowlist)
     except FetchBlocked as exc:
-        errors.append((field, str(exc)))
+        errors.append(url_error(field, exc))
         return False
     return True
 
 
 def _resolve_one(session: Session, svc: Services, client_id: str, user_id: str, ref: SubjectRef | ImageRef,
-                 field: str, index: int, errors: list[tuple[str, str]]) -> Reference | None:
+                 field: str, index: int, errors: list[FieldError]) -> Reference | None:
     name = ref.name if isinstance(ref, SubjectRef) else None
     region = ref.region if isinstance(ref, SubjectRef) else None
     if ref.image_url is not None:
@@ -75,18 +92,18 @@ def _resolve_one(session: Session, svc: Services, client_id: str, user_id: str, 
         return UrlRef(index=index, name=name, image_url=ref.image_url, region=region)  # fetched by preparation
     resolved = _stored(session, client_id, user_id, subject_id=ref.subject_id, name=name, region=region)
     if resolved is None:
-        errors.append((field, "no such subject for this user"))
+        errors.append((field, "no such subject for this user", FieldCode.NOT_FOUND))
     elif isinstance(ref, ImageRef):  # a style reference: its style is what counts, not the face in it
         resolved = resolved.model_copy(update={"face": None, "face_count": None, "detector": None})
     return resolved
 
 
 def resolve_references(session: Session, svc: Services, client_id: str, body: IllustrationRequest,
-                       prefix: str, errors: list[tuple[str, str]]) -> Resolved:
+                       prefix: str, errors: list[FieldError]) -> Resolved:
     """Subjects and the style reference, resolved to stored versions (or URLs for the preparation step)."""
     identity = []
     if any(ref.region is not None for ref in body.subjects):  # every subject a region, or none
-        errors.extend((f"{prefix}subjects.{i}.region", "give every subject a region, or none")
+        errors.extend((f"{prefix}subjects.{i}.region", "give every subject a region, or none", FieldCode.MISSING)
                       for i, ref in enumerate(body.subjects) if ref.region is None)
     for i, ref in enumerate(body.subjects):
         resolved = _resolve_one(session, svc, client_id, body.user_id, ref, f"{prefix}subjects.{i}", i, errors)
@@ -104,7 +121,7 @@ def resolve_references(session: Session, svc: Services, client_id: str, body: Il
 
 
 def _resolve_style(session: Session, client_id: str, text: str, field: str,
-                   errors: list[tuple[str, str]]) -> styles.StyleRef | None:
+                   errors: list[FieldError]) -> styles.StyleRef | None:
     """A style by name (its active version when the job runs) or name@version; it must be ready now."""
     try:
         ref = styles.parse_ref(text)
@@ -113,7 +130,7 @@ def _resolve_style(session: Session, client_id: str, text: str, field: str,
         errors.append((field, str(exc)))
         return None
     except styles.StyleNotFound:
-        errors.append((field, "unknown style, or no ready version of it"))
+        errors.append((field, "unknown style, or no ready version of it", FieldCode.NOT_FOUND))
         return None
     return ref
 
@@ -123,7 +140,7 @@ def refuse_if_deleting(session: Session, client_id: str, user_ids: set[str]) -> 
         deletion.lock_user(session, client_id, user_id, exclusive=False)
         if deletion.in_progress(session, client_id, user_id) is not None:
             raise ApiError(409, "Conflict", "this user's data is being deleted; submit again once the deletion "
-                                            "has finished")
+                                            "has finished", code=ProblemCode.USER_BEING_DELETED)
 
 
 @dataclass(frozen=True)
@@ -154,7 +171,7 @@ def check_quota(session: Session, svc: Services, client_id: str, adding: int) ->
     if queued + adding > cap:
         raise ApiError(429, "Too Many Requests",
                        f"this client has {queued} queued jobs; at most {cap} may wait at once",
-                       headers={"Retry-After": str(svc.settings.quota_retry_after_s)})
+                       headers={"Retry-After": str(svc.settings.quota_retry_after_s)}, code=ProblemCode.QUOTA_EXCEEDED)
     return Quota(client, {queue: published for queue, _, published in by_queue})
 
 
@@ -205,7 +222,7 @@ def accept(session: Session, svc: Services, principal: Principal, bodies: Sequen
            batch_id: str | None = None, priorities: Sequence[str] | None = None,
            prefixes: Sequence[str] | None = None) -> Accepted:
     """Validate and write every request, or none (422 naming each bad field, 409, 429)."""
-    errors: list[tuple[str, str]] = []
+    errors: list[FieldError] = []
     counter = svc.token_counter()
     rows: list[Job] = []
     cached = cache.Submission(session, svc.settings, principal.client_id)  # hits, followers (shared.cache)
@@ -284,7 +301,7 @@ class Created:
 
 
 def create(svc: Services, principal: Principal, bodies: Sequence[IllustrationRequest],
-           answer: Callable[[list[Job]], Answer], *, batch: Batch | None = None,
+           answer: Callable[[Session, list[Job]], Answer], *, batch: Batch | None = None,
            priorities: Sequence[str] | None = None, prefixes: Sequence[str] | None = None) -> Created:
     """Accept ``bodies`` (all or none), record the route's ``answer`` to them, commit, and publish what may go now.
 
@@ -299,7 +316,7 @@ def create(svc: Services, principal: Principal, bodies: Sequence[IllustrationReq
             session.flush()
         accepted = accept(session, svc, principal, bodies, batch_id=batch.id if batch is not None else None,
                           priorities=priorities, prefixes=prefixes)
-        made = answer(accepted.jobs)
+        made = answer(session, accepted.jobs)  # in the transaction: e.g. the queue position at submit
         users = {job.user_id for job in accepted.jobs}
         record(session, 202, made.body, made.headers, user_id=next(iter(users)) if len(users) == 1 else None)
         queued = publishable(session, svc, accepted.jobs, accepted.quota)

@@ -15,7 +15,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.datastructures import FileStorage
 
+from api.errors import FieldError
+from api.submit import url_error
 from shared import limits
+from shared.errors import FieldCode
 from shared.fetch import FetchBlocked, check_url
 from shared.images import ImageRejected, inspect
 from shared.models import Job, JobImage, Subject, TrainingImage
@@ -42,7 +45,7 @@ class Picture:
 
 
 def uploads(files: list[FileStorage], captions: list[str], user_id: str | None,
-            errors: list[tuple[str, str]]) -> list[Picture]:
+            errors: list[FieldError]) -> list[Picture]:
     """Multipart ``image`` files, each checked from its header (format, bytes, pixels: nothing is decoded) and kept
     as sent; errors name ``image.<i>``, or ``image`` for the set's pixels in all."""
     pictures, pixels = [], 0
@@ -51,18 +54,18 @@ def uploads(files: list[FileStorage], captions: list[str], user_id: str | None,
         try:
             header = inspect(data)
         except ImageRejected as exc:
-            errors.append((f"image.{index}", str(exc)))
+            errors.append((f"image.{index}", str(exc), FieldCode.INVALID_IMAGE))
             continue
         pixels += header.pixels
         pictures.append(Picture(SOURCE_UPLOAD, caption, user_id, upload=data, content_type=header.content_type))
     if pixels > limits.TRAINING_SET_MAX_PIXELS:
         errors.append(("image", f"the pictures have {pixels} pixels in all; a training set takes at most "
-                                f"{limits.TRAINING_SET_MAX_PIXELS}"))
+                                f"{limits.TRAINING_SET_MAX_PIXELS}", FieldCode.TOO_LONG))
     return pictures
 
 
 def references(session: Session, client_id: str, refs: list[TrainingImageRef], captions: list[str],
-               user_id: str | None, allowlist: list[str], errors: list[tuple[str, str]]) -> list[Picture]:
+               user_id: str | None, allowlist: list[str], errors: list[FieldError]) -> list[Picture]:
     """JSON ``images``: URLs checked (fetched later), subjects and illustrations of this client looked up now."""
     pictures = []
     for index, (ref, caption) in enumerate(zip(refs, captions, strict=True)):
@@ -71,7 +74,7 @@ def references(session: Session, client_id: str, refs: list[TrainingImageRef], c
             try:
                 check_url(ref.image_url, allowlist)
             except FetchBlocked as exc:
-                errors.append((f"{field}.image_url", str(exc)))
+                errors.append(url_error(f"{field}.image_url", exc))
                 continue
             pictures.append(Picture(SOURCE_URL, caption, user_id, source_ref=ref.image_url))
         elif ref.subject_id is not None:
@@ -79,7 +82,7 @@ def references(session: Session, client_id: str, refs: list[TrainingImageRef], c
                 select(Subject).where(Subject.id == ref.subject_id, Subject.client_id == client_id)
             ).scalar_one_or_none()
             if subject is None or latest_version(session, subject.id) is None:
-                errors.append((f"{field}.subject_id", "no such subject"))
+                errors.append((f"{field}.subject_id", "no such subject", FieldCode.NOT_FOUND))
                 continue
             pictures.append(Picture(SOURCE_SUBJECT, caption, subject.user_id, source_ref=subject.id))
         else:
@@ -90,7 +93,8 @@ def references(session: Session, client_id: str, refs: list[TrainingImageRef], c
                        Job.status == JobStatus.SUCCEEDED.value, JobImage.index == ref.index)
             ).scalar_one_or_none()
             if owner is None:
-                errors.append((f"{field}.illustration_id", "no finished illustration with an image at this index"))
+                errors.append((f"{field}.illustration_id", "no finished illustration with an image at this index",
+                               FieldCode.NOT_FOUND))
                 continue
             pictures.append(Picture(SOURCE_ILLUSTRATION, caption, owner,
                                     source_ref=f"{ref.illustration_id}/{ref.index}"))

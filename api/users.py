@@ -15,8 +15,10 @@ from api.auth import current_principal, require
 from api.errors import not_found, validation_error
 from api.openapi import Returns, operation
 from api.services import services
+from api.views import absolute
 from shared import deletion
 from shared.deletion.run import publish_deletion
+from shared.errors import FieldCode
 from shared.models import UserDeletion
 from shared.schemas import DeletionOut, UserId
 
@@ -32,14 +34,14 @@ def deletion_path(row: UserDeletion) -> str:
 def deletion_out(row: UserDeletion) -> DeletionOut:
     return DeletionOut(id=row.id, user_id=row.user_id, status=row.status,
                        parts=dict(row.parts or {}), created_at=row.created_at, finished_at=row.finished_at,
-                       links={"self": deletion_path(row)})
+                       links={"self": absolute(deletion_path(row))})
 
 
 def _user_id(value: str) -> str:
     try:
         return _USER_ID.validate_python(value)
     except ValidationError:
-        raise validation_error([("user_id", "not a valid user id")]) from None
+        raise validation_error([("user_id", "not a valid user id", FieldCode.PATTERN_MISMATCH)]) from None
 
 
 @bp.delete("/<user_id>")
@@ -61,7 +63,7 @@ def delete_user(user_id: str) -> tuple[Response, int, dict[str, str]]:
         out = deletion_out(row)
     if created:
         publish_deletion(svc.db, svc.publisher, out.id)  # a failed publish is sent by the relay
-    return jsonify(out.model_dump(mode="json")), 202, {"Location": out.links["self"]}
+    return jsonify(out.model_dump(mode="json")), 202, {"Location": f"/v1/users/{out.user_id}/deletions/{out.id}"}
 
 
 @bp.get("/<user_id>/deletions/<deletion_id>")

@@ -12,12 +12,18 @@ from shared.models import Job, Subject, SubjectVersion
 from shared.schemas import FaceOut, JobOut, SubjectOut
 from shared.views import job_path
 
-__all__ = ["base_url", "job_out", "job_path", "subject_out"]
+__all__ = ["absolute", "base_url", "job_out", "job_path", "subject_out"]
 
 
 def base_url() -> str:
+    """The base of absolute URLs in answers: ``ILLUSTRATIONS_PUBLIC_BASE_URL``, else the request's own host."""
     configured = services().settings.public_base_url
     return (configured or request.host_url).rstrip("/")
+
+
+def absolute(path: str) -> str:
+    """``/v1/...`` as an absolute URL (``links`` in answers)."""
+    return base_url() + path
 
 
 def job_out(job: Job, queue_position: int | None = None) -> JobOut:

@@ -99,6 +99,10 @@ def worker(settings: Settings, queues: str, gpus: str | None, concurrency: int |
     """
     from shared import prometheus
 
+    if tasks.QUEUE_WEBHOOKS in queues.split(",") and settings.effective_public_base_url is None:
+        raise click.ClickException(
+            "a worker of the webhooks queue needs ILLUSTRATIONS_PUBLIC_BASE_URL outside the embedded mode (the address "
+            "clients reach the API at, e.g. https://illustrations.example): webhook bodies carry absolute image URLs")
     generation = bool(set(queues.split(",")) & set(tasks.GPU_QUEUES))
     # Before anything imports prometheus_client: this worker tree's samples (a launcher's children inherit it).
     prometheus.own_folder(settings.effective_metrics_dir, "worker", hostname or f"{queues}@{socket.gethostname()}")

@@ -22,7 +22,7 @@ import requests
 
 from shared import tasks
 from shared.embedded import ensure_redis, stop_redis
-from shared.settings import Settings
+from shared.settings import Settings, address_url
 
 STOP_TIMEOUT_S = 30.0
 
@@ -100,10 +100,10 @@ def start_stack(settings: Settings, api_bind: str | None = None, flower_port: in
         upgrade(settings)
     if settings.model_profile == "tiny":
         from worker.pipeline.profiles import missing_files, resolve_profile
-        from worker.pipeline.tiny import make_tiny
+        from worker.pipeline.tiny import make_tiny, outdated
 
         profile = resolve_profile("tiny", settings.effective_model_dir)
-        if missing_files(profile):
+        if missing_files(profile) or outdated(profile.root):
             click.echo(f"generating the tiny model in {profile.root}")
             make_tiny(profile.root)
     api_bind = api_bind or settings.api_bind
@@ -111,12 +111,14 @@ def start_stack(settings: Settings, api_bind: str | None = None, flower_port: in
     (settings.var_path / "log").mkdir(parents=True, exist_ok=True)
     _run_dir(settings).mkdir(parents=True, exist_ok=True)
     started = []
+    # Absolute URLs in answers and webhook bodies: the API's own address, unless a public one is configured.
+    env = {**os.environ, "ILLUSTRATIONS_PUBLIC_BASE_URL": settings.public_base_url or address_url(api_bind)}
     for name, argv in _processes(settings, api_bind, flower_port).items():
         if _pid(settings, name) is not None:
             continue
         with open(settings.var_path / "log" / f"{name}.log", "ab") as log_file:
             process = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       start_new_session=True)
+                                       start_new_session=True, env=env)
         (_run_dir(settings) / f"{name}.pid").write_text(str(process.pid))
         started.append(name)
     api_url = f"http://{api_bind}"

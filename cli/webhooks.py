@@ -53,7 +53,7 @@ def _cipher(settings: Settings) -> MultiFernet:
 @click.pass_obj
 def webhooks_url(settings: Settings, name: str, url: str | None, clear: bool) -> None:
     """Set (or show, or --clear) where the client's events go when a request names no webhook_url."""
-    from shared.fetch import FetchBlocked, check_url
+    from shared.fetch import ALLOWLIST_HINT, FetchBlocked, Fetcher, FetchMalformed, FetchUnreachable
     from shared.models import Client
 
     database = _database(settings)
@@ -63,10 +63,14 @@ def webhooks_url(settings: Settings, name: str, url: str | None, clear: bool) ->
     if url is not None:
         if not url.lower().startswith(("http://", "https://")):
             raise click.BadParameter("must be an http(s) URL", param_hint="URL")
-        try:
-            check_url(url, settings.fetch_allowlist)
-        except FetchBlocked as exc:
+        try:  # the API's check of a webhook URL at submit: literal address, then the host resolved now
+            Fetcher.from_settings(settings).check_resolved(url, timeout_s=settings.fetch_connect_timeout_s)
+        except FetchMalformed as exc:
             raise click.BadParameter(str(exc), param_hint="URL") from None
+        except FetchBlocked as exc:
+            raise click.BadParameter(str(exc) + ALLOWLIST_HINT, param_hint="URL") from None
+        except FetchUnreachable:
+            pass  # does not resolve now: every delivery resolves it again
     with database.begin() as session:
         client = session.get_one(Client, client_id)
         if url is not None or clear:

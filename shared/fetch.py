@@ -26,6 +26,8 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urljoin, urlsplit
@@ -63,6 +65,15 @@ SITE_LOCAL: Final = ipaddress.ip_network("fec0::/10")
 DOCUMENTATION_V6: Final = ipaddress.ip_network("3fff::/20")
 
 
+# Appended to the refusal of an address that is not public, where a person reads it (a 422, the CLI).
+ALLOWLIST_HINT: Final = ("; a host that is not public (a private deployment, a test receiver) must be listed in "
+                         "the server's ILLUSTRATIONS_FETCH_ALLOWLIST setting (host names or CIDR networks, "
+                         "comma-separated)")
+
+# Name lookups bounded in time (``Fetcher.check_resolved``): a few threads, shared by the process, made on demand.
+_RESOLVERS: Final = ThreadPoolExecutor(max_workers=4, thread_name_prefix="resolve")
+
+
 class FetchError(IllustrationsError):
     """A URL could not be fetched; ``code`` is the job error code it maps to, the message is safe to show."""
 
@@ -73,6 +84,10 @@ class FetchBlocked(FetchError):
     """The URL names, resolves or redirects to an address that is not public (or is not http(s))."""
 
     code = ErrorCode.REFERENCE_BLOCKED
+
+
+class FetchMalformed(FetchBlocked):
+    """The URL itself is refused (not http(s), credentials in it, no valid host), whatever it resolves to."""
 
 
 class FetchUnreachable(FetchError):
@@ -138,15 +153,15 @@ def parse_url(url: str) -> Target:
         parts = urlsplit(url.strip())
         port = parts.port
     except ValueError:
-        raise FetchBlocked("the URL is malformed") from None
+        raise FetchMalformed("the URL is malformed") from None
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
-        raise FetchBlocked("only http and https URLs are fetched")
+        raise FetchMalformed("only http and https URLs are fetched")
     if parts.username is not None or parts.password is not None:
-        raise FetchBlocked("URLs with credentials are not fetched")
+        raise FetchMalformed("URLs with credentials are not fetched")
     host = (parts.hostname or "").lower()
     if not host or any(c in host for c in " /\\%@"):
-        raise FetchBlocked("the URL has no valid host")
+        raise FetchMalformed("the URL has no valid host")
     default = 443 if scheme == "https" else 80
     port = port or default
     shown = f"[{host}]" if ":" in host else host
@@ -267,14 +282,20 @@ class Fetcher:
     def _addresses(self, target: Target) -> list[IPAddress]:
         literal = literal_address(target.host)
         if literal is not None:
-            candidates = [literal]
-        else:
-            try:
-                candidates = [ipaddress.ip_address(a.split("%", 1)[0]) for a in self.resolve(target.host, target.port)]
-            except (OSError, UnicodeError, ValueError):
-                raise FetchUnreachable("the host name does not resolve") from None
-            if not candidates:
-                raise FetchUnreachable("the host name does not resolve")
+            return self._checked(target, [literal])
+        try:
+            answer = self.resolve(target.host, target.port)
+        except (OSError, UnicodeError, ValueError):
+            raise FetchUnreachable("the host name does not resolve") from None
+        return self._checked(target, answer)
+
+    def _checked(self, target: Target, answer: Sequence[str | IPAddress]) -> list[IPAddress]:
+        try:
+            candidates = [a if not isinstance(a, str) else ipaddress.ip_address(a.split("%", 1)[0]) for a in answer]
+        except ValueError:
+            raise FetchUnreachable("the host name does not resolve") from None
+        if not candidates:
+            raise FetchUnreachable("the host name does not resolve")
         for address in candidates:
             if _allowed(target.host, address, self.allowlist):
                 continue
@@ -283,6 +304,23 @@ class Fetcher:
                 log.info("fetch refused: %s address", kind)
                 raise FetchBlocked(f"the URL resolves to a {kind} address")
         return candidates
+
+    def check_resolved(self, url: str, timeout_s: float | None = None) -> None:
+        """Steps 1-2 without connecting (a webhook URL at submit): ``FetchBlocked`` when the URL, or any address
+        its host resolves to now, may not be reached; ``FetchUnreachable`` when the host does not resolve (within
+        ``timeout_s``: a slow resolver must not hold a request)."""
+        target = parse_url(url)
+        if literal_address(target.host) is not None or timeout_s is None:
+            self._addresses(target)
+            return
+        future = _RESOLVERS.submit(self.resolve, target.host, target.port)
+        try:
+            answer = future.result(timeout=timeout_s)
+        except FutureTimeout:
+            raise FetchUnreachable("the host name did not resolve in time") from None
+        except (OSError, UnicodeError, ValueError):
+            raise FetchUnreachable("the host name does not resolve") from None
+        self._checked(target, answer)
 
     def post(self, url: str, body: bytes, headers: dict[str, str]) -> Posted:
         """POST ``body`` (a webhook) to a checked address: steps 1-3, one deadline, no redirect followed (the

@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from shared import limits, regions
+from shared.errors import FieldCode, ProblemCode
 
 Text200 = Annotated[str, StringConstraints(max_length=limits.SHORT_TEXT_MAX_CHARS)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=limits.NAME_MAX_CHARS, strip_whitespace=True)]
@@ -239,15 +240,22 @@ class SubjectOut(Out):
 
 
 class ProblemField(Out):
-    field: str
+    field: str = Field(description="The field, parameter or header at fault (a dotted path: `subjects.0.name`).")
+    code: FieldCode = Field(description="What is wrong with it: a stable name to branch on (the message is for "
+                                        "people and may change).")
     message: str
 
 
 class Problem(Out):
+    """An error answer, `application/problem+json` (RFC 9457)."""
+
     type: str = "about:blank"
     title: str
     status: int
     detail: str | None = None
+    code: ProblemCode = Field(description="What went wrong: a stable name to branch on (never the message text).")
+    instance: str | None = Field(None, description="The request's id, as in its `X-Request-ID` header (quote it "
+                                                   "when reporting a problem).")
     errors: list[ProblemField] = Field(default_factory=list)
 
 

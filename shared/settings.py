@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import ipaddress
+import json
+import re
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
+import pydantic_settings
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.experiments import Experiment
 
@@ -121,8 +125,10 @@ class Settings(BaseSettings):
                                         "may finish after SIGTERM.")
     retry_after_s: int = Field(5, ge=1, description="Retry-After of a 503 when a dependency is down.")
     public_base_url: str | None = Field(
-        None, description="Base of absolute URLs in answers and webhook bodies (e.g. `https://illustrations.example`). "
-        "Unset: the API uses the request's host, and webhook bodies carry paths."
+        None, description="Base of the absolute URLs (images, `links`) in answers and webhook bodies, as clients reach "
+        "the API (e.g. `https://illustrations.example`). Unset: answers use the request's host; webhook bodies use "
+        "the API's own address in the embedded mode (`illustrations up` and `demo` set it to the address they bind), "
+        "and elsewhere a worker of the webhooks queue refuses to start without it."
     )
 
     # --- Queue and timers ---------------------------------------------------------------------------------------
@@ -234,9 +240,10 @@ class Settings(BaseSettings):
         "hops from the right of X-Forwarded-For. 0 = the TCP peer; set 1 behind one load balancer or ingress that "
         "sets the header, never more hops than there are proxies (a client could then choose its address)."
     )
-    fetch_allowlist: list[str] = Field(
-        default_factory=list, description="Hosts or CIDR networks the URL fetcher may reach even when they are not "
-        "public (JSON list; for tests and private deployments)."
+    fetch_allowlist: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Hosts or CIDR networks the URL fetcher (reference photos, webhook "
+        "deliveries) may reach even when they are not public, for tests and private deployments: comma-separated "
+        "(`127.0.0.1,10.0.0.0/8,hooks.internal`) or a JSON list."
     )
     fetch_timeout_s: float = Field(15.0, gt=0, description="Whole-fetch deadline of a reference URL (all redirects).")
     fetch_connect_timeout_s: float = Field(5.0, gt=0, description="TCP/TLS connect timeout of the URL fetcher.")
@@ -354,6 +361,40 @@ class Settings(BaseSettings):
     def _strip(cls, value: str) -> str:
         return value.strip()
 
+    @field_validator("public_base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip().rstrip("/")
+        if not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", value):
+            raise ValueError("must be an http(s) URL without query or fragment, e.g. https://illustrations.example")
+        return value
+
+    @field_validator("fetch_allowlist", mode="before")
+    @classmethod
+    def _allowlist_entries(cls, value: Any) -> Any:
+        """A comma-separated list, or a JSON list (an environment variable is a string either way)."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except ValueError:
+                raise ValueError("not a valid JSON list; give host names or CIDR networks, comma-separated "
+                                 "(127.0.0.1,10.0.0.0/8) or as a JSON list") from None
+        return [entry.strip() for entry in text.split(",") if entry.strip()]
+
+    @field_validator("fetch_allowlist")
+    @classmethod
+    def _allowlist_hosts(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if not _host_or_network(entry.strip()):
+                raise ValueError(f"{entry!r} is neither a host name nor a CIDR network (give 127.0.0.1, "
+                                 "10.0.0.0/8 or hooks.internal: no scheme, port or path)")
+        return [entry.strip().lower() for entry in value]
+
     @model_validator(mode="after")
     def _check_timers(self) -> Settings:
         if self.heartbeat_s >= self.lease_s:
@@ -427,6 +468,16 @@ class Settings(BaseSettings):
         return (self.tokenizer_dir or self.effective_model_dir / "base" / "tokenizer").resolve()
 
     @property
+    def effective_public_base_url(self) -> str | None:
+        """The base of absolute URLs where no request says it (webhook bodies): ``public_base_url``, else in the
+        embedded mode the API's own address (``api_bind``, a wildcard bind as loopback); None elsewhere."""
+        if self.public_base_url:
+            return self.public_base_url
+        if not self.embedded_broker:
+            return None
+        return address_url(self.api_bind)
+
+    @property
     def effective_rate_limit_storage_url(self) -> str:
         """limits' storage URL: the configured one, the Redis broker, or memory (a per-process count)."""
         if self.rate_limit_storage_url:
@@ -436,6 +487,28 @@ class Settings(BaseSettings):
         if self.broker_url.startswith(("redis://", "rediss://")):
             return self.broker_url
         return "memory://"
+
+
+_LABEL = r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?"
+_HOST_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?$", re.IGNORECASE)
+
+
+def _host_or_network(entry: str) -> bool:
+    try:
+        ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        return bool(_HOST_NAME.match(entry))
+    return True
+
+
+def address_url(bind: str) -> str:
+    """``http://host:port`` for a bind address, a wildcard (``0.0.0.0``, ``::``, empty) as loopback."""
+    host, _, port = bind.rpartition(":")
+    host = host.strip("[]")
+    if host in ("", "0.0.0.0", "::"):  # noqa: S104 (recognising a wildcard bind, not binding one)
+        host = "127.0.0.1" if host != "::" else "::1"
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}"
 
 
 def _describe(error: ValidationError) -> str:
@@ -453,6 +526,11 @@ def load_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         raise SettingsError(_describe(exc)) from None
+    except pydantic_settings.SettingsError as exc:  # a list or JSON variable that does not decode
+        found = re.search(r'field "(\w+)"', str(exc))
+        name = f"{ENV_PREFIX}{found.group(1).upper()}" if found else "a setting"
+        raise SettingsError(f"invalid configuration: {name}: not valid JSON (a list is written like "
+                            f'["a", "b"])') from None
 
 
 @functools.cache

@@ -1,7 +1,8 @@
 """Shaping rows into the contract's JSON without Flask: the API's views and the webhook bodies use the same code.
 
-``base`` is the absolute base of image URLs (the API: the request's host or ``public_base_url``; a worker rendering
-a webhook: ``public_base_url``, else the URLs stay relative).
+``base`` is the absolute base of image URLs and ``links`` (the API: ``public_base_url``, else the request's host; a
+worker rendering a webhook: ``Settings.effective_public_base_url``, which in the embedded mode is the API's own
+address and elsewhere must be set).
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def job_out(job: Job, base: str, queue_position: int | None = None) -> JobOut:
         cached=job.cached,
         metadata=job.meta,
         priority=job.priority,
-        links={"self": job_path(job.id)},
+        links={"self": f"{base}{job_path(job.id)}"},
         layout=layout_out(job.request),
     )
 

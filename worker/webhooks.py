@@ -73,7 +73,9 @@ def deliver(db: Database, settings: Settings, fetcher: Fetcher, event_id: str) -
         if event is None or event.state != events.PENDING:
             return "skipped"
         if event.payload is None:
-            event.payload = events.render(session, event, (settings.public_base_url or "").rstrip("/"))
+            # Absolute URLs (``illustrations worker`` refuses to serve this queue without a base, outside the
+            # embedded mode).
+            event.payload = events.render(session, event, settings.effective_public_base_url or "")
             if event.payload is None:
                 events.gone(session, event_id)
                 log.info("webhook %s: its job or style version no longer exists", event_id)

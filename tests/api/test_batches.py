@@ -35,7 +35,7 @@ def test_a_batch_creates_every_job_and_counts_them(client: FlaskClient, auth: di
     batch: Any = client.get(f"/v1/batches/{created['id']}", headers=auth).json
     assert batch["counts"] == {"queued": 2, "running": 1, "succeeded": 0, "failed": 0, "canceled": 1}
     assert [job["id"] for job in batch["jobs"]] == created["job_ids"]
-    assert batch["links"] == {"self": f"/v1/batches/{created['id']}"}
+    assert batch["links"] == {"self": f"http://localhost/v1/batches/{created['id']}"}
     with db.begin() as session:  # leave no running job behind (the lease sweep tests see every job)
         jobs.canceled(session, created["job_ids"][0], CancelReason.CANCELED_BY_CLIENT, claim)
 

@@ -16,7 +16,7 @@ from shared import jobs
 from shared.db import Database
 from shared.models import Client, Job
 from shared.settings import Settings
-from tests.helpers import VALID, count_jobs, lora, make_key, png, upload
+from tests.helpers import VALID, count_jobs, lora, make_key, png, submit, upload
 
 
 def test_submit_commits_publishes_the_id_and_answers_202(client: FlaskClient, auth: dict[str, str], db: Database,
@@ -31,7 +31,7 @@ def test_submit_commits_publishes_the_id_and_answers_202(client: FlaskClient, au
     assert body["status"] == "queued"
     assert body["user_id"] == "u-1"
     assert body["attempts"] == 0
-    assert body["links"] == {"self": f"/v1/illustrations/{body['id']}"}
+    assert body["links"] == {"self": f"http://localhost/v1/illustrations/{body['id']}"}  # absolute, as images
     assert isinstance(body["seed"], int)
     assert body["prompt_used"].startswith(VALID["prompt"])
     # The message carries the job id only (nothing personal travels through Redis or shows in Flower).
@@ -64,6 +64,18 @@ def test_get_returns_the_job_and_its_queue_position(client: FlaskClient, auth: d
                   "cached", "metadata", "warnings"):
         assert field in body
     assert body["created_at"].endswith("Z")
+
+
+def test_the_202_of_a_create_carries_the_queue_position(client: FlaskClient, auth: dict[str, str]) -> None:
+    """Computed at submit (not null, as a GET a moment later would say it): each new job waits behind the last."""
+    first = submit(client, auth, prompt="a red kite over the dunes")
+    second = submit(client, auth, prompt="a blue kite over the dunes")
+    assert isinstance(first["queue_position"], int)
+    assert second["queue_position"] == first["queue_position"] + 1
+    assert client.get(f"/v1/illustrations/{second['id']}", headers=auth).json["queue_position"] == (  # type: ignore[index]
+        second["queue_position"])
+    batch = submit(client, auth, prompt="a green kite", priority="batch")
+    assert batch["queue_position"] >= second["queue_position"] + 1  # interactive work goes first
 
 
 def test_seed_is_kept_when_given(client: FlaskClient, auth: dict[str, str]) -> None:

@@ -46,6 +46,35 @@ def test_counts_match_the_pipelines_tokenizer(tokenizer_dir: Path, text: str) ->
     assert counter.count(text) == len(expected)
 
 
+# Token ids of OpenAI's CLIP BPE (SDXL's tokenizers), computed with open_clip 3.3.0's SimpleTokenizer (the reference
+# implementation, not a dependency of this project) from its own bpe_simple_vocab_16e6.txt.gz.
+CLIP_IDS = {
+    "grandma teaching me to ride a bike, watercolor style, 1960s, warm sepia palette, nostalgic mood": [
+        10525, 5141, 614, 531, 2994, 320, 3701, 267, 14211, 1844, 267, 272, 280, 277, 271, 338, 267, 3616, 567, 8918,
+        13901, 267, 24468, 5394],
+    "A photorealistic portrait of an elderly woman, soft lighting, 35mm film grain": [
+        320, 1153, 16157, 5352, 539, 550, 15455, 2308, 267, 3773, 5799, 267, 274, 276, 2848, 1860, 12109],
+    "Summer of '65: we rode along the river! Grandpa's café, naïve charm": [
+        1673, 539, 262, 277, 276, 281, 649, 18449, 2528, 518, 2473, 256, 14582, 568, 15304, 267, 1097, 35689, 563,
+        10876],
+}
+
+
+@pytest.mark.parametrize(("text", "ids"), CLIP_IDS.items())
+def test_the_tiny_tokenizer_counts_like_sdxls_clip(tiny_model_dir: Path, text: str, ids: list[int]) -> None:
+    """The demo's prompts are built with SDXL's token counts: the tiny model's tokenizer is CLIP's real BPE (49,408
+    tokens), so a known prompt gives CLIP's ids, in the pipeline's tokenizer and in the API's counter alike."""
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(str(tiny_model_dir / "base" / "tokenizer"))
+    assert len(tokenizer) == 49408
+    assert tokenizer(text, add_special_tokens=False)["input_ids"] == ids
+    for name in ("tokenizer", "tokenizer_2"):
+        counter = ClipTokenCounter(tiny_model_dir / "base" / name)
+        assert counter.ids(text) == ids
+        assert counter.count(text) == len(ids)
+
+
 def test_the_second_tokenizer_counts_the_same(tiny_model_dir: Path) -> None:
     first = ClipTokenCounter(tiny_model_dir / "base" / "tokenizer")
     second = ClipTokenCounter(tiny_model_dir / "base" / "tokenizer_2")
@@ -105,12 +134,22 @@ def test_parts_in_priority_order(fields: dict[str, Any], prompt: str) -> None:
     assert build_prompt(request(**fields), Words()) == built  # deterministic
 
 
-def test_what_does_not_fit_is_cut_by_priority_and_named(tokenizer_dir: Path) -> None:
-    counter = ClipTokenCounter(tokenizer_dir)  # the tiny vocabulary has few merges: about one token a letter
+def test_every_cue_of_a_usual_request_fits_as_with_sdxl(tokenizer_dir: Path) -> None:
+    """CLIP's vocabulary (the tiny model's too): a prompt with style, era, mood, palette and title fits in 77."""
+    counter = ClipTokenCounter(tokenizer_dir)
     built = build_prompt(request(**WIDE), counter)
+    assert built.warnings == []
+    assert built.prompt == build_prompt(request(**WIDE), Words()).prompt
+    assert counter.count(built.prompt) == built.tokens <= BUDGET
+
+
+def test_what_does_not_fit_is_cut_by_priority_and_named(tokenizer_dir: Path) -> None:
+    counter = ClipTokenCounter(tokenizer_dir)
+    prompt = "grandma teaching me to ride a bike along the river on a windy afternoon " * 4
+    built = build_prompt(request(prompt=prompt.strip(), **WIDE), counter)
     assert built.tokens <= BUDGET
     assert counter.count(built.prompt) == built.tokens
-    assert built.prompt == "grandma on a bike, watercolor style"
+    assert built.prompt == prompt.strip() + ", watercolor style"
     assert built.warnings == ["prompt: left out to fit CLIP's 77-token window: memory_context.date, style.mood, "
                               "style.color_palette, memory_context.title"]
     assert "1965" not in " ".join(built.warnings)
@@ -127,8 +166,8 @@ def test_a_lower_part_never_displaces_a_higher_one(budget_words: int, monkeypatc
 
 
 def test_a_prompt_over_the_window_is_kept_and_said(tokenizer_dir: Path) -> None:
-    long_prompt = "grandma " * 40
-    built = build_prompt(request(prompt=long_prompt, style={"mood": "joyful"}, negative_prompt="blurry " * 40),
+    long_prompt = "grandma " * 80  # one token a word with CLIP's vocabulary
+    built = build_prompt(request(prompt=long_prompt, style={"mood": "joyful"}, negative_prompt="blurry " * 80),
                          ClipTokenCounter(tokenizer_dir))
     assert built.prompt == long_prompt.strip()
     assert built.warnings[0].startswith("prompt: ")

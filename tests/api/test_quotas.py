@@ -138,7 +138,8 @@ def test_the_submit_publishes_only_within_the_clients_publish_cap(settings: Sett
 def test_a_submit_costs_these_statements(settings: Settings, db: Database) -> None:
     """The submit path's round trips (a regression guard, as tests/worker/test_round_trips.py for the worker): a
     remembered key reads nothing; then the deletion lock and check, the client row locked, one count for the quota
-    and the publish cap, the job and its birth transition; after the answer, the outbox mark."""
+    and the publish cap, the job and its birth transition, its queue position (the 202 carries it); after the answer,
+    the outbox mark."""
     app = make_app(settings, client_publish_cap=100, max_queued_jobs_per_client=50)
     client = app.test_client()
     auth = {"Authorization": f"Bearer {make_key(db)}"}
@@ -153,9 +154,10 @@ def test_a_submit_costs_these_statements(settings: Settings, db: Database) -> No
     try:
         response = client.post("/v1/illustrations", json=VALID, headers=auth)
         assert response.status_code == 202, statements
-        assert len(statements) == 6, statements
-        response.close()
         assert len(statements) == 7, statements
+        assert statements[-1] == "SELECT count(*)", statements  # the queue position at submit
+        response.close()
+        assert len(statements) == 8, statements
         assert statements[-1].startswith("UPDATE"), statements
     finally:
         event.remove(engine, "before_cursor_execute", seen)

@@ -7,6 +7,7 @@ Each test calls from addresses of its own (the counts live in Redis for the wind
 
 from __future__ import annotations
 
+import re
 import secrets
 import uuid
 from collections.abc import Iterator
@@ -143,3 +144,22 @@ def test_a_key_has_one_count_across_every_route(limited_app: Flask, db: Database
     paths = ["/v1/illustrations", "/v1/subjects", "/v1/styles", "/v1/webhooks/deliveries"]
     statuses = [client.get(path, headers=valid).status_code for path in paths]
     assert statuses == [200] * LIMIT + [429]
+
+
+def test_limited_answers_carry_the_ietf_ratelimit_headers(limited_app: Flask, db: Database) -> None:
+    """`RateLimit-Policy: "requests";q=<quota>;w=<window>` and `RateLimit: "requests";r=<remaining>;t=<reset>` on
+    every limited answer (the 429 and a 401 too); none on the routes no limit applies to."""
+    client = limited_app.test_client()
+    valid = {"Authorization": f"Bearer {make_key(db)}"}
+    answers = [client.get("/v1/illustrations", headers=valid) for _ in range(LIMIT + 1)]
+    assert [answer.status_code for answer in answers] == [200] * LIMIT + [429]
+    for answer in answers:
+        assert answer.headers["RateLimit-Policy"] == f'"requests";q={LIMIT};w=60'
+    seen = [re.fullmatch(r'"requests";r=(\d+);t=(\d+)', answer.headers["RateLimit"]) for answer in answers]
+    assert all(seen), [answer.headers["RateLimit"] for answer in answers]
+    assert [int(match.group(1)) for match in seen if match] == [2, 1, 0, 0]
+    assert all(0 <= int(match.group(2)) <= 60 for match in seen if match)
+    refused = client.get("/v1/illustrations", headers=fake(), environ_base={"REMOTE_ADDR": fresh_address()})
+    assert refused.status_code == 401 and refused.headers["RateLimit"].startswith('"requests";r=2;')
+    open_route = client.get("/healthz")
+    assert "RateLimit" not in open_route.headers and "RateLimit-Policy" not in open_route.headers

@@ -68,7 +68,7 @@ def test_multipart_training_is_queued_with_its_pictures_and_only_its_id_is_publi
     assert response.status_code == 202, response.json
     body: Any = response.json
     assert body == {"name": "ink", "version": 1, "status": "queued", "job_id": body["job_id"],
-                    "links": {"self": "/v1/styles/ink"}}
+                    "links": {"self": "http://localhost/v1/styles/ink"}}
     assert response.headers["Location"] == "/v1/styles/ink"
     messages = broker.lrange(tasks.QUEUE_PREPARE, 0, -1)  # uploads are normalised by the preparation step
     assert len(messages) == 1
@@ -101,7 +101,7 @@ def test_multipart_training_is_queued_with_its_pictures_and_only_its_id_is_publi
     style: Any = client.get("/v1/styles/ink", headers=auth).json
     assert style["name"] == "ink"
     assert style["active_version"] is None
-    assert style["links"] == {"self": "/v1/styles/ink"}
+    assert style["links"] == {"self": "http://localhost/v1/styles/ink"}
     (out,) = style["versions"]
     assert out["version"] == 1
     assert out["status"] == "queued"

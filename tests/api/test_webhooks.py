@@ -46,13 +46,35 @@ def test_webhook_urls_are_accepted_and_a_blocked_address_is_a_named_422(
         assert session.get_one(Batch, batch["id"]).webhook_url == HOOK  # type: ignore[index]
 
 
+def test_a_host_that_resolves_to_a_blocked_address_is_refused_at_submit_naming_the_allowlist(
+    client: FlaskClient, auth: dict[str, str]
+) -> None:
+    """`localhost` is a name: the literal check cannot see it; resolved at submit, it is refused there, not at every
+    delivery. The message teaches the way out (the allowlist setting) and the code is stable."""
+    for url in ("http://localhost:9999/hook", "http://10.0.0.8/hook"):
+        response = client.post("/v1/illustrations", json={**VALID, "webhook_url": url}, headers=auth)
+        assert response.status_code == 422, response.json
+        (error,) = response.json["errors"]  # type: ignore[index]
+        assert error["field"] == "webhook_url"
+        assert error["code"] == "blocked_url"
+        assert "ILLUSTRATIONS_FETCH_ALLOWLIST" in error["message"]
+    batch = client.post("/v1/batches", json={"requests": [VALID], "webhook_url": "http://localhost/h"}, headers=auth)
+    assert [(e["field"], e["code"]) for e in batch.json["errors"]] == [("webhook_url", "blocked_url")]  # type: ignore[index]
+    malformed = client.post("/v1/illustrations", json={**VALID, "webhook_url": "http://user:pw@hooks.example/"},
+                            headers=auth)
+    assert [(e["field"], e["code"]) for e in malformed.json["errors"]] == [  # type: ignore[index]
+        ("webhook_url", "invalid_url")]
+    submit(client, auth, webhook_url="https://does-not-resolve.invalid/hook")  # resolved again at each delivery
+
+
 def test_an_allowlisted_receiver_may_be_private(settings: Settings) -> None:
     from api import create_app
 
-    app = create_app(settings.model_copy(update={"fetch_allowlist": ["127.0.0.1"]}))
+    app = create_app(settings.model_copy(update={"fetch_allowlist": ["127.0.0.1", "localhost"]}))
     try:
         key = make_key(app.extensions["illustrations"].db)
         submit(app.test_client(), {"Authorization": f"Bearer {key}"}, webhook_url="http://127.0.0.1:9999/h")
+        submit(app.test_client(), {"Authorization": f"Bearer {key}"}, webhook_url="http://localhost:9999/h")
     finally:
         app.extensions["illustrations"].waiter.close()
         app.extensions["illustrations"].db.engine.dispose()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from shared.settings import SettingsError, get_settings, load_settings
+from tests.system.procs import clean_env, cli
 
 
 def test_defaults_are_the_embedded_mode(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -87,3 +89,59 @@ def test_cli_reports_a_malformed_variable(monkeypatch: pytest.MonkeyPatch) -> No
         get_settings.cache_clear()
     assert result.exit_code != 0
     assert "ILLUSTRATIONS_RELAY_INTERVAL_S" in result.output
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("127.0.0.1", ["127.0.0.1"]),
+    (" 127.0.0.1, 10.0.0.0/8 ,Hooks.Internal,", ["127.0.0.1", "10.0.0.0/8", "hooks.internal"]),
+    ('["127.0.0.1", "::1"]', ["127.0.0.1", "::1"]),
+    ("", []),
+])
+def test_the_fetch_allowlist_is_comma_separated_or_json(monkeypatch: pytest.MonkeyPatch, value: str,
+                                                        expected: list[str]) -> None:
+    monkeypatch.setenv("ILLUSTRATIONS_FETCH_ALLOWLIST", value)
+    assert load_settings().fetch_allowlist == expected
+
+
+@pytest.mark.parametrize("value", ['["127.0.0.1"', "http://127.0.0.1:9999/hook", "10.0.0.0/33", "a host"])
+def test_a_bad_allowlist_fails_naming_the_variable(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("ILLUSTRATIONS_FETCH_ALLOWLIST", value)
+    with pytest.raises(SettingsError, match="ILLUSTRATIONS_FETCH_ALLOWLIST"):
+        load_settings()
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("ILLUSTRATIONS_FETCH_ALLOWLIST", "127.0.0.1/40"),
+    ("ILLUSTRATIONS_WEBHOOK_SECRET_KEYS", "not-json"),  # a JSON list setting that does not decode
+])
+def test_a_process_with_a_bad_list_stops_at_start_with_one_line(tmp_path: Path, variable: str, value: str) -> None:
+    """`illustrations api` (the command ops run) exits at once with one line naming the variable: no traceback."""
+    env = {**clean_env(VAR_DIR=str(tmp_path / "var")), variable: value}
+    result = subprocess.run(cli("api", "--bind", "127.0.0.1:0"), env=env, cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert variable in line and line.startswith("Error: invalid configuration")
+
+
+def test_the_public_base_url_is_checked_and_the_embedded_mode_has_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ILLUSTRATIONS_API_BIND", "0.0.0.0:8123")
+    assert load_settings().effective_public_base_url == "http://127.0.0.1:8123"  # the embedded mode: the API's own
+    monkeypatch.setenv("ILLUSTRATIONS_PUBLIC_BASE_URL", "https://illustrations.example/")
+    assert load_settings().effective_public_base_url == "https://illustrations.example"
+    monkeypatch.delenv("ILLUSTRATIONS_PUBLIC_BASE_URL")
+    monkeypatch.setenv("ILLUSTRATIONS_BROKER_URL", "redis://redis:6379/0")
+    assert load_settings().effective_public_base_url is None  # elsewhere it must be set (webhook workers check)
+    monkeypatch.setenv("ILLUSTRATIONS_PUBLIC_BASE_URL", "illustrations.example")
+    with pytest.raises(SettingsError, match="ILLUSTRATIONS_PUBLIC_BASE_URL"):
+        load_settings()
+
+
+def test_a_webhooks_worker_refuses_to_start_without_a_public_base_url(tmp_path: Path) -> None:
+    env = clean_env(VAR_DIR=str(tmp_path / "var"), BROKER_URL="redis://127.0.0.1:1/0")
+    result = subprocess.run(cli("worker", "--queues", "illustrations.maintenance,illustrations.webhooks", "--pool",
+                                "threads"), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "ILLUSTRATIONS_PUBLIC_BASE_URL" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -195,7 +195,7 @@ def test_the_body_is_the_job_as_the_api_returns_it(any_db: Database) -> None:
     assert data["status"] == "succeeded"
     assert data["metadata"] == {"memory_id": "m-9"}
     assert data["images"][0]["url"] == f"https://api.example/v1/illustrations/{job_id}/images/0"
-    assert data["links"] == {"self": f"/v1/illustrations/{job_id}"}
+    assert data["links"] == {"self": f"https://api.example/v1/illustrations/{job_id}"}
 
 
 def test_due_events_are_claimed_once_until_their_lease_ends(any_db: Database) -> None:
@@ -253,6 +253,9 @@ def test_the_cli_sets_a_default_url_and_prints_and_rotates_the_secret(tmp_path: 
         refused = runner.invoke(main, ["webhooks", "url", "--name", "autobio", "http://10.0.0.1/hooks"])
         assert refused.exit_code != 0
         assert "private address" in refused.output
+        by_name = runner.invoke(main, ["webhooks", "url", "--name", "autobio", "http://localhost:9999/hooks"])
+        assert by_name.exit_code != 0  # resolved, as the API resolves a webhook URL at submit
+        assert "loopback" in by_name.output and "ILLUSTRATIONS_FETCH_ALLOWLIST" in by_name.output
         assert runner.invoke(main, ["webhooks", "url", "--name", "nobody", "https://a.example/h"]).exit_code != 0
         assert run("webhooks", "url", "--name", "autobio", "https://a.example/h").endswith("https://a.example/h")
         assert run("webhooks", "url", "--name", "autobio").endswith("https://a.example/h")

@@ -39,6 +39,7 @@ from tests.webhook_receiver import Receiver
 pytestmark = pytest.mark.system
 
 SCHEDULE = [0.3] * 3 + [1.0] * 30  # seconds; about half a minute of retries in all
+PUBLIC = "https://illustrations.test"  # webhook bodies carry absolute URLs under it
 
 
 @dataclass
@@ -89,7 +90,8 @@ def hooks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HookStack]:
 
 def _hook_stack(url: str, tmp: Path) -> Iterator[HookStack]:
     key = Fernet.generate_key().decode()
-    env = fast_env(tmp, url, SYSTEM_REDIS_URL, tmp / "no-model", FETCH_ALLOWLIST='["127.0.0.1"]',
+    env = fast_env(tmp, url, SYSTEM_REDIS_URL, tmp / "no-model", FETCH_ALLOWLIST="127.0.0.1",
+                   PUBLIC_BASE_URL=PUBLIC,
                    WEBHOOK_SECRET_KEYS=json.dumps([key]), WEBHOOK_DISPATCH_INTERVAL_S="0.2",
                    WEBHOOK_RETRY_SCHEDULE_S=json.dumps(SCHEDULE), WEBHOOK_TIMEOUT_S="3", WEBHOOK_LEASE_S="10")
     procs = Processes(env, tmp, tmp / "logs")
@@ -134,6 +136,7 @@ def test_500_three_times_then_200_is_delivered_and_the_job_is_untouched(hooks: H
     assert body["type"] == "illustration.succeeded"
     assert body["data"]["id"] == job_id
     assert body["data"]["status"] == "succeeded"
+    assert body["data"]["links"] == {"self": f"{PUBLIC}/v1/illustrations/{job_id}"}
     assert hooks.attempts(job_id) == [500, 500, 500, 200]
     with hooks.db.begin() as session:
         job = session.get_one(Job, job_id)

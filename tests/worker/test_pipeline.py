@@ -121,6 +121,21 @@ def test_make_tiny_is_deterministic_and_installs_whole(model_dir: Path, tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["same"]
 
 
+def test_a_tiny_model_of_an_older_generator_is_outdated_and_replaced(tmp_path: Path) -> None:
+    """A cached `var/models/tiny` written before CLIP's vocabulary (no TINY_FORMAT file) is written again by
+    `illustrations up`/`demo` (they check ``outdated``) and by `models make-tiny` (same revision, other format)."""
+    from worker.pipeline.tiny import FORMAT_FILE, outdated
+
+    model = make_tiny(tmp_path / "tiny", seed=0)
+    assert not outdated(model)
+    (model / FORMAT_FILE).unlink()  # as the first generator left it
+    assert outdated(model)
+    inode = (model / "base/unet/diffusion_pytorch_model.safetensors").stat().st_ino
+    make_tiny(model, seed=0)
+    assert not outdated(model)
+    assert (model / "base/unet/diffusion_pytorch_model.safetensors").stat().st_ino != inode  # installed again
+
+
 def test_plus_adapter_loads_as_a_resampler_with_the_file_weights(engine: Engine, model_dir: Path) -> None:
     layers: list[Any] = list(engine.pipe.unet.encoder_hid_proj.image_projection_layers)
     identity, style = layers

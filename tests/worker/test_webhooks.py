@@ -25,7 +25,7 @@ from shared.queue import Publisher, make_celery
 from shared.settings import Settings
 from shared.storage import open_storage
 from shared.webhooks import secrets
-from tests.helpers import add_job
+from tests.helpers import IMAGE, add_job
 from tests.webhook_receiver import Receiver
 from worker.webhooks import deliver, dispatch, parse_retry_after
 
@@ -101,6 +101,28 @@ def test_500_three_times_then_200_is_delivered_with_one_id_and_every_attempt_log
     assert all(a.latency_ms is not None and a.latency_ms >= 0 for a in logged)
     assert logged[0].error == "the receiver answered 500"
     assert logged[3].error is None
+
+
+@pytest.mark.parametrize(("base", "broker_url", "expected"), [
+    ("https://illustrations.example", "redis://127.0.0.1:6379/0", "https://illustrations.example"),
+    (None, "", "http://127.0.0.1:8765"),  # the embedded mode: the API's own address
+])
+def test_a_webhook_body_carries_absolute_image_urls_and_links(
+    db: Database, hook_settings: Settings, fetcher: Fetcher, receiver: Receiver, base: str | None, broker_url: str,
+    expected: str
+) -> None:
+    settings = hook_settings.model_copy(update={"public_base_url": base, "broker_url": broker_url,
+                                                "api_bind": "0.0.0.0:8765"})
+    job_id = add_job(db, webhook_url=receiver.url())
+    with db.begin() as session:
+        claim = jobs.started(session, job_id, "w", 60)
+        assert isinstance(claim, jobs.Claim)
+    with db.begin() as session:
+        assert jobs.succeeded(session, claim, [IMAGE])
+    assert deliver(db, settings, fetcher, "msg_" + job_id.replace("-", "")) == "delivered"
+    data = json.loads(receiver.received[0].body)["data"]
+    assert [image["url"] for image in data["images"]] == [f"{expected}/v1/illustrations/{job_id}/images/0"]
+    assert data["links"] == {"self": f"{expected}/v1/illustrations/{job_id}"}
 
 
 def test_the_schedule_runs_out_then_failed(db: Database, hook_settings: Settings, fetcher: Fetcher,

@@ -4,17 +4,24 @@ Everything the service does with the real weights (``from_pretrained``, ``load_i
 scales, several identity references) runs unchanged on this model, in about a second on a CPU, with no download.
 The UNet keeps SDXL's block layout (three down blocks, the first without attention, 1 and 2 transformer layers in
 the others) so the real InstantStyle dict ``{"down": {"block_2": ...}, "up": {"block_0": ...}}`` is valid on it;
-the VAE keeps the scale factor 8; the tokenizers are written as ``vocab.json`` + ``merges.txt`` like the published
-folder; the identity adapter is a "plus" (Resampler) adapter written in the original IP-Adapter key format, which
-diffusers converts on load, like the published ``ip-adapter-plus-face_sdxl_vit-h.safetensors``.
+the VAE keeps the scale factor 8; the tokenizers are SDXL's: CLIP's real byte-level BPE (49,408 tokens, built from
+the merges vendored in ``data/``, as OpenAI's and open_clip's ``SimpleTokenizer`` builds it), written as
+``vocab.json`` + ``merges.txt`` like the published folder, so a prompt counts as many tokens as with SDXL and prompt
+building keeps what it would keep there (only the text encoders' weights are random); the identity adapter is a
+"plus" (Resampler) adapter written in the original IP-Adapter key format, which diffusers converts on load, like the
+published ``ip-adapter-plus-face_sdxl_vit-h.safetensors``.
 
 The model is built in a hidden folder next to the target and renamed into place, so a reader never sees half a
 model. An existing complete model with the same revision is left as it is; any other folder at the target (an
 older seed, a broken copy) is replaced by two renames, during which a reader sees no model, never a partial one.
+``TINY_FORMAT`` names what the generator writes: a folder written by an older generator is ``outdated`` and
+``illustrations up``/``demo`` write it again.
 """
 
 from __future__ import annotations
 
+import functools
+import gzip
 import hashlib
 import json
 import logging
@@ -53,7 +60,13 @@ RESAMPLER_DIM_HEAD = 64  # diffusers derives heads as to_q rows // 64
 BASIC_TOKENS = 4  # the basic adapter projects one image embedding to 4 tokens
 MAX_LENGTH = 77
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
-MERGES = ("t h", "th e</w>", "a n", "i n", "o n", "e r", "r e", "a t", "e n</w>", "o r")
+# CLIP's BPE (MIT; data/LICENSE-open_clip.txt): the first 48,894 merges of this file make SDXL's 49,408 tokens.
+CLIP_BPE = Path(__file__).parent / "data" / "bpe_simple_vocab_16e6.txt.gz"
+CLIP_MERGES = 49152 - 256 - 2
+CLIP_VOCAB_SIZE = 49408
+# What the generator writes (in the TINY_FORMAT file): 2 = CLIP's real vocabulary (1 had a toy one, unmarked).
+TINY_FORMAT = "2"
+FORMAT_FILE = "TINY_FORMAT"
 # SDXL base's scheduler settings, so step counts and timesteps behave as with the real model.
 SCHEDULER = {
     "beta_start": 0.00085,
@@ -79,6 +92,7 @@ def make_tiny(target: Path, seed: int = 0) -> Path:
             _write_ip_adapter(resolve_profile("tiny", staging), unet)
         revision = "tiny-" + _weights_digest(staging)[:12]
         (staging / REVISION_FILE).write_text(revision + "\n", encoding="utf-8")
+        (staging / FORMAT_FILE).write_text(TINY_FORMAT + "\n", encoding="utf-8")
         _make_readable(staging)
         _install(staging, target, revision)
     finally:
@@ -168,14 +182,32 @@ def _bytes_to_unicode() -> dict[int, str]:
     return table
 
 
-def _write_tokenizer(folder: Path, pad_with: str) -> int:
-    """A CLIP byte-level BPE tokenizer with a handful of merges; returns its vocabulary size."""
+@functools.cache
+def clip_bpe() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """CLIP's merges and vocabulary, built as OpenAI's ``SimpleTokenizer`` builds them: the 256 byte symbols, the
+    same with ``</w>``, one token per merge in rank order, then ``<|startoftext|>`` and ``<|endoftext|>``."""
+    lines = gzip.decompress(CLIP_BPE.read_bytes()).decode("utf-8").split("\n")
+    merges = tuple(lines[1:CLIP_MERGES + 1])  # the first line is the file's header
     symbols = list(_bytes_to_unicode().values())
-    tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in MERGES] + [BOS, EOS]
+    tokens = (*symbols, *(s + "</w>" for s in symbols), *("".join(m.split()) for m in merges), BOS, EOS)
+    if len(tokens) != CLIP_VOCAB_SIZE or len(set(tokens)) != CLIP_VOCAB_SIZE:
+        raise RuntimeError(f"{CLIP_BPE} does not give CLIP's {CLIP_VOCAB_SIZE} tokens")
+    return merges, tokens
+
+
+def outdated(root: Path) -> bool:
+    """Whether the tiny model at ``root`` was written by another generator (an older ``TINY_FORMAT``)."""
+    marker = root / FORMAT_FILE
+    return not marker.is_file() or marker.read_text(encoding="utf-8").strip() != TINY_FORMAT
+
+
+def _write_tokenizer(folder: Path, pad_with: str) -> int:
+    """SDXL's CLIP byte-level BPE tokenizer (vocab.json + merges.txt); returns its vocabulary size."""
+    merges, tokens = clip_bpe()
     vocab = {token: index for index, token in enumerate(tokens)}
     folder.mkdir(parents=True)
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(MERGES) + "\n", encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
     special = {"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": pad_with}
     config = {**special, "tokenizer_class": "CLIPTokenizer", "model_max_length": MAX_LENGTH, "do_lower_case": True}
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
@@ -295,7 +327,8 @@ def _make_readable(root: Path) -> None:
 
 def _is_installed(target: Path, revision: str) -> bool:
     profile = resolve_profile("tiny", target)
-    return target.is_dir() and not missing_files(profile) and read_revision(profile) == revision
+    return (target.is_dir() and not missing_files(profile) and read_revision(profile) == revision
+            and not outdated(target))
 
 
 def _install(staging: Path, target: Path, revision: str) -> None:
