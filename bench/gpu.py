@@ -17,12 +17,19 @@ bf16 with PyTorch's SDPA attention. Weights:
 Rows (each: one warm-up call not counted, then ``--repeats`` timed calls, median): build/load time; ``plain`` (no
 reference, no LoRA: both adapters stay loaded at scale 0, which diffusers skips, as for a text-only job);
 ``+ identity adapter`` (one face reference through the plus-face adapter, its embedding cached as the worker caches
-it); ``+ style adapter`` (a style reference with InstantStyle's per-block scales); ``+ LoRA`` (a random rank-16 LoRA
-on the attention projections, saved with its adapter metadata and loaded through ``LoraSlots``; its load is in the
-note); ``torch.compile`` (``unet.compile`` in place as the engine does, the first call's time reported as compile
-time) and the compiled plain call. Peak memory is ``torch.cuda.max_memory_allocated`` per row (on CPU, the process's
-peak RSS). A time budget (default 450 s) skips what would not fit, so the script ends within 8 minutes; the markdown
-table is printed last.
+it); ``+ identity x2, masks`` (two people, each tied to their half of the picture by an attention mask, as
+``Engine.identity_inputs`` builds them); ``+ style adapter`` (a style reference with InstantStyle's per-block
+scales); ``+ LoRA`` (a random rank-16 LoRA on the attention projections, saved with its adapter metadata and loaded
+through ``LoraSlots``; its load is in the note); ``LoRA switch (resident)`` (a job naming another LoRA already in a
+slot: ``set_adapters``) and ``LoRA hot-swap (new file)`` (a new LoRA file of the same rank replacing the least
+recently used slot when every slot is full), both the slot step alone (``LoraUse.seconds``, median);
+``torch.compile`` (``unet.compile`` in place as the engine does, the first call's time reported as compile time),
+the compiled plain call, and ``recompiles`` (the graphs dynamo compiled over a varied sequence of jobs after the
+first: identity on/off, two people with masks, style, LoRA swap and scale, no LoRA, no guidance, two images; torch
+falls back to running the UNet uncompiled after its recompile limit, 8); ``images/hour`` (one worker, from the
+fastest plain row); ``peak memory`` (the largest of the rows). Peak memory is ``torch.cuda.max_memory_allocated``
+per row (on CPU, the process's peak RSS). A time budget (default 450 s) skips what would not fit, so the script
+ends within 8 minutes; the markdown table is printed last.
 
 ``--dry-run`` builds the tiny architecture (``bench/configs/tiny/``) on the CPU at 64x64, 2 steps, one repeat: it
 runs every row through the same code, so the script is known to work before it first meets a GPU.
@@ -87,6 +94,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     parser.add_argument("--compile-mode", default="default",
                         choices=("default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune"))
+    parser.add_argument("--compile-backend", default="inductor",
+                        help="torch.compile backend (inductor; `eager` traces with dynamo only: what the dry run uses)")
     parser.add_argument("--dry-run", action="store_true", help="tiny architecture on the CPU, 64x64, 2 steps")
     parser.add_argument("--model-dir", type=Path, default=None,
                         help="real sdxl weights (default: ILLUSTRATIONS_MODEL_DIR, var/models/sdxl, the HF cache)")
@@ -331,6 +340,7 @@ def run(ctx: Context) -> None:
     import PIL.Image
     import torch
 
+    from shared.regions import columns
     from worker.pipeline.engine import IDENTITY, STYLE, Engine, EngineOptions, GenerationRequest
     from worker.pipeline.lora import LoraRequest
 
@@ -358,6 +368,7 @@ def run(ctx: Context) -> None:
     # 2. The requests: references as the worker passes them (embeddings, cached by image hash)
     rng = np.random.default_rng(0)
     face = PIL.Image.fromarray(rng.integers(0, 256, (512, 512, 3), dtype=np.uint8))
+    second_face = PIL.Image.fromarray(rng.integers(0, 256, (512, 512, 3), dtype=np.uint8))
     style_image = PIL.Image.fromarray(rng.integers(0, 256, (512, 512, 3), dtype=np.uint8))
     base = GenerationRequest(prompt=PROMPT, negative_prompt="blurry, low quality", width=args.size,
                              height=args.size, steps=args.steps, guidance_scale=GUIDANCE, seed=1, num_images=1)
@@ -367,12 +378,16 @@ def run(ctx: Context) -> None:
     # 3. Rows
     measure(ctx, "plain", lambda: engine.run(base), "no reference, no LoRA (adapters loaded at scale 0)")
     measure(ctx, "+ identity adapter", lambda: engine.run(identity), "plus-face, one reference, scale 0.6")
+    faces = (identity.identity_embeds[0], engine.embed(IDENTITY, second_face))
+    two = replace(identity, identity_embeds=faces, identity_regions=tuple(columns(2)))
+    measure(ctx, "+ identity x2, masks", lambda: engine.run(two), "two people, each masked to half the picture")
     measure(ctx, "+ style adapter", lambda: engine.run(style), "InstantStyle blocks, style 0.8, content 1.0")
+    loras: list[LoraRequest] = []
     lora_note = f"rank {LORA_RANK} on to_q/to_k/to_v/to_out.0, scale 0.8"
     if ctx.left_s() > 0:
         data = random_lora(dict(engine.pipe.unet.config), LORA_RANK)
-        key = hashlib.sha256(data).hexdigest()
-        request = replace(base, lora=LoraRequest(key=key, scale=0.8, fetch=lambda: data))
+        loras.append(LoraRequest(key=hashlib.sha256(data).hexdigest(), scale=0.8, fetch=lambda: data))
+        request = replace(base, lora=loras[0])
         first = engine.run(request).lora  # the slot load: the warm-up call
         load_s = first.seconds if first else float("nan")
         row = measure(ctx, "+ LoRA", lambda: engine.run(request), lora_note + f"; slot load {load_s:.2f} s",
@@ -381,20 +396,123 @@ def run(ctx: Context) -> None:
             row.note += f" ({len(data) / 2**20:.0f} MiB file)"
     else:
         ctx.rows.append(Row("+ LoRA", None, note=f"skipped: the {args.budget_s:.0f} s budget is spent"))
+    lora_swaps(ctx, engine, base, loras)
 
     # 4. torch.compile: in place, as EngineOptions(torch_compile=True) does; the first call is the compile time
-    if args.no_compile:
+    if not args.no_compile:
+        compiled(ctx, engine, base, [identity, two, style], loras)
+    summary(ctx)
+
+
+def lora_swaps(ctx: Context, engine: Any, base: Any, loras: list[Any]) -> None:
+    """``LoRA switch (resident)`` and ``LoRA hot-swap (new file)``: the slot step of a job (``LoraUse.seconds``).
+
+    Fills every slot (one more random LoRA per slot, one step per job: the slot step does not depend on the steps),
+    then alternates between two resident LoRAs, then brings new files of the same rank, each replacing the least
+    recently used slot in place. ``loras`` receives the requests made, so the compiled rows can use them.
+    """
+    from worker.pipeline.lora import LoraRequest
+
+    if not loras or ctx.left_s() <= 0:
+        for name in ("LoRA switch (resident)", "LoRA hot-swap (new file)"):
+            ctx.rows.append(Row(name, None, unit="s", note="skipped: no LoRA row, or the budget is spent"))
         return
+    one_step = replace(base, steps=1)
+    slots = len(engine.loras.slots)
+
+    def new_lora(seed: int) -> Any:
+        data = random_lora(dict(engine.pipe.unet.config), LORA_RANK, seed=seed)
+        return LoraRequest(key=hashlib.sha256(data).hexdigest(), scale=0.8, fetch=lambda: data)
+
+    while len(loras) < slots:  # every slot full, so the next new file replaces one
+        loras.append(new_lora(len(loras)))
+        engine.run(replace(one_step, lora=loras[-1]))
+    switches = []
+    for i in range(2 * ctx.args.repeats):
+        use = engine.run(replace(one_step, lora=loras[i % 2])).lora
+        if use is not None and use.resident:
+            switches.append(use.seconds)
+    ctx.rows.append(Row("LoRA switch (resident)", statistics.median(switches) if switches else None, unit="s",
+                        peak_gib=_peak_gib(ctx), samples=switches,
+                        note=f"another LoRA already in one of {slots} slots: set_adapters only"))
+    swaps, kinds = [], set()
+    for i in range(ctx.args.repeats):
+        if ctx.left_s() <= 0:
+            break
+        request = new_lora(100 + i)
+        use = engine.run(replace(one_step, lora=request)).lora
+        if use is not None:
+            swaps.append(use.seconds)
+            kinds.add("in place (hotswap)" if use.hotswapped else "fresh load (no hot-swap)")
+        loras.append(request)
+    ctx.rows.append(Row("LoRA hot-swap (new file)", statistics.median(swaps) if swaps else None, unit="s",
+                        peak_gib=_peak_gib(ctx), samples=swaps,
+                        note=f"a new rank-{LORA_RANK} file into the least recently used slot: "
+                             f"{', '.join(sorted(kinds))}"))
+    print(f"LoRA switch {switches}, hot-swap {swaps} ({kinds})", flush=True)
+
+
+def compiled(ctx: Context, engine: Any, base: Any, references: list[Any], loras: list[Any]) -> None:
+    """The compile rows: first call, the compiled plain call, and the graphs compiled over varied jobs after it."""
+    import torch
+    import torch._dynamo.utils
+
+    from worker.pipeline.lora import LoraRequest
+
+    args = ctx.args
     if ctx.left_s() < (60 if ctx.device.startswith("cuda") else 0):
         ctx.rows.append(Row("torch.compile", None, unit="s", note="skipped: too little of the budget left"))
         return
-    engine.pipe.unet.compile(mode=None if args.compile_mode == "default" else args.compile_mode)
+    mode = None if args.compile_mode == "default" else args.compile_mode
+    engine.pipe.unet.compile(mode=mode, backend=args.compile_backend)
     _reset_peak(ctx)
+    graphs = torch._dynamo.utils.counters["stats"]
+    before = graphs["unique_graphs"]
     compile_s = _timed(ctx, lambda: engine.run(base))
+    first_graphs = graphs["unique_graphs"] - before
+    how = f"{args.compile_backend}, mode={args.compile_mode}"
     ctx.rows.append(Row("torch.compile (first call)", compile_s, unit="s", peak_gib=_peak_gib(ctx),
-                        note=f"unet.compile(mode={args.compile_mode}); warm-up, not in the row below"))
-    measure(ctx, "+ torch.compile", lambda: engine.run(base), f"plain request, compiled ({args.compile_mode})",
-            warmups=0)
+                        note=f"unet.compile({how}): {first_graphs} graph(s); warm-up, not in the row below"))
+    measure(ctx, "+ torch.compile", lambda: engine.run(base), f"plain request, compiled ({how})", warmups=0)
+
+    # Recompiles: every kind of job the worker sees, one after the other, after the first compile
+    varied = [base, *references]
+    if loras:  # a resident LoRA, its scale changed, another resident one, a new file (hot-swapped into a slot)
+        data = random_lora(dict(engine.pipe.unet.config), LORA_RANK, seed=200)
+        new = LoraRequest(key=hashlib.sha256(data).hexdigest(), scale=0.8, fetch=lambda: data)
+        varied += [replace(base, lora=lora) for lora in (loras[0], replace(loras[0], scale=0.5), loras[-1], new)]
+    varied += [base, replace(base, guidance_scale=1.0), replace(base, num_images=2)]  # no LoRA; no CFG; 2 images
+    before, started, failures = graphs["unique_graphs"], time.perf_counter(), []
+    for request in varied:
+        if ctx.left_s() <= 0:
+            failures.append("budget spent")
+            break
+        try:
+            engine.run(replace(request, steps=min(request.steps, 2)))
+        except Exception as exc:  # a job the compiled engine cannot run is a finding, not the end of the table
+            failures.append(f"{type(exc).__name__}: {str(exc)[:80]}")
+    count = graphs["unique_graphs"] - before
+    note = (f"graphs compiled over {len(varied)} varied jobs (2 steps each, {time.perf_counter() - started:.1f} s): "
+            "identity x1, x2 with masks, style, LoRAs (new, switched, hot-swapped, scale 0.5), none, no CFG, "
+            "2 images; torch's recompile limit is 8")
+    if failures:
+        note += f"; failed: {'; '.join(failures)}"
+    ctx.rows.append(Row("recompiles", float(count), unit="graphs", note=note))
+    print(f"recompiles: {count} over {len(varied)} jobs", flush=True)
+
+
+def summary(ctx: Context) -> None:
+    """images/hour of one worker from the fastest plain row, and the largest peak memory of all rows."""
+    plain = [r.seconds for r in ctx.rows if r.name in ("plain", "+ torch.compile") and r.seconds]
+    best = min(plain) if plain else None
+    which = "compiled" if best is not None and any(r.name == "+ torch.compile" and r.seconds == best
+                                                   for r in ctx.rows) else "plain"
+    ctx.rows.append(Row("images/hour", 3600 / best if best else None, unit="images/h",
+                        note=f"one worker, {ctx.args.size}x{ctx.args.size}, {ctx.args.steps} steps, {which}"))
+    peaks = [r.peak_gib for r in ctx.rows if r.peak_gib is not None]
+    peak = max(peaks) if peaks else None
+    ctx.rows.append(Row("peak memory", peak, unit="GiB", peak_gib=peak,
+                        note="the largest of the rows (CUDA: max_memory_allocated; CPU: peak RSS)"))
 
 
 # --- Report -------------------------------------------------------------------------------------------------------
@@ -416,7 +534,12 @@ def table(ctx: Context) -> str:
     plain = next((r.seconds for r in ctx.rows if r.name == "plain"), None)
     lines = ["| row | seconds | vs plain | peak GiB | note |", "|---|---|---|---|---|"]
     for row in ctx.rows:
-        value = "—" if row.seconds is None else f"{row.seconds:.3f} {row.unit}"
+        if row.seconds is None:
+            value = "—"
+        elif row.unit in ("images/h", "graphs"):
+            value = f"{row.seconds:.0f} {row.unit}"
+        else:
+            value = f"{row.seconds:.3f} {row.unit}"
         ratio = (f"{row.seconds / plain:.2f}x" if row.unit == "s/image" and row.seconds is not None and plain
                  else "")
         peak = "" if row.peak_gib is None else f"{row.peak_gib:.2f}"

@@ -12,10 +12,13 @@ from __future__ import annotations
 import ast
 import io
 import os
+import re
 import time
+import tomllib
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ import requests
 import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
+from packaging.requirements import Requirement
 from PIL import Image
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -317,3 +321,92 @@ def imports_in(path: Path, root: Path = ROOT) -> Iterator[tuple[str, int]]:
             module = ".".join([*base, *([node.module] if node.module else [])])
             for alias in node.names:
                 yield f"{module}.{alias.name}", node.lineno
+
+
+# --- The dependency locks (requirements/*.txt, written by `make lock`) ------------------------------------------------
+PROJECT = "autobio-illustrations"
+LOCKS = {"api": (), "worker": ("worker",), "dev": ("worker", "embedded", "dev")}
+"""Each lock in requirements/ and the extras of pyproject.toml it is compiled with."""
+
+
+@dataclass(frozen=True)
+class Locked:
+    """One package of a lock: its pinned version, its hashes and what asked for it (uv's ``# via`` lines)."""
+
+    version: str
+    hashes: tuple[str, ...]
+    via: frozenset[str]
+
+    @property
+    def declared(self) -> bool:
+        """Asked for by pyproject.toml itself (a top-level dependency)."""
+        return f"{PROJECT} (pyproject.toml)" in self.via
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def read_lock(name: str) -> dict[str, Locked]:
+    """requirements/<name>.txt as {canonical package name: Locked}; every entry must be ``name==version``."""
+    entries: dict[str, dict[str, Any]] = {}
+    current: dict[str, Any] | None = None
+    for line in (ROOT / "requirements" / f"{name}.txt").read_text().splitlines():
+        text = line.strip().rstrip("\\").strip()
+        if not text:
+            continue
+        if not line[0].isspace() and not text.startswith(("#", "-")):
+            requirement = Requirement(text)
+            (spec,) = requirement.specifier  # one `==` pin per package
+            assert spec.operator == "==", line
+            current = entries[canonical(requirement.name)] = {"version": spec.version, "hashes": [], "via": set()}
+        elif current is not None and text.startswith("--hash="):
+            current["hashes"].append(text.removeprefix("--hash="))
+        elif current is not None and text.startswith("# via"):
+            if text.removeprefix("# via").strip():
+                current["via"].add(text.removeprefix("# via").strip())
+        elif current is not None and line[0].isspace() and text.startswith("#   "):
+            current["via"].add(text.removeprefix("#").strip())
+    return {key: Locked(e["version"], tuple(e["hashes"]), frozenset(e["via"])) for key, e in entries.items()}
+
+
+def torch_pin() -> str:
+    """The one torch version (requirements/torch.txt)."""
+    lines = [line.strip() for line in (ROOT / "requirements" / "torch.txt").read_text().splitlines()]
+    (pin,) = [Requirement(line) for line in lines if line and not line.startswith("#")]
+    (spec,) = pin.specifier
+    assert (canonical(pin.name), spec.operator) == ("torch", "=="), pin
+    return spec.version
+
+
+def pyproject_requirements(extras: tuple[str, ...]) -> list[Requirement]:
+    """The base dependencies of pyproject.toml plus those of ``extras``, as written there."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    texts = list(project["dependencies"])
+    for extra in extras:
+        texts += project["optional-dependencies"][extra]
+    return [Requirement(text) for text in texts]
+
+
+def pip_installs(dockerfile: str) -> list[list[str]]:
+    """The arguments of every ``pip install`` in the Dockerfile's RUN instructions (continuation lines joined)."""
+    text = (ROOT / dockerfile).read_text().replace("\\\n", " ")
+    installs = []
+    for line in text.splitlines():
+        if not line.startswith("RUN "):
+            continue
+        for command in re.split(r"&&|;|\|\|", line.removeprefix("RUN ")):
+            words = command.split()
+            if words[:2] == ["pip", "install"]:
+                installs.append(words[2:])
+            elif words[:4] == ["python", "-m", "pip", "install"]:
+                installs.append(words[4:])
+    return installs
+
+
+def installed_requirement_files(dockerfile: str) -> list[str]:
+    """The requirement files (``-r FILE``) the Dockerfile's pip installs read, in order."""
+    files = []
+    for args in pip_installs(dockerfile):
+        files += [args[i + 1] for i, arg in enumerate(args[:-1]) if arg in ("-r", "--requirement")]
+    return files

@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from packaging.requirements import Requirement
 
 from shared.settings import ENV_PREFIX, Settings
-from tests.helpers import ROOT
+from tests.helpers import ROOT, installed_requirement_files, read_lock
 
 K8S = ROOT / "infra" / "k8s"
 KNOWN_SETTINGS = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
@@ -84,8 +84,8 @@ def test_the_worker_images_have_no_api_code(dockerfile: str) -> None:
 
 
 # --- What each image can run: the CLI imports a side only when a command needs it ------------------------------------
-# The `worker` extra beyond the base set (test_the_api_image_dependency_set_has_no_torch): absent where an image
-# installs the base set only.
+# The `worker` extra beyond the base set (test_the_api_image_dependency_set_has_no_torch): absent where the locks an
+# image installs (requirements/*.txt) lack them.
 ML_STACK = {"torch", "diffusers", "transformers", "accelerate", "peft", "safetensors", "tenacity", "numpy"}
 IMAGE_COMMANDS = {
     "Dockerfile.api": [["--help"], ["api", "--help"], ["db", "upgrade"], ["keys", "create", "--name", "image-check"],
@@ -131,10 +131,12 @@ else:
 
 
 def absent_from(dockerfile: str) -> set[str]:
-    absent = OUR_PACKAGES - copied_packages(dockerfile)
-    if '".[worker]"' not in (ROOT / dockerfile).read_text():
-        absent |= ML_STACK
-    return absent
+    """Our packages the image does not copy, and the ML stack's packages that none of its locks installs."""
+    installed = set()
+    for path in installed_requirement_files(dockerfile):
+        name = Path(path).stem
+        installed |= {"torch"} if name == "torch" else {key.replace("-", "_") for key in read_lock(name)}
+    return (OUR_PACKAGES - copied_packages(dockerfile)) | (ML_STACK - installed)
 
 
 def run_in_the_image(dockerfile: str, what: str, var_dir: Path) -> Any:

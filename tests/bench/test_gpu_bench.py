@@ -15,37 +15,69 @@ import pytest
 
 from tests.helpers import ROOT
 
-ROWS = ("load / build", "plain", "+ identity adapter", "+ style adapter", "+ LoRA", "total wall")
+ROWS = ("load / build", "plain", "+ identity adapter", "+ identity x2, masks", "+ style adapter", "+ LoRA",
+        "LoRA switch (resident)", "LoRA hot-swap (new file)", "images/hour", "peak memory", "total wall")
+COMPILE_ROWS = ("torch.compile (first call)", "+ torch.compile", "recompiles")
+UNITS = {"images/hour": "images/h", "peak memory": "GiB", "recompiles": "graphs"}
 
 
-def test_dry_run_prints_every_row_with_finite_numbers_last(tmp_path: Path) -> None:
+def dry_run(tmp_path: Path, *args: str, timeout: int = 180) -> tuple[dict[str, list[str]], list[dict[str, object]]]:
+    """bench/gpu.sh --dry-run: the table printed last, as {row: cells}, and the rows written as JSON."""
     out = tmp_path / "rows.json"
     result = subprocess.run(
-        ["bash", str(ROOT / "bench" / "gpu.sh"), "--dry-run", "--no-compile", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=180,
+        ["bash", str(ROOT / "bench" / "gpu.sh"), "--dry-run", *args, "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
         env={**os.environ, "PYTHON": sys.executable},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.rstrip().splitlines()
-    table = []
+    table: list[str] = []
     for line in reversed(lines):  # the table is printed last
         if not line.startswith("|"):
             break
         table.insert(0, line)
     assert table[0].startswith("| row | seconds |"), result.stdout
     rows = {cells[0]: cells for cells in ([c.strip() for c in line.strip("|").split("|")] for line in table[2:])}
+    return rows, json.loads(out.read_text())
+
+
+def value(name: str, cells: list[str]) -> float:
+    """The row's number, in its unit (seconds unless UNITS says otherwise)."""
+    unit = UNITS.get(name, "s")
+    number = re.match(rf"([0-9.]+) {re.escape(unit)}", cells[1])
+    assert number, (name, cells)
+    return float(number.group(1))
+
+
+def test_dry_run_prints_every_row_with_finite_numbers_last(tmp_path: Path) -> None:
+    rows, recorded = dry_run(tmp_path, "--no-compile")
     assert tuple(rows) == ROWS
     for name, cells in rows.items():
-        number = re.match(r"([0-9.]+) s", cells[1])
-        assert number, (name, cells)
-        assert math.isfinite(float(number.group(1))), (name, cells)
-        assert float(number.group(1)) > 0, (name, cells)
-        if name != "total wall":
+        number = value(name, cells)
+        assert math.isfinite(number), (name, cells)
+        assert number > 0, (name, cells)
+        if name not in ("total wall", "images/hour"):
             assert math.isfinite(float(cells[3])), (name, cells)  # peak memory (GiB; max RSS on the CPU)
     assert rows["plain"][2] == "1.00x"
     assert "random weights made on cpu" in rows["load / build"][4]
-    recorded = json.loads(out.read_text())
+    assert "hotswap" in rows["LoRA hot-swap (new file)"][4]  # a same-rank file replaced a full slot in place
+    plain = value("plain", rows["plain"])
+    assert value("images/hour", rows["images/hour"]) == pytest.approx(3600 / plain, rel=0.01)
+    peaks = [float(cells[3]) for name, cells in rows.items() if name not in ("total wall", "images/hour")]
+    assert value("peak memory", rows["peak memory"]) == pytest.approx(max(peaks), abs=0.01)
     assert [row["name"] for row in recorded] == list(ROWS[:-1])
+
+
+def test_dry_run_counts_the_graphs_compiled_over_varied_jobs(tmp_path: Path) -> None:
+    """The compile rows with dynamo's `eager` backend (tracing only, no inductor): the recompile count is dynamo's
+    own, over the varied jobs after the first compile."""
+    rows, _ = dry_run(tmp_path, "--compile-backend", "eager", timeout=540)
+    assert tuple(rows) == ROWS[:-3] + COMPILE_ROWS + ROWS[-3:]
+    assert "graph(s)" in rows["torch.compile (first call)"][4]
+    assert value("+ torch.compile", rows["+ torch.compile"]) > 0
+    recompiles = value("recompiles", rows["recompiles"])
+    assert recompiles == int(recompiles)
+    assert "failed" not in rows["recompiles"][4], rows["recompiles"]
 
 
 def test_full_size_configs_build_the_published_shapes() -> None:
