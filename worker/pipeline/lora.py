@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.lora_files import InvalidLoraFile, LoraInfo, inspect_lora
+from shared.lora_files import InvalidLoraFile, LoraInfo
+from worker.pipeline.lora_layouts import read_lora
 
 logger = logging.getLogger(__name__)
 
@@ -117,10 +118,11 @@ class LoraSlots:
             path = Path(folder) / WEIGHT_NAME
             path.write_bytes(request.fetch())
             try:
-                info = inspect_lora(path)
-                normalise_metadata(path)
+                lora = read_lora(path, self.pipe.unet.config.layers_per_block)
+                normalise_metadata(path, lora.modules)
             except (InvalidLoraFile, ValueError, OSError) as exc:
                 raise LoraLoadFailed(f"the LoRA file is not usable ({type(exc).__name__})") from exc
+            info = lora.info
             swap = slot.info is not None and slot.info.swap_signature == info.swap_signature and not info.text_encoder
             if swap:
                 try:
@@ -184,8 +186,9 @@ def _out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError)  # a RuntimeError: not the file's fault
 
 
-def normalise_metadata(path: Path) -> None:
-    """Rewrite ``path``'s adapter metadata in place: the weight-describing fields, and exact target modules."""
+def normalise_metadata(path: Path, modules: dict[str, tuple[str, ...]]) -> None:
+    """Rewrite ``path``'s adapter metadata in place: the weight-describing fields, and exactly ``modules`` (per
+    component, in PEFT names: ``lora_layouts.read_lora``) as the target modules."""
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
@@ -198,14 +201,14 @@ def normalise_metadata(path: Path) -> None:
     tensors = load_file(path)
     normalised: dict[str, object] = {}
     for component in COMPONENTS:
-        modules = sorted(
-            {key.removeprefix(f"{component}.").split(".lora_")[0] for key in tensors if key.startswith(f"{component}.")}
-        )
-        if not modules:
+        if not modules.get(component):
             continue
         for field in KEPT_FIELDS:
             if f"{component}.{field}" in metadata:
                 normalised[f"{component}.{field}"] = metadata[f"{component}.{field}"]
         # A string is matched with re.fullmatch against each module name: these modules and no others.
-        normalised[f"{component}.target_modules"] = "(?:" + "|".join(re.escape(m) for m in modules) + ")"
+        names = "(?:" + "|".join(re.escape(m) for m in modules[component]) + ")"
+        if component != "unet":  # CLIP text models have a ``text_model`` level before transformers 5
+            names = r"(?:text_model\.)?" + names
+        normalised[f"{component}.target_modules"] = names
     save_file(tensors, path, metadata={**header, METADATA_KEY: json.dumps(normalised, sort_keys=True)})
