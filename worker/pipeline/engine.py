@@ -106,7 +106,7 @@ class GenerationResult:
 
 
 class Interrupted(Exception):
-    """``on_step`` asked to stop; the partial images are discarded."""
+    """``on_step`` asked to stop: raised from the step callback, so the pipeline stops there, before decoding."""
 
 
 def style_scale_dict(style_scale: float, content_scale: float) -> dict[str, Any]:
@@ -442,13 +442,11 @@ class Engine:
         prepared = time.perf_counter()
 
         # 6. Denoise, reporting each step
-        stopped_at = 0
-
         def step_end(pipe: Any, step_index: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
-            nonlocal stopped_at
             if on_step is not None and not on_step(step_index + 1, pipe.num_timesteps):
-                stopped_at = step_index + 1
-                pipe._interrupt = True  # diffusers skips the remaining steps (it still decodes)
+                # Raised out of the loop: no further step and no VAE decode (diffusers' own ``_interrupt`` skips
+                # the remaining steps but still decodes).
+                raise Interrupted(f"stopped at step {step_index + 1} of {req.steps}")
             return callback_kwargs
 
         cuda = self.device.startswith("cuda")
@@ -468,8 +466,6 @@ class Engine:
             callback_on_step_end=step_end,
             output_type="pil",
         )
-        if stopped_at:
-            raise Interrupted(f"stopped at step {stopped_at} of {req.steps}")
 
         # 7. Return RGB images (the pipeline's PIL output already has the requested size)
         return GenerationResult(
