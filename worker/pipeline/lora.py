@@ -1,4 +1,5 @@
-"""LoRA slots: K named adapters resident in the pipeline, one of them active per job, least recently used replaced.
+"""LoRA slots: K named adapters resident in the pipeline, one of them active per job, least recently used replaced;
+for a compiled UNet, one hot-swap slot instead (``HotswapSlot``, at the end).
 
 A job with a style activates its LoRA's slot with ``set_adapters([slot], [scale])`` (~10 ms); a job without one
 disables every LoRA layer, so no style reaches another job's image. A LoRA that is not resident replaces the least
