@@ -129,3 +129,21 @@ def test_a_size_outside_the_buckets_runs_uncompiled(engines: tuple[Engine, Engin
     assert (result.compiles, graphs.count) == (0, before)
     expected = eager.generate(request)[0]
     assert np.abs(np.asarray(result.images[0], dtype=np.int16) - np.asarray(expected, dtype=np.int16)).max() <= NOISE
+
+
+def test_graphs_made_during_jobs_are_counted_for_prometheus(caplog: pytest.LogCaptureFixture) -> None:
+    from prometheus_client import REGISTRY
+
+    from worker import observability
+
+    def value(name: str) -> float:
+        return REGISTRY.get_sample_value(name) or 0.0
+
+    compiles, recompiles = value("illustrations_torch_compiles_total"), value("illustrations_torch_recompiles_total")
+    observability.compiled(1, 0)  # a bucket's first graph
+    observability.compiled(0, 0)
+    assert value("illustrations_torch_recompiles_total") == recompiles
+    observability.compiled(2, 1)  # one graph beyond a bucket's first
+    assert value("illustrations_torch_compiles_total") == compiles + 3
+    assert value("illustrations_torch_recompiles_total") == recompiles + 1
+    assert "the compiled UNet recompiled 1 graph(s)" in caplog.text
