@@ -352,15 +352,16 @@ def test_a_cancel_stops_at_the_next_step_without_decoding(runtime: Runtime, db: 
     runtime.settings = runtime.settings.model_copy(update={"progress_interval_s": 0.0})
     job_id = add_job(db, request=request_doc(steps=10))
 
-    def cancel() -> None:
+    def written(step: int) -> None:
+        wait_for(lambda: (load(db, job_id).progress_step or 0) >= step, 30, f"step {step} written")
+
+    def cancel() -> None:  # as step 3 starts, once the watch has written step 2 (it read no cancel then)
+        written(2)
         with db.begin() as session:
             jobs.request_cancel(session, job_id)
 
-    def written(step: int) -> Callable[[], None]:
-        # The watch's thread writes step 3 after the cancel: that write read the cancel (known before its commit).
-        return lambda: wait_for(lambda: (load(db, job_id).progress_step or 0) >= step, 30, f"step {step} written")
-
-    with (at_unet_call(runtime, 3, cancel) as calls, at_unet_call(runtime, 4, written(3)),
+    # The watch's next write, step 3's, reads the cancel (known before its commit): step 4 is the last to run.
+    with (at_unet_call(runtime, 3, cancel) as calls, at_unet_call(runtime, 4, lambda: written(3)),
           decodes(runtime) as decoded):
         assert run_generation(job_id, runtime) == "canceled"
     assert calls == [4]  # the step that learned of the cancel finished; no step after it
