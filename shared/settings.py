@@ -108,7 +108,7 @@ class Settings(BaseSettings):
     vae_tiling: bool = Field(False, description="Decode large images in tiles (less GPU memory).")
     vae_slicing: bool = Field(False, description="Decode a job's images one at a time (less GPU memory).")
     lora_slots: int = Field(4, ge=1, le=64, description="LoRA styles kept loaded per worker (the least recently used "
-                            "one is replaced).")
+                            "one is replaced). A compiled worker (torch_compile) has one hot-swap slot instead.")
     embedding_cache: bool = Field(True, description="Cache reference embeddings in storage, by image sha256.")
     embedding_memory_items: int = Field(
         64, ge=0, description="Reference embeddings also kept in the worker's memory (the last N; 0 = storage only)."
