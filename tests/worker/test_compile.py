@@ -131,6 +131,22 @@ def test_a_size_outside_the_buckets_runs_uncompiled(engines: tuple[Engine, Engin
     assert np.abs(np.asarray(result.images[0], dtype=np.int16) - np.asarray(expected, dtype=np.int16)).max() <= NOISE
 
 
+def test_a_content_scale_above_0_compiles_a_graph_per_ratio_as_documented(
+        engines: tuple[Engine, Engine, Graphs]) -> None:
+    compiled, eager, graphs = engines
+    reference = compiled.embed(STYLE, Image.new("RGB", (32, 32), "green"))
+    before = graphs.count
+    for style_scale, content_scale, new_graphs in ((0.8, 0.4, 1), (0.6, 0.3, 0)):  # each compile costs ~25 s
+        request = GenerationRequest(**BASE, style_embeds=reference, style_scale=style_scale,
+                                    content_scale=content_scale)
+        result = compiled.run(request)
+        assert result.recompiles == new_graphs, (style_scale, content_scale)  # 0.6/0.3 reuses 0.8/0.4's ratio
+        expected = eager.generate(request)[0]
+        difference = np.abs(np.asarray(result.images[0], dtype=np.int16) - np.asarray(expected, dtype=np.int16))
+        assert difference.max() <= NOISE
+    assert graphs.count == before + 1
+
+
 def test_graphs_made_during_jobs_are_counted_for_prometheus(caplog: pytest.LogCaptureFixture) -> None:
     from prometheus_client import REGISTRY
 
