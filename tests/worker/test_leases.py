@@ -191,10 +191,10 @@ def job_progress(db: Database, job_id: str) -> int | None:
 def test_recorded_progress_is_written_by_the_watch_thread_at_most_once_per_interval(
         runtime: Runtime, db: Database, claimed_training: ClaimTraining) -> None:
     claim = claim_job(db, claimed_training)
-    runtime.settings = runtime.settings.model_copy(update={"progress_interval_s": 0.4, "heartbeat_s": 60.0})
+    runtime.settings = runtime.settings.model_copy(update={"progress_interval_s": 1.5, "heartbeat_s": 60.0})
     with LeaseWatch(runtime, claim, jobs.heartbeat, "job") as watch:
         watch.record(step=2)
-        time.sleep(0.2)
+        time.sleep(0.3)
         assert job_progress(db, claim.job_id) in (None, 0)  # the claim recorded progress less than an interval ago
         wait_for(lambda: job_progress(db, claim.job_id) == 2, 10, "step 2 written", interval_s=0.02)
         watch.record(step=3)
