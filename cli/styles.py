@@ -41,7 +41,10 @@ def _client_id(session: Session, name: str) -> str:
 @click.option("--profile", default=None, help="The model profile the LoRA was made for (default: the configured one).")
 @click.pass_obj
 def styles_import(settings: Settings, name: str, file: Path, client_name: str, profile: str | None) -> None:
-    """Add FILE (a LoRA in safetensors) as the next version of style NAME and make it active; prints NAME@VERSION."""
+    """Add FILE (a LoRA in safetensors) as the next version of style NAME and make it active; prints NAME@VERSION.
+
+    Every SDXL layout diffusers loads is accepted (PEFT, diffusers-trained, attention-processor, kohya), read with
+    diffusers itself: run it where the worker's libraries are installed."""
     from shared import styles as registry
     from shared.lora_files import InvalidLoraFile
     from shared.storage import open_storage
@@ -50,11 +53,20 @@ def styles_import(settings: Settings, name: str, file: Path, client_name: str, p
         registry.validate_name(name)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="NAME") from None
+    try:
+        from worker.pipeline.lora_layouts import read_lora
+    except ImportError:
+        raise click.ClickException("reading LoRA files needs the worker's libraries (torch, diffusers): run "
+                                   "`illustrations styles import` in the worker image") from None
+    try:
+        lora = read_lora(file)
+    except InvalidLoraFile as exc:
+        raise click.ClickException(f"{file} is not a usable LoRA: {exc}") from None
     database = _database(settings)
     try:
         with database.begin() as session:
             version = registry.import_version(session, open_storage(settings), _client_id(session, client_name),
-                                              name, file, profile or settings.model_profile)
+                                              name, file, profile or settings.model_profile, info=lora.info)
             label = f"{name}@{version.version}"
             click.echo(f"style {label}: rank {version.rank}, alpha {version.alpha:g}, for {version.base_profile}",
                        err=True)

@@ -1,9 +1,11 @@
 """What a LoRA file holds, read from its safetensors header: rank, alpha, which modules it targets.
 
-Used when a style version is registered (``illustrations styles import``, training) and by the GPU worker to decide
-whether a LoRA can be hot-swapped into a slot (same rank, alpha and target layers) or needs a fresh load. Only the
-header is read (``safetensors.safe_open`` with the numpy framework: no torch, no tensor data, except the scalar
-``.alpha`` tensors of kohya-format files).
+``LoraInfo`` says whether a LoRA can be hot-swapped into a worker's slot (same rank, alpha and target layers) or needs
+a fresh load. ``inspect_lora`` reads it from the header of the files training writes (PEFT layout) and of kohya
+files; ``illustrations styles import`` and the GPU worker read every layout diffusers loads with diffusers itself
+(``worker.pipeline.lora_layouts``, which needs torch). ``inspect_lora`` reads only the header
+(``safetensors.safe_open`` with the numpy framework: no torch, no tensor data, except the scalar ``.alpha`` tensors
+of kohya-format files).
 
 Formats: diffusers/PEFT (``unet.<module>.lora_A.weight``, alpha in the ``lora_adapter_metadata`` header that
 diffusers writes when saved with ``_collate_lora_metadata``) and kohya (``lora_unet_<module>.lora_down.weight`` with

@@ -99,11 +99,20 @@ class Settings(BaseSettings):
         "auto", description="auto: CUDA (bfloat16, SDPA attention) when a GPU is visible, else CPU (float32)."
     )
     torch_compile: bool = Field(False, description="torch.compile the UNet in place at load (slow first job, faster "
-                                "after).")
+                                "after). Jobs then run one fixed batch layout so that one graph serves each size "
+                                "bucket; LoRA styles are hot-swapped into one slot (see docs/operations.md).")
+    compile_sizes: str = Field(
+        "1024x1024,1152x896,896x1152,1216x832,832x1216,1344x768,768x1344",
+        description="With torch_compile: the sizes (WIDTHxHEIGHT, comma-separated, at most 8) the compiled UNet runs; "
+        "each compiles once. A job of another size runs the UNet uncompiled (slower, no recompile).",
+    )
+    lora_target_rank: int = Field(64, ge=1, le=1024, description="With torch_compile: the largest LoRA rank the "
+                                  "hot-swap slot takes (its layers are padded to it; a LoRA of a higher rank fails "
+                                  "its jobs style_not_found).")
     vae_tiling: bool = Field(False, description="Decode large images in tiles (less GPU memory).")
     vae_slicing: bool = Field(False, description="Decode a job's images one at a time (less GPU memory).")
     lora_slots: int = Field(4, ge=1, le=64, description="LoRA styles kept loaded per worker (the least recently used "
-                            "one is replaced).")
+                            "one is replaced). A compiled worker (torch_compile) has one hot-swap slot instead.")
     embedding_cache: bool = Field(True, description="Cache reference embeddings in storage, by image sha256.")
     embedding_memory_items: int = Field(
         64, ge=0, description="Reference embeddings also kept in the worker's memory (the last N; 0 = storage only)."
@@ -395,6 +404,12 @@ class Settings(BaseSettings):
                                  "10.0.0.0/8 or hooks.internal: no scheme, port or path)")
         return [entry.strip().lower() for entry in value]
 
+    @field_validator("compile_sizes")
+    @classmethod
+    def _check_compile_sizes(cls, value: str) -> str:
+        parse_sizes(value)
+        return value
+
     @model_validator(mode="after")
     def _check_timers(self) -> Settings:
         if self.heartbeat_s >= self.lease_s:
@@ -537,3 +552,19 @@ def load_settings() -> Settings:
 def get_settings() -> Settings:
     """The process-wide settings, read once (tests call ``get_settings.cache_clear()`` after changing the env)."""
     return load_settings()
+
+
+def parse_sizes(value: str) -> tuple[tuple[int, int], ...]:
+    """``"1024x1024,1152x896"`` -> ((1024, 1024), (1152, 896)); ValueError naming what is wrong. At most 8: torch's
+    recompile limit per compiled function (beyond it dynamo runs the UNet uncompiled)."""
+    sizes = []
+    for item in (part.strip() for part in value.split(",") if part.strip()):
+        width, sep, height = item.partition("x")
+        if not (sep and width.isdigit() and height.isdigit()):
+            raise ValueError(f"a size is WIDTHxHEIGHT, got {item!r}")
+        if int(width) % 8 or int(height) % 8 or not (64 <= int(width) <= 2048 and 64 <= int(height) <= 2048):
+            raise ValueError(f"sizes are multiples of 8 between 64 and 2048, got {item!r}")
+        sizes.append((int(width), int(height)))
+    if not 1 <= len(set(sizes)) <= 8:
+        raise ValueError(f"give 1 to 8 distinct sizes, got {len(set(sizes))}")
+    return tuple(dict.fromkeys(sizes))

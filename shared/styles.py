@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from shared import limits
 from shared.db import utcnow
 from shared.errors import IllustrationsError
-from shared.lora_files import inspect_lora
+from shared.lora_files import LoraInfo, inspect_lora
 from shared.models import Style, StyleVersion
 from shared.storage import Storage
 
@@ -132,13 +132,15 @@ def next_version(session: Session, client_id: str, name: str) -> tuple[Style, in
 
 
 def import_version(session: Session, storage: Storage, client_id: str, name: str, path: Path,
-                   base_profile: str) -> StyleVersion:
+                   base_profile: str, info: LoraInfo | None = None) -> StyleVersion:
     """Register ``path`` (a LoRA file) as the next ready version of ``name`` and make it active.
 
-    The file is checked (``InvalidLoraFile``) and stored before the version row is written; the caller commits.
+    ``info`` is what the caller read from the file (``styles import`` reads every layout diffusers loads, with
+    diffusers); without it the header is read here (``inspect_lora``: the PEFT and kohya layouts). The file is checked
+    (``InvalidLoraFile``) and stored before the version row is written; the caller commits.
     """
     validate_name(name)
-    info = inspect_lora(path)
+    info = info or inspect_lora(path)
     data = path.read_bytes()
     style, number = next_version(session, client_id, name)
     key = storage_key(style.id, number)

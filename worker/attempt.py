@@ -180,10 +180,12 @@ class Attempt:
     # --- While it runs ------------------------------------------------------------------------------------------
 
     def on_step(self, step: int, total: int) -> bool:
-        """Step callback of the engine: records progress (and reads the cancel flag) at most every interval;
-        returns False to interrupt. The last step writes nothing: finishing sets the progress to the total."""
-        if step < total and self.lease.progress_due():
-            self.lease.renew(step=step)
+        """Step callback of the engine, in the denoising loop: notes the step in memory (the lease watch's thread
+        writes it, at most every interval, and reads the cancel flag with it) and returns False to interrupt once
+        there is a reason to stop. No database round trip here. The last step is not written on its own: the
+        transaction that ends the attempt sets the progress to the total."""
+        if step < total:
+            self.lease.record(step=step)
         if self.runtime.stopping.is_set():  # Celery's soft shutdown ran out of grace: the job goes back
             self.lease.stop("shutdown")
         return self.lease.stop_reason is None

@@ -192,6 +192,7 @@ def _generate(runtime: Runtime, attempt: Attempt) -> GenerationResult:
     attempt.inference_s = result.inference_s
     attempt.lora_resident = result.lora.resident if result.lora else None
     attempt.peak_memory_bytes = result.peak_memory_bytes
+    observability.compiled(result.compiles, result.recompiles)
     return result
 
 

@@ -50,6 +50,10 @@ CONSUMING = Gauge("illustrations_worker_consuming", "Workers consuming each queu
                   ["queue"], multiprocess_mode="livesum")
 EMBEDDING_CACHE = Counter("illustrations_embedding_cache_lookups", "Reference embeddings a generation needed, by "
                           "result: hit (from memory or storage: no image read, no encoder run) or miss.", ["result"])
+TORCH_COMPILES = Counter("illustrations_torch_compiles", "Graphs torch.compile made for the UNet during jobs "
+                         "(ILLUSTRATIONS_TORCH_COMPILE): one per size bucket is expected.")
+TORCH_RECOMPILES = Counter("illustrations_torch_recompiles", "Graphs torch.compile made beyond a size bucket's "
+                           "first: each is a slow job, and after 8 dynamo runs the UNet uncompiled (should stay 0).")
 RELAY_RUNS = Counter("illustrations_relay_runs", "Rounds of the outbox relay run by a maintenance worker.")
 RELAY_PUBLISHED = Counter("illustrations_relay_published", "Jobs, trainings and deletions the relay published.")
 WEBHOOK_ATTEMPTS = Counter("illustrations_webhook_attempts", "Webhook delivery attempts, by the event's state after "
@@ -62,7 +66,8 @@ NAMES: Final = (
     "illustrations_worker_busy", "illustrations_gpu_memory_peak_bytes", "illustrations_gpu_memory_total_bytes",
     "illustrations_worker_consuming", "illustrations_relay_runs_total", "illustrations_relay_published_total",
     "illustrations_webhook_attempts_total",
-    "illustrations_embedding_cache_lookups_total",
+    "illustrations_embedding_cache_lookups_total", "illustrations_torch_compiles_total",
+    "illustrations_torch_recompiles_total",
 )
 JOB_TASKS: Final = frozenset({tasks.GENERATE, tasks.PREPARE, tasks.TRAIN, tasks.PREPARE_STYLE})
 
@@ -85,6 +90,15 @@ def succeeded(profile: str, queue: str, queue_wait_s: float, total_s: float, inf
         INFERENCE_SECONDS.labels(profile).observe(inference_s)
     if peak_memory_bytes is not None:
         GPU_MEMORY_PEAK.labels(gpu_label()).set(peak_memory_bytes)
+
+
+def compiled(compiles: int, recompiles: int) -> None:
+    """Graphs the compiled UNet made during a job (``GenerationResult.compiles``, ``.recompiles``)."""
+    if compiles:
+        TORCH_COMPILES.inc(compiles)
+    if recompiles:
+        TORCH_RECOMPILES.inc(recompiles)
+        log.warning("the compiled UNet recompiled %d graph(s) for a size it had compiled", recompiles)
 
 
 def embedding_looked_up(hit: bool) -> None:

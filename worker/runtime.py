@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 from shared.db import Database
-from shared.settings import Settings, get_settings
+from shared.settings import Settings, get_settings, parse_sizes
 from shared.storage import Storage, open_storage
 
 if TYPE_CHECKING:
@@ -79,6 +79,8 @@ class Runtime:
         options = EngineOptions(
             lora_slots=settings.lora_slots,
             torch_compile=settings.torch_compile,
+            compile_sizes=parse_sizes(settings.compile_sizes),
+            lora_target_rank=settings.lora_target_rank,
             vae_tiling=settings.vae_tiling,
             vae_slicing=settings.vae_slicing,
         )

@@ -45,6 +45,10 @@ def test_variables_are_parsed_and_typed(monkeypatch: pytest.MonkeyPatch) -> None
         ("ILLUSTRATIONS_API_WORKERS", "0"),
         ("ILLUSTRATIONS_PNG_METADATA", "maybe"),
         ("ILLUSTRATIONS_FLOWER_PORT", "70000"),
+        ("ILLUSTRATIONS_COMPILE_SIZES", "1024"),
+        ("ILLUSTRATIONS_COMPILE_SIZES", "1020x1024"),
+        ("ILLUSTRATIONS_COMPILE_SIZES", ",".join(f"{64 + 8 * i}x64" for i in range(9))),  # dynamo's limit is 8
+        ("ILLUSTRATIONS_LORA_TARGET_RANK", "0"),
     ],
 )
 def test_a_malformed_value_fails_naming_the_variable(monkeypatch: pytest.MonkeyPatch, variable: str,
@@ -52,6 +56,13 @@ def test_a_malformed_value_fails_naming_the_variable(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv(variable, value)
     with pytest.raises(SettingsError, match=variable):
         load_settings()
+
+
+def test_compile_sizes_are_parsed_in_order_without_repeats() -> None:
+    from shared.settings import parse_sizes
+
+    assert parse_sizes("1024x1024, 1152x896,1024x1024") == ((1024, 1024), (1152, 896))
+    assert len(parse_sizes(load_settings().compile_sizes)) == 7  # SDXL's usual buckets
 
 
 def test_inconsistent_timers_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:

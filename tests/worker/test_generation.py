@@ -331,20 +331,80 @@ def at_unet_call(runtime: Runtime, number: int, action: Callable[[], object]) ->
         handle.remove()
 
 
-def test_cancel_stops_within_one_step(runtime: Runtime, db: Database) -> None:
+@contextlib.contextmanager
+def decodes(runtime: Runtime, action: Callable[[], object] = lambda: None) -> Iterator[list[int]]:
+    """Counts the VAE decoder's runs (a hook on the decoder module that ``vae.decode`` calls); ``action`` runs as
+    each starts."""
+    count = [0]
+
+    def hook(*_: object) -> None:
+        count[0] += 1
+        action()
+
+    handle = runtime.engine().pipe.vae.decoder.register_forward_pre_hook(hook)
+    try:
+        yield count
+    finally:
+        handle.remove()
+
+
+def test_a_cancel_stops_at_the_next_step_without_decoding(runtime: Runtime, db: Database) -> None:
     runtime.settings = runtime.settings.model_copy(update={"progress_interval_s": 0.0})
     job_id = add_job(db, request=request_doc(steps=10))
 
-    def cancel() -> None:
+    def written(step: int) -> None:
+        wait_for(lambda: (load(db, job_id).progress_step or 0) >= step, 30, f"step {step} written")
+
+    def cancel() -> None:  # as step 3 starts, once the watch has written step 2 (it read no cancel then)
+        written(2)
         with db.begin() as session:
             jobs.request_cancel(session, job_id)
 
-    with at_unet_call(runtime, 3, cancel) as calls:  # the client cancels while step 3 runs
+    # The watch's next write, step 3's, reads the cancel (known before its commit): step 4 is the last to run.
+    with (at_unet_call(runtime, 3, cancel) as calls, at_unet_call(runtime, 4, lambda: written(3)),
+          decodes(runtime) as decoded):
         assert run_generation(job_id, runtime) == "canceled"
-    assert calls == [3]  # step 3 finished, no step after it
+    assert calls == [4]  # the step that learned of the cancel finished; no step after it
+    assert decoded == [0]  # and no VAE decode
+    job = load(db, job_id)
+    assert (job.status, job.error_code) == ("canceled", "canceled_by_client")
     assert stored_images(db, job_id) == []
     assert runtime.storage.delete_prefix(f"jobs/{job_id}/") == 0
     assert metric_rows(db, [job_id])[0].outcome == "canceled"
+
+
+def test_progress_is_written_by_the_lease_watch_thread_never_by_the_denoising_loop(runtime: Runtime,
+                                                                                   db: Database) -> None:
+    from sqlalchemy import event
+
+    runtime.settings = runtime.settings.model_copy(update={"progress_interval_s": 0.0})
+    job_id = add_job(db, request=request_doc(steps=6))
+    denoising = threading.current_thread().name  # run_generation runs the pipeline in this thread
+    in_loop = [False]
+    statements: list[tuple[str, bool]] = []  # (thread, whether it writes progress), while the loop runs
+
+    def executed(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if in_loop[0]:
+            statements.append((threading.current_thread().name, "progress_step" in statement))
+
+    def loop(running: bool) -> Callable[[], None]:
+        return lambda: in_loop.__setitem__(0, running)
+
+    def step_2_written() -> None:
+        wait_for(lambda: (load(db, job_id).progress_step or 0) >= 2, 30, "step 2 written")
+
+    event.listen(runtime.db.engine, "before_cursor_execute", executed)
+    try:
+        with (at_unet_call(runtime, 1, loop(True)), at_unet_call(runtime, 4, step_2_written),
+              decodes(runtime, loop(False)) as decoded):
+            assert run_generation(job_id, runtime) == "succeeded"
+    finally:
+        event.remove(runtime.db.engine, "before_cursor_execute", executed)
+    assert decoded == [1]
+    assert [name for name, _ in statements if name == denoising] == []  # no round trip from the loop
+    assert any(progress and name.startswith("heartbeat-") for name, progress in statements)
+    job = load(db, job_id)
+    assert job.progress_step == job.progress_total == 6
 
 
 def test_a_metrics_row_says_where_the_time_went(runtime: Runtime, db: Database) -> None:

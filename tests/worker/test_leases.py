@@ -183,6 +183,35 @@ def test_progress_is_due_once_per_interval(runtime: Runtime, db: Database, claim
     assert LeaseWatch(runtime, claim, jobs.heartbeat, "job").progress_due()
 
 
+def job_progress(db: Database, job_id: str) -> int | None:
+    with db.begin() as session:
+        return session.execute(select(Job.progress_step).where(Job.id == job_id)).scalar_one()
+
+
+def test_recorded_progress_is_written_by_the_watch_thread_at_most_once_per_interval(
+        runtime: Runtime, db: Database, claimed_training: ClaimTraining) -> None:
+    claim = claim_job(db, claimed_training)
+    runtime.settings = runtime.settings.model_copy(update={"progress_interval_s": 1.5, "heartbeat_s": 60.0})
+    with LeaseWatch(runtime, claim, jobs.heartbeat, "job") as watch:
+        watch.record(step=2)
+        time.sleep(0.3)
+        assert job_progress(db, claim.job_id) in (None, 0)  # the claim recorded progress less than an interval ago
+        wait_for(lambda: job_progress(db, claim.job_id) == 2, 10, "step 2 written", interval_s=0.02)
+        watch.record(step=3)
+        watch.record(step=4)  # the latest one noted wins, one interval after the last write
+        time.sleep(0.1)
+        assert job_progress(db, claim.job_id) == 2
+        wait_for(lambda: job_progress(db, claim.job_id) == 4, 10, "step 4 written", interval_s=0.02)
+
+
+def test_a_heartbeat_carries_the_latest_recorded_progress(runtime: Runtime, db: Database,
+                                                          claimed_training: ClaimTraining) -> None:
+    claim = claim_job(db, claimed_training)  # the fixture's interval is an hour, its heartbeat 50 ms
+    with LeaseWatch(runtime, claim, jobs.heartbeat, "job") as watch:
+        watch.record(step=2)
+        wait_for(lambda: job_progress(db, claim.job_id) == 2, 10, "step 2 written", interval_s=0.02)
+
+
 def test_a_stop_reason_once_known_is_kept(runtime: Runtime, db: Database, claimed_training: ClaimTraining) -> None:
     watch = LeaseWatch(runtime, claim_job(db, claimed_training), jobs.heartbeat, "job")
     watch.stop("shutdown")

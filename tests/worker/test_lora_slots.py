@@ -144,6 +144,7 @@ def test_a_lora_that_does_not_fit_the_model_fails_and_leaves_the_slot_empty(engi
 def test_metadata_is_reduced_to_the_weights_and_the_modules_they_target(loras: dict[str, bytes],
                                                                         tmp_path: Path) -> None:
     from worker.pipeline.lora import normalise_metadata
+    from worker.pipeline.lora_layouts import read_lora
 
     path, original = tmp_path / "a.safetensors", tmp_path / "original.safetensors"
     path.write_bytes(loras["a"])
@@ -151,7 +152,7 @@ def test_metadata_is_reduced_to_the_weights_and_the_modules_they_target(loras: d
     with safe_open(str(path), framework="pt") as handle:
         before = json.loads(handle.metadata()["lora_adapter_metadata"])
     assert before["unet.target_modules"] == ["to_k", "to_out.0", "to_q", "to_v"]  # suffixes: the Resampler too
-    normalise_metadata(path)
+    normalise_metadata(path, read_lora(path).modules)
     with safe_open(str(path), framework="pt") as handle:
         after = json.loads(handle.metadata()["lora_adapter_metadata"])
     assert set(after) == {"unet.r", "unet.lora_alpha", "unet.use_rslora", "unet.use_dora", "unet.lora_bias",

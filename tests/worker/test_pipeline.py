@@ -30,6 +30,7 @@ from worker.pipeline import (
     validate_scale_dict,
 )
 from worker.pipeline.engine import IDENTITY, STYLE, EngineOptions, style_scale_dict
+from worker.pipeline.lora import HotswapSlot
 
 pytestmark = [
     # diffusers' EulerDiscreteScheduler.set_timesteps calls np.array() on a torch tensor; numpy 2.4 warns that
@@ -361,6 +362,8 @@ def test_speed_and_memory_switches_are_applied(model_dir: Path) -> None:
     # Compiled in place (compilation itself happens at the first call, which this test does not make: ~2 min on CPU).
     assert switched.pipe.unet._compiled_call_impl is not None
     assert type(switched.pipe.unet).__name__ == "UNet2DConditionModel"
-    assert len(switched.loras.slots) == 1
+    assert switched.pipe.do_classifier_free_guidance  # the fixed batch layout: guidance's two halves, always
+    assert isinstance(switched.loras, HotswapSlot)  # compiled: one hot-swap slot, not ``lora_slots``
+    assert switched.loras.resident() == {}
     assert switched.device_name == "cpu"
     assert switched.encoder_revision.endswith("-float32")

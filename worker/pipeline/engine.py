@@ -16,14 +16,21 @@ never blend; ``identity_inputs`` builds both, and can pad to a fixed number of p
 regions (one person, the whole picture) the call is exactly the one made before masks existed.
 
 ``run`` does one job and says where its time went; ``generate`` returns only the images.
+
+Compiled (``EngineOptions.torch_compile``): the UNet is compiled once per size bucket and every job keeps the graph
+(``Fixed``): the batch always holds guidance's two halves, four identity slots with masks, the style adapter with a
+mask; the adapters' scales are constants and each job's scales live in the masks; the LoRA is hot-swapped into one
+slot whose scale is a tensor (``lora.HotswapSlot``); a job's images run one per pipeline call. A job at a size
+outside the buckets runs the UNet uncompiled. ``GenerationResult.compiles`` counts graphs compiled during a job.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +41,7 @@ from diffusers.models.embeddings import ImageProjection
 from transformers import CLIPVisionModelWithProjection
 
 from shared.regions import Region
-from worker.pipeline.lora import LoraRequest, LoraSlots, LoraUse
+from worker.pipeline.lora import HotswapSlot, LoraRequest, LoraSlots, LoraUse
 from worker.pipeline.masks import MaskGrid, identity_masks
 from worker.pipeline.profiles import ModelProfile, ModelsMissing, missing_files, read_revision
 
@@ -58,7 +65,10 @@ class EngineOptions:
     """How to load: LoRA slots, and the optional speed-ups (all off by default; each is a setting)."""
 
     lora_slots: int = 4
-    torch_compile: bool = False  # compile the UNet in place (first call slow; hot-swap keeps it compiled)
+    torch_compile: bool = False  # compile the UNet in place, one graph per size bucket (the module docstring)
+    compile_sizes: tuple[tuple[int, int], ...] = ((1024, 1024),)  # (width, height) buckets
+    lora_target_rank: int = 64  # the hot-swap slot's rank when compiled
+    compile_backend: Any = "inductor"  # torch.compile's backend (tests count graphs with their own)
     vae_tiling: bool = False  # decode large images in tiles (less memory, seams are blended)
     vae_slicing: bool = False  # decode a batch one image at a time
 
@@ -103,10 +113,31 @@ class GenerationResult:
     inference_s: float  # the pipeline call
     lora: LoraUse | None
     peak_memory_bytes: int | None  # CUDA only
+    compiles: int = 0  # graphs torch.compile made during the job (compiled engines only)
+    recompiles: int = 0  # of those, graphs for a size bucket that had one already
 
 
 class Interrupted(Exception):
-    """``on_step`` asked to stop; the partial images are discarded."""
+    """``on_step`` asked to stop: raised from the step callback, so the pipeline stops there, before decoding."""
+
+
+class FixedBatchPipeline(StableDiffusionXLPipeline):
+    """SDXL that always runs classifier-free guidance's doubled batch: one batch layout for a compiled UNet. At
+    guidance 1 the guided result is the unguided one (``uncond + 1 * (text - uncond)``), within float noise."""
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """A compiled engine's inputs for one job: the same shapes and adapter scales for every job."""
+
+    image_embeds: list[torch.Tensor]
+    masks: list[torch.Tensor]  # identity (1, 4, h, w) and style (1, 1, h, w), each job's scale in their values
+    scales: list[ScaleConfig]  # constants, except a content_scale above 0 (a graph per content/style ratio)
+    guidance_scale: float  # at least 1
 
 
 def style_scale_dict(style_scale: float, content_scale: float) -> dict[str, Any]:
@@ -228,7 +259,11 @@ class Engine:
         self.revision = revision
         self.load_seconds = load_seconds
         self.options = options or EngineOptions()
-        self.loras = LoraSlots(pipe, self.options.lora_slots)
+        self.loras: LoraSlots | HotswapSlot = (
+            HotswapSlot(pipe, self.options.lora_target_rank) if self.options.torch_compile
+            else LoraSlots(pipe, self.options.lora_slots)
+        )
+        self._compiled_sizes: set[tuple[int, int]] = set()
         self._scales: list[ScaleConfig] | None = None  # what set_ip_adapter_scale was last given
         layers = pipe.unet.encoder_hid_proj.image_projection_layers
         # diffusers feeds hidden states to every projection but the basic one, which takes the pooled embedding.
@@ -252,7 +287,8 @@ class Engine:
         image_encoder = CLIPVisionModelWithProjection.from_pretrained(
             profile.image_encoder_dir, dtype=dtype, local_files_only=True
         )
-        pipe = StableDiffusionXLPipeline.from_pretrained(
+        pipeline_class = FixedBatchPipeline if options.torch_compile else StableDiffusionXLPipeline
+        pipe = pipeline_class.from_pretrained(
             profile.base_dir, image_encoder=image_encoder, dtype=dtype, local_files_only=True
         )
         pipe.load_ip_adapter(
@@ -269,10 +305,11 @@ class Engine:
             pipe.vae.enable_tiling()
         if options.vae_slicing:
             pipe.vae.enable_slicing()
+        engine = cls(pipe, profile, device, dtype, read_revision(profile), 0.0, options)  # the LoRA slot first
         if options.torch_compile:
-            # In place (nn.Module.compile), so LoRA and IP-Adapter loaders still see the UNet's own modules.
-            pipe.unet.compile()
-        engine = cls(pipe, profile, device, dtype, read_revision(profile), 0.0, options)
+            # In place (nn.Module.compile), so LoRA and IP-Adapter loaders still see the UNet's own modules; one
+            # static graph per size (dynamic=False), never a dynamic one that would serve all sizes more slowly.
+            pipe.unet.compile(backend=options.compile_backend, dynamic=False)
         engine.load_seconds = time.perf_counter() - started
         logger.info(
             "loaded %s (%s) on %s/%s in %.1f s", profile.name, engine.revision, device, dtype, engine.load_seconds
@@ -375,6 +412,37 @@ class Engine:
             masks = identity_masks(self.mask_grid, regions, width, height, slots=slots, device=self.device)
         return self._adapter_input(IDENTITY, embeds, guided), masks
 
+    def fixed_inputs(self, req: GenerationRequest, identity_embeds: torch.Tensor | None,
+                     style_embeds: torch.Tensor | None) -> Fixed:
+        """A compiled engine's inputs: four identity slots (a person without a region has the whole picture; a
+        padding slot a zero mask), the identity scale in the identity masks; the style reference (zeros without
+        one) under a mask holding the style scale, the layer scales constant."""
+        slots = MAX_IDENTITY_IMAGES
+        masks: torch.Tensor | None
+        if identity_embeds is not None:
+            regions = req.identity_regions or ((0.0, 0.0, 1.0, 1.0),) * identity_embeds.shape[0]
+            identity, masks = self.identity_inputs(identity_embeds, regions, req.width, req.height, True, slots=slots)
+        else:  # nobody: four padding slots under zero masks
+            negative = self._negatives[IDENTITY]
+            identity = self._adapter_input(IDENTITY, negative.expand(slots, *negative.shape[1:]), True)
+            masks = identity_masks(self.mask_grid, (), req.width, req.height, slots=slots, device=self.device)
+        assert masks is not None
+        identity_scaled = masks * (req.identity_scale if identity_embeds is not None else 0.0)
+        style_on, content = req.style_scale, 0.0
+        if req.has_style and req.content_scale > 0:
+            if req.style_scale > 0:
+                content = req.content_scale / req.style_scale  # under the mask's style_scale: content_scale
+            else:
+                style_on, content = 1.0, req.content_scale  # rare: a new graph (the style layer at 0 is skipped)
+        layers = style_scale_dict(1.0 if req.style_scale > 0 or not req.has_style else 0.0, content)
+        style_mask = torch.full_like(identity_scaled[:, :1], style_on if req.has_style else 0.0)
+        return Fixed(
+            image_embeds=[identity, self._adapter_input(STYLE, style_embeds, True)],
+            masks=[identity_scaled, style_mask],
+            scales=[1.0, layers],
+            guidance_scale=max(req.guidance_scale, 1.0),
+        )
+
     # --- The call -----------------------------------------------------------------------------------------------
 
     def generate(self, req: GenerationRequest, on_step: StepCallback | None = None) -> list[PIL.Image.Image]:
@@ -417,6 +485,76 @@ class Engine:
         style_embeds = req.style_embeds
         if req.style_image is not None:
             style_embeds = self.embed_style(req.style_image)
+        if self.options.torch_compile:
+            fixed = self.fixed_inputs(req, identity_embeds, style_embeds)
+            image_embeds, guidance, scales = fixed.image_embeds, fixed.guidance_scale, fixed.scales
+            attention: dict[str, Any] | None = {"ip_adapter_masks": fixed.masks}
+        else:
+            image_embeds, attention = self._inputs(req, identity_embeds, style_embeds, guided)
+            guidance = req.guidance_scale
+            scales = [req.identity_scale if has_identity else 0.0, style]
+
+        # 4. Set adapter scales (an adapter at 0 is skipped inside attention); unchanged scales are not set again:
+        #    it walks every attention processor (1.5 ms, 6 ms with a per-block dict, on the tiny model).
+        if scales != self._scales:
+            self._scales = None
+            self.pipe.set_ip_adapter_scale(scales)
+            self._scales = scales
+
+        # 5. One generator per image, on the device, so image i is the first image of seed + i; compiled, one image
+        #    per call (the batch keeps its shape)
+        generators = [torch.Generator(device=self.device).manual_seed(req.seed + i) for i in range(req.num_images)]
+        calls = [[generator] for generator in generators] if self.options.torch_compile else [generators]
+        prepared = time.perf_counter()
+
+        # 6. Denoise, reporting each step
+        done = 0  # steps of the calls before this one
+
+        def step_end(pipe: Any, step_index: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+            if on_step is not None and not on_step(done + step_index + 1, pipe.num_timesteps * len(calls)):
+                # Raised out of the loop: no further step and no VAE decode (diffusers' own ``_interrupt`` skips
+                # the remaining steps but still decodes).
+                raise Interrupted(f"stopped at step {step_index + 1} of {req.steps}")
+            return callback_kwargs
+
+        cuda = self.device.startswith("cuda")
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        images: list[PIL.Image.Image] = []
+        with self._compile_watch(req.width, req.height) as compiled:
+            for batch in calls:
+                result = self.pipe(
+                    prompt=req.prompt,
+                    negative_prompt=req.negative_prompt,
+                    width=req.width,
+                    height=req.height,
+                    num_inference_steps=req.steps,
+                    guidance_scale=guidance,
+                    num_images_per_prompt=len(batch),
+                    generator=batch,
+                    ip_adapter_image_embeds=image_embeds,
+                    cross_attention_kwargs=attention,
+                    callback_on_step_end=step_end,
+                    output_type="pil",
+                )
+                images.extend(result.images)
+                done += self.pipe.num_timesteps
+
+        # 7. Return RGB images (the pipeline's PIL output already has the requested size)
+        return GenerationResult(
+            images=[image.convert("RGB") for image in images],
+            prepare_s=prepared - started,
+            inference_s=time.perf_counter() - prepared,
+            lora=lora_use,
+            peak_memory_bytes=int(torch.cuda.max_memory_allocated()) if cuda else None,
+            compiles=compiled[0],
+            recompiles=compiled[1],
+        )
+
+    def _inputs(self, req: GenerationRequest, identity_embeds: torch.Tensor | None,
+                style_embeds: torch.Tensor | None, guided: bool) -> tuple[list[torch.Tensor], dict[str, Any] | None]:
+        """An uncompiled engine's adapter inputs: masks only for people in regions; without them the call is
+        exactly the one made before masks existed (the style adapter's entry None: not masked)."""
         masks: torch.Tensor | None = None
         if identity_embeds is not None and req.identity_regions and req.identity_scale > 0:
             identity_input, masks = self.identity_inputs(
@@ -425,57 +563,31 @@ class Engine:
         else:
             identity_input = self._adapter_input(IDENTITY, identity_embeds, guided)
         image_embeds = [identity_input, self._adapter_input(STYLE, style_embeds, guided)]
-        # Only with masks (the style adapter's entry None: not masked); without them the call is exactly the one
-        # made before masks existed.
-        attention = {"ip_adapter_masks": [masks, None]} if masks is not None else None
+        return image_embeds, ({"ip_adapter_masks": [masks, None]} if masks is not None else None)
 
-        # 4. Set adapter scales (an adapter at 0 is skipped inside attention); unchanged scales are not set again:
-        #    it walks every attention processor (1.5 ms, 6 ms with a per-block dict, on the tiny model).
-        scales: list[ScaleConfig] = [req.identity_scale if has_identity else 0.0, style]
-        if scales != self._scales:
-            self._scales = None
-            self.pipe.set_ip_adapter_scale(scales)
-            self._scales = scales
+    @contextlib.contextmanager
+    def _compile_watch(self, width: int, height: int) -> Iterator[list[int]]:
+        """Around a job's pipeline calls: a size outside the compiled buckets runs the UNet uncompiled; yields
+        ``[compiles, recompiles]``, filled in at the end (graphs dynamo made; those beyond a bucket's first)."""
+        counts = [0, 0]
+        if not self.options.torch_compile:
+            yield counts
+            return
+        size = (width, height)
+        bucket = size in self.options.compile_sizes
+        before = _graphs_compiled()
+        with contextlib.nullcontext() if bucket else torch.compiler.set_stance("force_eager"):
+            try:
+                yield counts
+            finally:
+                counts[0] = _graphs_compiled() - before
+                counts[1] = max(0, counts[0] - (0 if size in self._compiled_sizes else 1))
+                if counts[0]:
+                    self._compiled_sizes.add(size)
 
-        # 5. One generator per image, on the device, so image i is the first image of seed + i
-        generators = [torch.Generator(device=self.device).manual_seed(req.seed + i) for i in range(req.num_images)]
-        prepared = time.perf_counter()
 
-        # 6. Denoise, reporting each step
-        stopped_at = 0
+def _graphs_compiled() -> int:
+    """Graphs dynamo has compiled in this process, whatever the backend."""
+    from torch._dynamo.utils import counters
 
-        def step_end(pipe: Any, step_index: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
-            nonlocal stopped_at
-            if on_step is not None and not on_step(step_index + 1, pipe.num_timesteps):
-                stopped_at = step_index + 1
-                pipe._interrupt = True  # diffusers skips the remaining steps (it still decodes)
-            return callback_kwargs
-
-        cuda = self.device.startswith("cuda")
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        result = self.pipe(
-            prompt=req.prompt,
-            negative_prompt=req.negative_prompt,
-            width=req.width,
-            height=req.height,
-            num_inference_steps=req.steps,
-            guidance_scale=req.guidance_scale,
-            num_images_per_prompt=req.num_images,
-            generator=generators,
-            ip_adapter_image_embeds=image_embeds,
-            cross_attention_kwargs=attention,
-            callback_on_step_end=step_end,
-            output_type="pil",
-        )
-        if stopped_at:
-            raise Interrupted(f"stopped at step {stopped_at} of {req.steps}")
-
-        # 7. Return RGB images (the pipeline's PIL output already has the requested size)
-        return GenerationResult(
-            images=[image.convert("RGB") for image in result.images],
-            prepare_s=prepared - started,
-            inference_s=time.perf_counter() - prepared,
-            lora=lora_use,
-            peak_memory_bytes=int(torch.cuda.max_memory_allocated()) if cuda else None,
-        )
+    return int(counters["stats"]["unique_graphs"])

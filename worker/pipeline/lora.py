@@ -1,4 +1,5 @@
-"""LoRA slots: K named adapters resident in the pipeline, one of them active per job, least recently used replaced.
+"""LoRA slots: K named adapters resident in the pipeline, one of them active per job, least recently used replaced;
+for a compiled UNet, one hot-swap slot instead (``HotswapSlot``, at the end).
 
 A job with a style activates its LoRA's slot with ``set_adapters([slot], [scale])`` (~10 ms); a job without one
 disables every LoRA layer, so no style reaches another job's image. A LoRA that is not resident replaces the least
@@ -29,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.lora_files import InvalidLoraFile, LoraInfo, inspect_lora
+from shared.lora_files import InvalidLoraFile, LoraInfo
+from worker.pipeline.lora_layouts import read_lora
 
 logger = logging.getLogger(__name__)
 
@@ -117,10 +119,11 @@ class LoraSlots:
             path = Path(folder) / WEIGHT_NAME
             path.write_bytes(request.fetch())
             try:
-                info = inspect_lora(path)
-                normalise_metadata(path)
+                lora = read_lora(path, self.pipe.unet.config.layers_per_block)
+                normalise_metadata(path, lora.modules)
             except (InvalidLoraFile, ValueError, OSError) as exc:
                 raise LoraLoadFailed(f"the LoRA file is not usable ({type(exc).__name__})") from exc
+            info = lora.info
             swap = slot.info is not None and slot.info.swap_signature == info.swap_signature and not info.text_encoder
             if swap:
                 try:
@@ -184,8 +187,9 @@ def _out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError)  # a RuntimeError: not the file's fault
 
 
-def normalise_metadata(path: Path) -> None:
-    """Rewrite ``path``'s adapter metadata in place: the weight-describing fields, and exact target modules."""
+def normalise_metadata(path: Path, modules: dict[str, tuple[str, ...]]) -> None:
+    """Rewrite ``path``'s adapter metadata in place: the weight-describing fields, and exactly ``modules`` (per
+    component, in PEFT names: ``lora_layouts.read_lora``) as the target modules."""
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
@@ -198,14 +202,131 @@ def normalise_metadata(path: Path) -> None:
     tensors = load_file(path)
     normalised: dict[str, object] = {}
     for component in COMPONENTS:
-        modules = sorted(
-            {key.removeprefix(f"{component}.").split(".lora_")[0] for key in tensors if key.startswith(f"{component}.")}
-        )
-        if not modules:
+        if not modules.get(component):
             continue
         for field in KEPT_FIELDS:
             if f"{component}.{field}" in metadata:
                 normalised[f"{component}.{field}"] = metadata[f"{component}.{field}"]
         # A string is matched with re.fullmatch against each module name: these modules and no others.
-        normalised[f"{component}.target_modules"] = "(?:" + "|".join(re.escape(m) for m in modules) + ")"
+        names = "(?:" + "|".join(re.escape(m) for m in modules[component]) + ")"
+        if component != "unet":  # CLIP text models have a ``text_model`` level before transformers 5
+            names = r"(?:text_model\.)?" + names
+        normalised[f"{component}.target_modules"] = names
     save_file(tensors, path, metadata={**header, METADATA_KEY: json.dumps(normalised, sort_keys=True)})
+
+
+# --- One hot-swap slot, for a compiled UNet -------------------------------------------------------------------------
+
+HOTSWAP_ADAPTER = "style"
+# The layers the slot is prepared on: a LoRA may adapt any subset of them (the rest are zeroed on a swap); one that
+# adapts another layer cannot be swapped in. Kohya's default SDXL LoRA and diffusers' training scripts stay inside.
+PREPARED_LAYERS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out")
+
+
+class HotswapSlot:
+    """The LoRA of a compiled UNet: one adapter, prepared once (``enable_lora_hotswap(target_rank)`` and a zero LoRA
+    of that rank on every prepared layer, before the UNet is compiled), into which each style is hot-swapped. Its
+    scale lives in tensors changed in place, and "no LoRA" is scale 0: the compiled graph never changes.
+
+    diffusers hot-swaps UNet layers only, within the prepared rank and layers: a LoRA that adapts a text encoder,
+    has a higher rank or adapts other layers is refused (``LoraLoadFailed``, naming why) rather than loaded afresh,
+    which would fail on a compiled UNet anyway.
+    """
+
+    def __init__(self, pipe: Any, target_rank: int) -> None:
+        self.pipe = pipe
+        self.target_rank = target_rank
+        self.key: str | None = None  # sha256 of the LoRA in the slot (None: the zero LoRA)
+        self.modules = _prepared_modules(pipe.unet)
+        self._base: dict[str, float] = {}  # layer -> its scaling at weight 1 (alpha / rank of the LoRA in it)
+        pipe.enable_lora_hotswap(target_rank=target_rank)
+        self._load(self._zero_file, hotswap=False)
+        self._scale(0.0)
+
+    def resident(self) -> dict[str, str]:
+        return {self.key: HOTSWAP_ADAPTER} if self.key is not None else {}
+
+    def activate(self, request: LoraRequest) -> LoraUse:
+        started = time.perf_counter()
+        resident = request.key == self.key
+        if not resident:
+            self._swap(request)
+        self._scale(request.scale)
+        return LoraUse(HOTSWAP_ADAPTER, resident, not resident, time.perf_counter() - started)
+
+    def disable(self) -> None:
+        """No LoRA: the slot's scale is 0 (its weights stay; nothing of them reaches the image)."""
+        self._scale(0.0)
+
+    def _swap(self, request: LoraRequest) -> None:
+        def write(path: Path) -> None:
+            path.write_bytes(request.fetch())
+            try:
+                lora = read_lora(path, self.pipe.unet.config.layers_per_block)
+                normalise_metadata(path, lora.modules)
+            except (InvalidLoraFile, ValueError, OSError) as exc:
+                raise LoraLoadFailed(f"the LoRA file is not usable ({type(exc).__name__})") from exc
+            if lora.info.text_encoder:
+                raise LoraLoadFailed("a compiled worker hot-swaps UNet LoRAs only; this one adapts a text encoder")
+            if lora.info.rank > self.target_rank:
+                raise LoraLoadFailed(f"rank {lora.info.rank} is above the compiled worker's LoRA target rank "
+                                     f"({self.target_rank})")
+            if not set(lora.modules.get("unet", ())) <= set(self.modules):
+                raise LoraLoadFailed("it adapts layers outside those a compiled worker prepares")
+
+        self.key = None  # until the swap succeeds
+        try:
+            self._load(write, hotswap=True)
+        except LoraLoadFailed:
+            raise
+        except LOAD_ERRORS as exc:  # a failed swap may leave mixed weights: back to the zero LoRA
+            self._load(self._zero_file, hotswap=True)
+            if _out_of_memory(exc):
+                raise
+            raise LoraLoadFailed(f"the LoRA could not be hot-swapped ({type(exc).__name__})") from exc
+        self.key = request.key
+
+    def _load(self, write: Callable[[Path], None], *, hotswap: bool) -> None:
+        """Write the file with ``write`` into a temporary folder and load it into the slot; note each layer's
+        scaling at weight 1."""
+        with tempfile.TemporaryDirectory(prefix="lora-") as folder:
+            write(Path(folder) / WEIGHT_NAME)
+            self.pipe.load_lora_weights(folder, weight_name=WEIGHT_NAME, adapter_name=HOTSWAP_ADAPTER,
+                                        hotswap=hotswap, use_safetensors=True, local_files_only=True)
+        self._base = {name: float(scaling) for name, scaling in self._scalings()}
+
+    def _zero_file(self, path: Path) -> None:
+        """A LoRA of the target rank on every prepared layer, all zeros: the slot's shape, and no effect."""
+        import torch
+        from safetensors.torch import save_file
+
+        rank, unet = self.target_rank, self.pipe.unet
+        tensors = {}
+        for name in self.modules:
+            layer = unet.get_submodule(name)
+            tensors[f"unet.{name}.lora_A.weight"] = torch.zeros(rank, layer.in_features)
+            tensors[f"unet.{name}.lora_B.weight"] = torch.zeros(layer.out_features, rank)
+        target = "(?:" + "|".join(re.escape(name) for name in self.modules) + ")"
+        metadata = {"unet.r": rank, "unet.lora_alpha": rank, "unet.target_modules": target}
+        save_file(tensors, path, metadata={"format": "pt", METADATA_KEY: json.dumps(metadata)})
+
+    def _scalings(self) -> list[tuple[str, Any]]:
+        return [(name, module.scaling[HOTSWAP_ADAPTER]) for name, module in self.pipe.unet.named_modules()
+                if HOTSWAP_ADAPTER in getattr(module, "scaling", {})]
+
+    def _scale(self, weight: float) -> None:
+        """Each layer's scaling = weight * alpha / rank, written into its tensor in place (PEFT's ``set_scale``
+        would replace the tensor by a float, which a compiled graph reads as a constant: a recompile per value)."""
+        for name, scaling in self._scalings():
+            scaling.fill_(self._base.get(name, 0.0) * weight)
+
+
+def _prepared_modules(unet: Any) -> tuple[str, ...]:
+    """The UNet's linear layers named in ``PREPARED_LAYERS`` inside its blocks (not the IP-Adapter's Resampler)."""
+    import torch
+
+    return tuple(
+        name for name, module in unet.named_modules()
+        if isinstance(module, torch.nn.Linear) and name.startswith(("down_blocks.", "mid_block.", "up_blocks."))
+        and name.endswith(tuple(f".{layer}" for layer in PREPARED_LAYERS)) and ".processor." not in name
+    )
