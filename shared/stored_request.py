@@ -9,7 +9,8 @@ and use attributes.
 **Compatibility.** The JSON shape is the one the API has written since the first release (``tests/shared/
 test_stored_request.py`` keeps a literal row of it), so every row already stored reads, without a migration. Keys
 added since default when a row lacks them (``variant``, ``resolved.style_lora``, a person's ``face``/``face_count``/
-``detector`` and ``region``: a row without a detector goes through the preparation step, which looks); the optional
+``detector`` and ``region``: a row without a detector goes through the preparation step, which looks;
+``params.quality``: final); the optional
 labels
 (``experiment``, ``batch_index``, ``retry_of``) and a stored reference's subject fields are left out when empty,
 as the API always did. Keys this version does not know are kept (``extra="allow"``): nothing reads them, but a row
@@ -133,6 +134,7 @@ class StoredParams(Stored):
     style_lora: str | None = None  # as asked; ``Resolved.style_lora`` is what runs
     lora_scale: float = limits.DEFAULT_LORA_SCALE
     output_format: Literal["png", "jpeg", "webp"] = "png"
+    quality: Literal["final", "draft"] = limits.DEFAULT_QUALITY  # a row from before qualities is final
 
 
 # --- the two views ----------------------------------------------------------------------------------------------

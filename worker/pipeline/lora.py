@@ -1,11 +1,13 @@
 """LoRA slots: K named adapters resident in the pipeline, one of them active per job, least recently used replaced.
 
 A job with a style activates its LoRA's slot with ``set_adapters([slot], [scale])`` (~10 ms); a job without one
-disables every LoRA layer, so no style reaches another job's image. A LoRA that is not resident replaces the least
-recently used slot: in place (``hotswap=True``, ~60 ms instead of a ~0.4 s fresh load, and no recompilation of a
-compiled UNet) when it has the same rank, alpha and target layers as the slot's current one, because PEFT keeps the
-slot's original rank and alpha for scaling after a swap; otherwise the slot's adapter is deleted and the new one
-loaded fresh. Slots are keyed by the file's sha256, so the same weights under two names share one slot.
+disables every LoRA layer, so no style reaches another job's image. Adapters outside the slots that stay resident
+(the draft LoRA of ``quality: draft``) are named per job (``also``, ``only``), active beside the style at their own
+weights. A LoRA that is not resident replaces the least recently used slot: in place (``hotswap=True``, ~60 ms
+instead of a ~0.4 s fresh load, and no recompilation of a compiled UNet) when it has the same rank, alpha and
+target layers as the slot's current one, because PEFT keeps the slot's original rank and alpha for scaling after a
+swap; otherwise the slot's adapter is deleted and the new one loaded fresh. Slots are keyed by the file's sha256,
+so the same weights under two names share one slot.
 
 Files are loaded with ``use_safetensors=True``: diffusers would otherwise fall back to ``torch.load`` (pickle) for a
 file that is not valid safetensors. The adapter metadata diffusers reads from the header becomes PEFT's
@@ -24,7 +26,7 @@ import re
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,13 +81,15 @@ class LoraSlots:
         self.slots = [Slot(adapter=f"slot{i}") for i in range(capacity)]
         self._clock = 0
         self._enabled = False
+        self._active: dict[str, float] | None = None  # what ``only`` set last (None: a slot was activated since)
 
     def resident(self) -> dict[str, str]:
         """sha256 -> adapter name of every loaded LoRA."""
         return {slot.key: slot.adapter for slot in self.slots if slot.key is not None}
 
-    def activate(self, request: LoraRequest) -> LoraUse:
-        """Make ``request``'s LoRA the only active adapter, at its scale; load it into a slot if needed."""
+    def activate(self, request: LoraRequest, also: Mapping[str, float] | None = None) -> LoraUse:
+        """Make ``request``'s LoRA the only active slot, at its scale, with the resident adapters ``also`` (name ->
+        weight) beside it; load it into a slot if needed."""
         started = time.perf_counter()
         self._clock += 1
         slot = next((s for s in self.slots if s.key == request.key), None)
@@ -98,7 +102,9 @@ class LoraSlots:
         if not self._enabled or not resident:  # a fresh load may have added layers in the disabled state
             self.pipe.enable_lora()
             self._enabled = True
-        self.pipe.set_adapters([slot.adapter], adapter_weights=[request.scale])
+        also = dict(also or {})
+        self.pipe.set_adapters([slot.adapter, *also], adapter_weights=[request.scale, *also.values()])
+        self._active = None
         return LoraUse(slot.adapter, resident, hotswapped, time.perf_counter() - started)
 
     def disable(self) -> None:
@@ -106,6 +112,21 @@ class LoraSlots:
         if self._enabled:
             self.pipe.disable_lora()
             self._enabled = False
+
+    def only(self, adapters: Mapping[str, float]) -> None:
+        """No style for this job: only the resident adapters ``adapters`` (name -> weight) active, every other LoRA
+        layer bypassed; none: ``disable``. Unchanged since the last job: nothing is set."""
+        if not adapters:
+            self.disable()
+            return
+        wanted = dict(adapters)
+        if self._enabled and self._active == wanted:
+            return
+        if not self._enabled:
+            self.pipe.enable_lora()
+            self._enabled = True
+        self.pipe.set_adapters(list(wanted), adapter_weights=list(wanted.values()))
+        self._active = wanted
 
     def _load(self, slot: Slot, request: LoraRequest) -> bool:
         """Put the LoRA into ``slot``; True when it was hot-swapped in place.
@@ -153,6 +174,9 @@ class LoraSlots:
         with warnings.catch_warnings():
             # PEFT warns when a model gets a second adapter: several resident adapters are the point of the slots.
             warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute", category=UserWarning)
+            # A failed load deletes its half-made adapter, and PEFT makes a resident one active (see ``_empty``).
+            warnings.filterwarnings("ignore", message="Adapter .* was active which is now deleted",
+                                    category=UserWarning)
             self.pipe.load_lora_weights(
                 folder,
                 weight_name=WEIGHT_NAME,
@@ -168,8 +192,13 @@ class LoraSlots:
 
     def _empty(self, slot: Slot) -> None:
         if slot.adapter in self._loaded_adapters():
-            self.pipe.delete_adapters(slot.adapter)
-        slot.key, slot.info = None, None
+            with warnings.catch_warnings():
+                # PEFT then makes a resident adapter (the draft LoRA) active in the slot's layers; every job sets
+                # its adapters before it runs (``activate``, ``only``).
+                warnings.filterwarnings("ignore", message="Adapter .* was active which is now deleted",
+                                        category=UserWarning)
+                self.pipe.delete_adapters(slot.adapter)
+        slot.key, slot.info, self._active = None, None, None
         if not self._loaded_adapters():
             self._enabled = False
 
