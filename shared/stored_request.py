@@ -42,6 +42,10 @@ def _absent(value: object) -> bool:
     return value is None
 
 
+def _final(value: object) -> bool:
+    return value == limits.DEFAULT_QUALITY
+
+
 class Stored(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
@@ -134,7 +138,8 @@ class StoredParams(Stored):
     style_lora: str | None = None  # as asked; ``Resolved.style_lora`` is what runs
     lora_scale: float = limits.DEFAULT_LORA_SCALE
     output_format: Literal["png", "jpeg", "webp"] = "png"
-    quality: Literal["final", "draft"] = limits.DEFAULT_QUALITY  # a row from before qualities is final
+    # Written for a draft only: a final row reads and writes back as rows did before qualities (SQL coalesces).
+    quality: Literal["final", "draft"] = Field(limits.DEFAULT_QUALITY, exclude_if=_final)
 
 
 # --- the two views ----------------------------------------------------------------------------------------------
