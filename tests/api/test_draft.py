@@ -57,7 +57,7 @@ def stored(db: Database, job_id: str) -> StoredRequest:
     return StoredRequest.model_validate(load(db, job_id).request)
 
 
-# --- the request ----------------------------------------------------------------------------------------------------
+# --- the request ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("value", ["sketch", "", "DRAFT", 1, None, ["draft"]])
 def test_an_unknown_quality_is_refused_naming_the_field(client: FlaskClient, auth: dict[str, str],
                                                         value: Any) -> None:
@@ -91,7 +91,7 @@ def test_a_draft_goes_to_the_interactive_queue_even_in_a_batch(client: FlaskClie
     assert (first.queue, second.queue) == (tasks.QUEUE_INTERACTIVE, tasks.QUEUE_BATCH)
 
 
-# --- the answer, the cache --------------------------------------------------------------------------------------------
+# --- the answer, the cache -------------------------------------------------------------------------------------
 def test_the_job_says_which_quality_ran(client: FlaskClient, auth: dict[str, str], app: Flask, db: Database) -> None:
     job = submit(client, auth, draft(seed=None))
     finish(app, db, job["id"], "draft")
@@ -134,7 +134,7 @@ def test_final_keys_are_those_made_before_qualities_existed() -> None:
     assert cache.compute_key("c", "tiny", drafted, "p", None) != cache.compute_key("c", "tiny", request, "p", None)
 
 
-# --- numbers and the ops page -------------------------------------------------------------------------------------------
+# --- numbers and the ops page ------------------------------------------------------------------------------------
 def basic(key: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"ops:{key}".encode()).decode()}
 
@@ -166,7 +166,7 @@ def test_quality_numbers_and_the_ops_page_split_by_quality(client: FlaskClient, 
     assert client.get("/ops?quality=sketch", headers=basic(ops_key)).status_code == 422
 
 
-# --- A/B variants -----------------------------------------------------------------------------------------------------
+# --- A/B variants ----------------------------------------------------------------------------------------------
 @pytest.fixture
 def experiment_app(settings: Settings) -> Iterator[Flask]:
     from api import create_app
