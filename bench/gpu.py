@@ -19,7 +19,10 @@ reference, no LoRA: both adapters stay loaded at scale 0, which diffusers skips,
 ``+ identity adapter`` (one face reference through the plus-face adapter, its embedding cached as the worker caches
 it); ``+ style adapter`` (a style reference with InstantStyle's per-block scales); ``+ LoRA`` (a random rank-16 LoRA
 on the attention projections, saved with its adapter metadata and loaded through ``LoraSlots``; its load is in the
-note); ``torch.compile`` (``unet.compile`` in place as the engine does, the first call's time reported as compile
+note); ``draft`` and ``draft + identity + style`` (``quality: draft``: a random LoRA in SDXL-Lightning's 4-step
+layout, rank 64 and alpha 8 over every linear and convolution of the UNet's blocks, loaded resident as the engine
+loads it, trailing Euler, 4 steps, no classifier-free guidance; the second with both adapters' references);
+``torch.compile`` (``unet.compile`` in place as the engine does, the first call's time reported as compile
 time) and the compiled plain call. Peak memory is ``torch.cuda.max_memory_allocated`` per row (on CPU, the process's
 peak RSS). A time budget (default 450 s) skips what would not fit, so the script ends within 8 minutes; the markdown
 table is printed last.
@@ -53,6 +56,7 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 PROMPT = "an old stone harbour at dawn, fishing boats, watercolour, soft light"
 GUIDANCE = 7.5  # shared.limits.DEFAULT_GUIDANCE
 LORA_RANK = 16
+DRAFT_RANK, DRAFT_ALPHA = 64, 8  # SDXL-Lightning's 4-step LoRA as published
 GiB = 1024**3
 
 
@@ -382,7 +386,10 @@ def run(ctx: Context) -> None:
     else:
         ctx.rows.append(Row("+ LoRA", None, note=f"skipped: the {args.budget_s:.0f} s budget is spent"))
 
-    # 4. torch.compile: in place, as EngineOptions(torch_compile=True) does; the first call is the compile time
+    # 4. Draft quality (issue 18): the few-step variant on the same warm engine
+    draft_rows(ctx, engine, base, identity, style)
+
+    # 5. torch.compile: in place, as EngineOptions(torch_compile=True) does; the first call is the compile time
     if args.no_compile:
         return
     if ctx.left_s() < (60 if ctx.device.startswith("cuda") else 0):
@@ -395,6 +402,34 @@ def run(ctx: Context) -> None:
                         note=f"unet.compile(mode={args.compile_mode}); warm-up, not in the row below"))
     measure(ctx, "+ torch.compile", lambda: engine.run(base), f"plain request, compiled ({args.compile_mode})",
             warmups=0)
+
+
+def draft_rows(ctx: Context, engine: Any, base: Any, identity: Any, style: Any) -> None:
+    """``draft`` and ``draft + identity + style``: its LoRA loaded resident (random, in SDXL-Lightning's layout, unless
+    the real profile has the file), 4 steps, no guidance, at the run's size."""
+    from worker.pipeline.engine import DRAFT_ADAPTER, load_draft_lora
+    from worker.pipeline.profiles import DRAFT
+    from worker.pipeline.tiny import write_draft_lora
+
+    if ctx.left_s() <= 0:
+        ctx.rows.append(Row("draft", None, note=f"skipped: the {ctx.args.budget_s:.0f} s budget is spent"))
+        return
+    started = time.perf_counter()
+    how = "the profile's file"
+    loaded = {name for names in engine.pipe.get_list_adapters().values() for name in names}
+    if DRAFT_ADAPTER not in loaded:  # random weights, or a real profile without the file
+        folder = Path(tempfile.mkdtemp(prefix="bench-draft-"))
+        write_draft_lora(folder / DRAFT.weight, engine.pipe.unet, seed=0, rank=DRAFT_RANK, alpha=DRAFT_ALPHA)
+        engine.profile = replace(engine.profile, draft_dir=folder)
+        engine.draft_error = load_draft_lora(engine.pipe, engine.profile)
+        how = f"random, rank {DRAFT_RANK}, alpha {DRAFT_ALPHA}"
+    load_s = time.perf_counter() - started
+    drafted = {"steps": DRAFT.steps, "guidance_scale": DRAFT.guidance_scale, "quality": "draft"}
+    note = f"{DRAFT.steps} steps, no CFG, draft LoRA ({how}; loaded in {load_s:.1f} s)"
+    measure(ctx, "draft", lambda: engine.run(replace(base, **drafted)), note)
+    both = replace(identity, style_embeds=style.style_embeds, style_scale=style.style_scale,
+                   content_scale=style.content_scale, **drafted)
+    measure(ctx, "draft + identity + style", lambda: engine.run(both), "as draft, one face and a style reference")
 
 
 # --- Report -------------------------------------------------------------------------------------------------------

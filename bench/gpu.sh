@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Seconds per SDXL image on this machine's GPU (bench/gpu.py; its docstring says what is measured).
-#   bench/gpu.sh                      # 1024x1024, 30 steps, batch 1, bf16: plain, adapters, LoRA, torch.compile
+#   bench/gpu.sh                      # 1024x1024, 30 steps, batch 1, bf16: plain, adapters, LoRA, draft (4 steps,
+#                                     # no CFG), torch.compile
 #   bench/gpu.sh --no-compile --repeats 5
 #   bench/gpu.sh --dry-run --no-compile   # the tiny architecture on the CPU (what the test suite runs)
 # Needs the worker's Python packages (torch with CUDA, diffusers, transformers, peft): the repository's .venv when

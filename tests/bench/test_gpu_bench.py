@@ -15,7 +15,8 @@ import pytest
 
 from tests.helpers import ROOT
 
-ROWS = ("load / build", "plain", "+ identity adapter", "+ style adapter", "+ LoRA", "total wall")
+ROWS = ("load / build", "plain", "+ identity adapter", "+ style adapter", "+ LoRA", "draft", "draft + identity + style",
+        "total wall")
 
 
 def test_dry_run_prints_every_row_with_finite_numbers_last(tmp_path: Path) -> None:

@@ -80,7 +80,7 @@ def make_tiny(target: Path, seed: int = 0) -> Path:
             torch.manual_seed(seed)
             unet = _write_base(staging / "base", staging / "tokenizers")
             _write_ip_adapter(resolve_profile("tiny", staging), unet)
-            _write_draft_lora(resolve_profile("tiny", staging).draft_file, unet, seed)
+            write_draft_lora(resolve_profile("tiny", staging).draft_file, unet, seed)
         revision = "tiny-" + _weights_digest(staging)[:12]
         (staging / REVISION_FILE).write_text(revision + "\n", encoding="utf-8")
         _make_readable(staging)
@@ -407,8 +407,9 @@ def sgm_module_name(name: str, layers_per_block: int, up_with_attention: frozens
     return ".".join([head, *rest])
 
 
-def _write_draft_lora(target: Path, unet: Any, seed: int) -> None:
-    """A random LoRA over every linear and convolution of the UNet's blocks, saved with kohya keys and alphas."""
+def write_draft_lora(target: Path, unet: Any, seed: int, rank: int = DRAFT_RANK, alpha: int = DRAFT_ALPHA) -> None:
+    """A random LoRA over every linear and convolution of the UNet's blocks, saved with kohya keys and alphas (the
+    tiny model's draft LoRA; ``bench/gpu.py`` writes a full-size one, rank 64 and alpha 8 as published)."""
     generator = torch.Generator().manual_seed(seed + 1)
     up_with_attention = frozenset(i for i, block in enumerate(unet.up_blocks) if hasattr(block, "attentions"))
     tensors: dict[str, torch.Tensor] = {}
@@ -420,14 +421,14 @@ def _write_draft_lora(target: Path, unet: Any, seed: int) -> None:
             continue
         key = "lora_unet_" + sgm.replace(".", "_")
         if isinstance(module, torch.nn.Linear):
-            down_shape: tuple[int, ...] = (DRAFT_RANK, module.in_features)
-            up_shape: tuple[int, ...] = (module.out_features, DRAFT_RANK)
+            down_shape: tuple[int, ...] = (rank, module.in_features)
+            up_shape: tuple[int, ...] = (module.out_features, rank)
         else:
-            down_shape = (DRAFT_RANK, module.in_channels, *module.kernel_size)
-            up_shape = (module.out_channels, DRAFT_RANK, 1, 1)
+            down_shape = (rank, module.in_channels, *module.kernel_size)
+            up_shape = (module.out_channels, rank, 1, 1)
         fan_in = int(torch.tensor(down_shape[1:]).prod())
         tensors[f"{key}.lora_down.weight"] = torch.randn(down_shape, generator=generator) / fan_in**0.5
-        tensors[f"{key}.lora_up.weight"] = DRAFT_STRENGTH * torch.randn(up_shape, generator=generator) / DRAFT_RANK**0.5
-        tensors[f"{key}.alpha"] = torch.tensor(float(DRAFT_ALPHA))
+        tensors[f"{key}.lora_up.weight"] = DRAFT_STRENGTH * torch.randn(up_shape, generator=generator) / rank**0.5
+        tensors[f"{key}.alpha"] = torch.tensor(float(alpha))
     target.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, target)
