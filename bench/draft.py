@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.scratch import scratch  # noqa: E402
-from tests.system.faults import Stack, fast_env  # noqa: E402
 from tests.helpers import wait_for  # noqa: E402
+from tests.system.faults import Stack, fast_env  # noqa: E402
 from tests.system.procs import processes, run_cli  # noqa: E402
 
 WARMUP = 3
