@@ -267,7 +267,7 @@ class Engine:
         revision: str,
         load_seconds: float,
         options: EngineOptions | None = None,
-        draft_error: str | None = None,
+        draft_error: str | None = "the draft LoRA was not loaded (Engine.load loads it)",
     ) -> None:
         self.pipe = pipe  # diffusers registers components dynamically: typed as Any
         self.profile = profile
