@@ -2,9 +2,9 @@
 
 One rating per job: 201 the first time, 200 for a new one, which replaces it (the latest wins). One upsert writes
 it (``shared.db.upsert``), so ratings of the same job posted at once never fail on the primary key. Only a
-succeeded job can be rated (409 otherwise). The model profile and A/B variant the job ran with are copied onto the
-row, so the quality numbers (``GET /v1/metrics/quality``) compare variants by rating without a join. The comment is
-never logged (nor is any value of a database error: ``shared.db_errors``).
+succeeded job can be rated (409 otherwise). The model profile, A/B variant and quality the job ran with are copied
+onto the row, so the quality numbers (``GET /v1/metrics/quality``) compare variants by rating without a join. The
+comment is never logged (nor is any value of a database error: ``shared.db_errors``).
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ def create_feedback(job_id: str) -> tuple[Response, int]:
             "job_id": job.id, "client_id": job.client_id, "user_id": job.user_id, "rating": body.rating,
             "comment": body.comment, "profile": model.get("profile"),
             "variant": model.get("variant") or RequestOutline.model_validate(job.request).variant,
+            "quality": model.get("quality") or "final",
         }, key=["job_id"], refresh={"created_at": utcnow()})
         row = session.execute(select(Feedback).where(Feedback.job_id == job.id)).scalar_one()
         out = FeedbackOut(job_id=row.job_id, user_id=row.user_id, rating=row.rating, comment=row.comment,

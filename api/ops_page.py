@@ -2,20 +2,20 @@
 as the password (a browser cannot send a bearer header; the user name is not checked).
 
 Recent jobs of every client, newest first, with a thumbnail, state, queue, attempts, timings, the failure code,
-the A/B variant and the user's feedback; filters by state, client, failure code and variant, and a cursor for the
-next page. No prompt or memoir text is shown. Thumbnails come from ``/ops/images/<job id>/<n>`` (same auth): a
-redirect to a presigned URL on S3, or the file from a local store.
+the A/B variant, the quality (final or draft) and the user's feedback; filters by state, client, failure code,
+variant and quality, and a cursor for the next page. No prompt or memoir text is shown. Thumbnails come from
+``/ops/images/<job id>/<n>`` (same auth): a redirect to a presigned URL on S3, or the file from a local store.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from flask import Blueprint, Flask, Response, redirect, render_template, request, send_file
 from pydantic import Field, model_validator
-from sqlalchemy import select
+from sqlalchemy import func, select
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from api import keys
@@ -24,6 +24,7 @@ from api.errors import ApiError, not_found
 from api.openapi import Returns, operation
 from api.pagination import after_cursor, make_cursor
 from api.services import services
+from shared import limits
 from shared.models import Client, Feedback, Job, JobImage
 from shared.schemas import Cursor, JobState, Query
 from shared.stored_request import RequestOutline
@@ -40,6 +41,7 @@ class OpsPageQuery(Query):
     client: str | None = Field(None, max_length=100, description="A client's name.")
     code: str | None = Field(None, max_length=32, pattern=r"^[a-z_]+$", description="An error code.")
     variant: str | None = Field(None, max_length=16, pattern=r"^[A-Za-z0-9._-]+$")
+    quality: Literal["final", "draft"] | None = None
     cursor: Cursor | None = Field(None, description="The next page's cursor.")
 
     @model_validator(mode="before")
@@ -88,6 +90,9 @@ def _rows(args: OpsPageQuery, limit: int) -> tuple[list[dict[str, Any]], str | N
         query = query.where(Job.error_code == args.code)
     if args.variant is not None:
         query = query.where(Job.request["variant"].as_string() == args.variant)
+    if args.quality is not None:  # a row from before qualities is final
+        quality = func.coalesce(Job.request[("params", "quality")].as_string(), limits.DEFAULT_QUALITY)
+        query = query.where(quality == args.quality)
     query = query.where(*after_cursor(Job.created_at, Job.id, args.cursor))
     with services().db.begin() as session:
         found = session.execute(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)).all()
@@ -96,18 +101,25 @@ def _rows(args: OpsPageQuery, limit: int) -> tuple[list[dict[str, Any]], str | N
             "attempts": job.attempt, "created_at": job.created_at, "timings": job.timings or {},
             "error_code": job.error_code, "variant": RequestOutline.model_validate(job.request).variant_or_control,
             "profile": (job.model or {}).get("profile"), "images": [image.index for image in job.images],
-            "rating": rating, "comment": comment, "cached": job.cached,
+            "rating": rating, "comment": comment, "cached": job.cached, "quality": _quality(job),
         } for job, client, rating, comment in found[:limit]]
     more = len(found) > limit
     cursor = make_cursor(found[limit - 1][0].created_at, found[limit - 1][0].id) if more else None
     return rows, cursor
 
 
+def _quality(job: Job) -> str:
+    """final or draft, as the request asked (any row reads: a malformed one shows as final)."""
+    params = job.request.get("params") if isinstance(job.request, dict) else None
+    quality = params.get("quality") if isinstance(params, dict) else None
+    return quality if quality in limits.QUALITIES else limits.DEFAULT_QUALITY
+
+
 @bp.get("/ops")
 @operation(
     "The operators' gallery (HTML)", tags=["operations"], query=OpsPageQuery,
-    description="Recent jobs with thumbnails, states, timings, failure codes, variants and feedback. HTTP Basic: "
-                "the password is an API key with the `ops` scope.",
+    description="Recent jobs with thumbnails, states, timings, failure codes, variants, qualities and feedback. "
+                "HTTP Basic: the password is an API key with the `ops` scope.",
     responses={200: Returns("The page.", binary=("text/html",))}, errors=(401, 403),
 )
 def ops_page() -> Response:
@@ -116,7 +128,8 @@ def ops_page() -> Response:
     rows, cursor = _rows(args, services().settings.ops_page_size)
     filters = args.model_dump(exclude={"cursor"}, exclude_none=True)
     page = render_template("ops.html", rows=rows, filters=filters, cursor=cursor,
-                           states=["queued", "running", "succeeded", "failed", "canceled"])
+                           states=["queued", "running", "succeeded", "failed", "canceled"],
+                           qualities=limits.QUALITIES)
     return Response(page, mimetype="text/html", headers={"Content-Security-Policy": CSP, "Cache-Control": "no-store"})
 
 

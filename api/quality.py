@@ -21,10 +21,11 @@ bp = Blueprint("quality", __name__, url_prefix="/v1/metrics")
 @bp.get("/quality")
 @require("metrics")
 @operation(
-    "Quality numbers per model profile and A/B variant", tags=["operations"], query=QualityQuery,
+    "Quality numbers per model profile, A/B variant and quality", tags=["operations"], query=QualityQuery,
     description="Over every client, for jobs finished in the range: success rate, failures by code, p50/p95 of queue "
                 "wait, time on the worker and inference (succeeded attempts), and the mean feedback rating.",
-    responses={200: Returns("The numbers, one group per profile and variant.", QualityOut)},
+    responses={200: Returns("The numbers, one group per profile, variant and quality (final or draft).",
+                            QualityOut)},
 )
 def get_quality() -> Response:
     args = query_args(QualityQuery)

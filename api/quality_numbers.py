@@ -1,4 +1,5 @@
-"""Quality numbers (``GET /v1/metrics/quality``), computed in the database, per model profile and A/B variant.
+"""Quality numbers (``GET /v1/metrics/quality``), computed in the database, per model profile, A/B variant and
+quality (``final`` or ``draft``: a row from before qualities is final).
 
 - Jobs finished in the range: counts per state, success rate (succeeded / (succeeded + failed)), failures by code.
 - Succeeded attempts (``generation_metrics``): p50/p95 of the queue wait, the time on the worker and the inference.
@@ -30,6 +31,7 @@ from shared.states import JobStatus
 PERCENTILES: Final = (0.5, 0.95)
 NO_PROFILE: Final = "none"
 DEFAULT_VARIANT: Final = "a"
+DEFAULT_QUALITY: Final = "final"
 _RANGE = re.compile(r"^(?P<count>[1-9][0-9]{0,3})(?P<unit>[hd])$")
 
 Group = tuple[Any, ...]
@@ -96,9 +98,10 @@ class _Numbers:
     feedback: tuple[int, float | None] = (0, None)
 
 
-def _job_groups() -> tuple[ColumnElement[Any], ColumnElement[Any]]:
+def _job_groups() -> tuple[ColumnElement[Any], ColumnElement[Any], ColumnElement[Any]]:
     return (func.coalesce(Job.model["profile"].as_string(), NO_PROFILE),
-            func.coalesce(Job.request["variant"].as_string(), DEFAULT_VARIANT))
+            func.coalesce(Job.request["variant"].as_string(), DEFAULT_VARIANT),
+            func.coalesce(Job.request[("params", "quality")].as_string(), DEFAULT_QUALITY))
 
 
 def _percentiles_out(values: list[float] | None) -> Percentiles:
@@ -108,7 +111,8 @@ def _percentiles_out(values: list[float] | None) -> Percentiles:
 
 
 def quality(session: Session, range_text: str) -> QualityOut:
-    """The quality numbers of the last ``range_text`` (``7d``), per profile and variant, over every client."""
+    """The quality numbers of the last ``range_text`` (``7d``), per profile, variant and quality, over every
+    client."""
     until: datetime = session.execute(select(utcnow())).scalar_one()
     since = until - parse_range(range_text)
     numbers: dict[Group, _Numbers] = {}
@@ -117,20 +121,21 @@ def quality(session: Session, range_text: str) -> QualityOut:
         return numbers.setdefault(tuple(key), _Numbers())
 
     # 1. Jobs that finished in the range: states and failure codes.
-    profile, variant = _job_groups()
+    profile, variant, quality_ = _job_groups()
     finished = [Job.finished_at >= since, Job.status.in_([s.value for s in JobStatus if s.is_terminal()])]
     for row in session.execute(
-        select(profile, variant, Job.status, Job.error_code, func.count())
-        .where(*finished).group_by(profile, variant, Job.status, Job.error_code)
+        select(profile, variant, quality_, Job.status, Job.error_code, func.count())
+        .where(*finished).group_by(profile, variant, quality_, Job.status, Job.error_code)
     ):
-        entry = at((row[0], row[1]))
-        entry.counts[row[2]] = entry.counts.get(row[2], 0) + row[4]
-        if row[2] == JobStatus.FAILED.value and row[3]:
-            entry.failures[row[3]] = entry.failures.get(row[3], 0) + row[4]
+        entry = at((row[0], row[1], row[2]))
+        entry.counts[row[3]] = entry.counts.get(row[3], 0) + row[5]
+        if row[3] == JobStatus.FAILED.value and row[4]:
+            entry.failures[row[4]] = entry.failures.get(row[4], 0) + row[5]
 
     # 2. Succeeded attempts: where the time went.
     metric_groups = [func.coalesce(GenerationMetric.profile, NO_PROFILE),
-                     func.coalesce(GenerationMetric.variant, DEFAULT_VARIANT)]
+                     func.coalesce(GenerationMetric.variant, DEFAULT_VARIANT),
+                     func.coalesce(GenerationMetric.quality, DEFAULT_QUALITY)]
     attempts = [GenerationMetric.created_at >= since, GenerationMetric.outcome == "succeeded"]
     for name, column in (("queue_wait_s", GenerationMetric.queue_wait_s), ("generation_s", GenerationMetric.total_s),
                          ("inference_s", GenerationMetric.inference_s)):
@@ -138,20 +143,22 @@ def quality(session: Session, range_text: str) -> QualityOut:
             at(key).timings[name] = values
 
     # 3. Feedback given in the range.
-    feedback_groups = [func.coalesce(Feedback.profile, NO_PROFILE), func.coalesce(Feedback.variant, DEFAULT_VARIANT)]
+    feedback_groups = [func.coalesce(Feedback.profile, NO_PROFILE), func.coalesce(Feedback.variant, DEFAULT_VARIANT),
+                       func.coalesce(Feedback.quality, DEFAULT_QUALITY)]
     for row in session.execute(
         select(*feedback_groups, func.count(), func.avg(Feedback.rating))
         .where(Feedback.created_at >= since).group_by(*feedback_groups)
     ):
-        at((row[0], row[1])).feedback = (int(row[2]), float(row[3]) if row[3] is not None else None)
+        at((row[0], row[1], row[2])).feedback = (int(row[3]), float(row[4]) if row[4] is not None else None)
 
     groups = []
-    for (profile_name, variant_name), entry in sorted(numbers.items()):
+    for (profile_name, variant_name, quality_name), entry in sorted(numbers.items()):
         succeeded = entry.counts.get(JobStatus.SUCCEEDED.value, 0)
         failed = entry.counts.get(JobStatus.FAILED.value, 0)
         count, mean = entry.feedback
         groups.append(QualityGroup(
-            profile=profile_name, variant=variant_name, jobs=sum(entry.counts.values()), succeeded=succeeded,
+            profile=profile_name, variant=variant_name, quality=quality_name, jobs=sum(entry.counts.values()),
+            succeeded=succeeded,
             failed=failed, canceled=entry.counts.get(JobStatus.CANCELED.value, 0),
             success_rate=round(succeeded / (succeeded + failed), 4) if succeeded + failed else None,
             failures=dict(sorted(entry.failures.items())),

@@ -180,7 +180,8 @@ def apply_variant(session: Session, svc: Services, client_id: str,
     """The user's A/B variant (``shared.experiments``) and the request with its overrides applied.
 
     An override changes only a parameter the request left at its default; a style the client does not have (or
-    has no ready version of) is not applied, so an experiment never turns a valid request into a 422.
+    has no ready version of) is not applied, so an experiment never turns a valid request into a 422. A draft keeps
+    its variant's own steps and guidance (``experiments.FINAL_ONLY``): only the style overrides apply to it.
     """
     experiment = svc.settings.experiment
     variant = experiments.assign(experiment, client_id, body.user_id)
@@ -188,6 +189,8 @@ def apply_variant(session: Session, svc: Services, client_id: str,
         return body, variant
     given = body.params.model_fields_set
     overrides = {name: value for name, value in experiment.overrides().items() if name not in given}
+    if body.params.quality == "draft":
+        overrides = {name: value for name, value in overrides.items() if name not in experiments.FINAL_ONLY}
     if "style_lora" in overrides:
         try:
             styles.resolve(session, client_id, styles.parse_ref(overrides["style_lora"]))
@@ -196,6 +199,12 @@ def apply_variant(session: Session, svc: Services, client_id: str,
     if not overrides:
         return body, variant
     return body.model_copy(update={"params": body.params.model_copy(update=overrides)}), variant
+
+
+def with_quality_defaults(body: IllustrationRequest) -> IllustrationRequest:
+    """A draft's steps and guidance default to its variant's own (``Params.for_quality``), after the experiment."""
+    params = body.params.for_quality()
+    return body if params is body.params else body.model_copy(update={"params": params})
 
 
 def stored_request(body: IllustrationRequest, svc: Services, *, seed: int, priority: str, resolved: Resolved,
@@ -230,10 +239,13 @@ def accept(session: Session, svc: Services, principal: Principal, bodies: Sequen
         prefix = prefixes[i] if prefixes is not None else ""
         # The A/B variant is decided before anything is written (and before a result cache looks at the request).
         body, variant = apply_variant(session, svc, principal.client_id, body)
+        body = with_quality_defaults(body)
         resolved = resolve_references(session, svc, principal.client_id, body, prefix, errors)
         if errors:
             continue
         priority = priorities[i] if priorities is not None else body.priority
+        if body.params.quality == "draft":
+            priority = "interactive"  # a draft is someone waiting for a preview: never behind a batch
         seed = body.params.seed if body.params.seed is not None else secrets.randbelow(limits.SEED_MAX + 1)
         built = build_prompt(body, counter, people_in_layout(resolved))
         queue = tasks.QUEUE_PREPARE if resolved.needs_preparing() else tasks.QUEUE_BY_PRIORITY[priority]

@@ -22,7 +22,10 @@ it); ``+ identity x2, masks`` (two people, each tied to their half of the pictur
 scales); ``+ LoRA`` (a random rank-16 LoRA on the attention projections, saved with its adapter metadata and loaded
 through ``LoraSlots``; its load is in the note); ``LoRA switch (resident)`` (a job naming another LoRA already in a
 slot: ``set_adapters``) and ``LoRA hot-swap (new file)`` (a new LoRA file of the same rank replacing the least
-recently used slot when every slot is full), both the slot step alone (``LoraUse.seconds``, median);
+recently used slot when every slot is full), both the slot step alone (``LoraUse.seconds``, median); ``draft`` and
+``draft + identity + style`` (``quality: draft``: a random LoRA in SDXL-Lightning's 4-step layout, rank 64 and alpha
+8 over every linear and convolution of the UNet's blocks, loaded resident as the engine loads it, trailing Euler, 4
+steps, no classifier-free guidance; the second with both adapters' references);
 ``torch.compile`` (``unet.compile`` in place as the engine does, the first call's time reported as compile time),
 the compiled plain call, and ``recompiles`` (the graphs dynamo compiled over a varied sequence of jobs after the
 first: identity on/off, two people with masks, style, LoRA swap and scale, no LoRA, no guidance, two images; torch
@@ -60,6 +63,7 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 PROMPT = "an old stone harbour at dawn, fishing boats, watercolour, soft light"
 GUIDANCE = 7.5  # shared.limits.DEFAULT_GUIDANCE
 LORA_RANK = 16
+DRAFT_RANK, DRAFT_ALPHA = 64, 8  # SDXL-Lightning's 4-step LoRA as published
 GiB = 1024**3
 
 
@@ -398,7 +402,10 @@ def run(ctx: Context) -> None:
         ctx.rows.append(Row("+ LoRA", None, note=f"skipped: the {args.budget_s:.0f} s budget is spent"))
     lora_swaps(ctx, engine, base, loras)
 
-    # 4. torch.compile: in place, as EngineOptions(torch_compile=True) does; the first call is the compile time
+    # 4. Draft quality: the few-step variant on the same warm engine
+    draft_rows(ctx, engine, base, identity, style)
+
+    # 5. torch.compile: in place, as EngineOptions(torch_compile=True) does; the first call is the compile time
     if not args.no_compile:
         compiled(ctx, engine, base, [identity, two, style], loras)
     summary(ctx)
@@ -513,6 +520,34 @@ def summary(ctx: Context) -> None:
     peak = max(peaks) if peaks else None
     ctx.rows.append(Row("peak memory", peak, unit="GiB", peak_gib=peak,
                         note="the largest of the rows (CUDA: max_memory_allocated; CPU: peak RSS)"))
+
+
+def draft_rows(ctx: Context, engine: Any, base: Any, identity: Any, style: Any) -> None:
+    """``draft`` and ``draft + identity + style``: its LoRA loaded resident (random, in SDXL-Lightning's layout, unless
+    the real profile has the file), 4 steps, no guidance, at the run's size."""
+    from worker.pipeline.engine import DRAFT_ADAPTER, load_draft_lora
+    from worker.pipeline.profiles import DRAFT
+    from worker.pipeline.tiny import write_draft_lora
+
+    if ctx.left_s() <= 0:
+        ctx.rows.append(Row("draft", None, note=f"skipped: the {ctx.args.budget_s:.0f} s budget is spent"))
+        return
+    started = time.perf_counter()
+    how = "the profile's file"
+    loaded = {name for names in engine.pipe.get_list_adapters().values() for name in names}
+    if DRAFT_ADAPTER not in loaded:  # random weights, or a real profile without the file
+        folder = Path(tempfile.mkdtemp(prefix="bench-draft-"))
+        write_draft_lora(folder / DRAFT.weight, engine.pipe.unet, seed=0, rank=DRAFT_RANK, alpha=DRAFT_ALPHA)
+        engine.profile = replace(engine.profile, draft_dir=folder)
+        engine.draft_error = load_draft_lora(engine.pipe, engine.profile)
+        how = f"random, rank {DRAFT_RANK}, alpha {DRAFT_ALPHA}"
+    load_s = time.perf_counter() - started
+    drafted = {"steps": DRAFT.steps, "guidance_scale": DRAFT.guidance_scale, "quality": "draft"}
+    note = f"{DRAFT.steps} steps, no CFG, draft LoRA ({how}; loaded in {load_s:.1f} s)"
+    measure(ctx, "draft", lambda: engine.run(replace(base, **drafted)), note)
+    both = replace(identity, style_embeds=style.style_embeds, style_scale=style.style_scale,
+                   content_scale=style.content_scale, **drafted)
+    measure(ctx, "draft + identity + style", lambda: engine.run(both), "as draft, one face and a style reference")
 
 
 # --- Report -------------------------------------------------------------------------------------------------------

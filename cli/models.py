@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -49,7 +50,8 @@ def models_make_tiny_lora(settings: Settings, file: Path, model_dir: Path | None
 @click.pass_obj
 def models_download(settings: Settings, target: Path | None, cache: bool, base_revision: str | None,
                     ip_adapter_revision: str | None, dry_run: bool) -> None:
-    """Fetch the sdxl weights once (about 18 GB), on a host with network. Workers never download."""
+    """Fetch the sdxl weights once (about 18 GB, and the draft LoRA), on a host with network. Workers never
+    download."""
     from worker.pipeline.download import DownloadFailed, download_sdxl, plan
     from worker.pipeline.profiles import ModelsMissing, resolve_profile
 
@@ -76,7 +78,7 @@ def models_download(settings: Settings, target: Path | None, cache: bool, base_r
 @click.pass_obj
 def models_check(settings: Settings) -> None:
     """Say which of the configured profile's files are present and which are missing (exit 1 if any is)."""
-    from worker.pipeline.profiles import locate_profile, missing_files, read_revision, required_files
+    from worker.pipeline.profiles import draft_missing, locate_profile, missing_files, read_revision, required_files
 
     profile = locate_profile(settings.model_profile, settings.effective_model_dir,
                              explicit=settings.model_dir is not None)
@@ -85,6 +87,7 @@ def models_check(settings: Settings) -> None:
     click.echo(f"profile {profile.name} at {where}")
     for path in required_files(profile):
         click.echo(f"  {'missing' if path in missing else 'present'}  {path}")
+    _check_draft(profile, draft_missing(profile))
     if missing:
         raise click.ClickException(f"profile {profile.name} lacks {len(missing)} file(s) at {profile.root}; "
                                    + _fix(profile.name, profile.root))
@@ -103,6 +106,17 @@ def models_sync(settings: Settings, uri: str, target: Path | None) -> None:
     folder = target or settings.effective_model_dir
     downloaded, skipped = sync_from_s3(settings, uri, folder)
     click.echo(f"{folder}: {downloaded} file(s) downloaded, {skipped} already present")
+
+
+def _check_draft(profile: Any, missing: str | None) -> None:
+    """The draft variant's LoRA (optional: without it final jobs run and draft jobs fail ``setup_failed``)."""
+    shown = missing or profile.draft_file
+    if profile.draft_file.is_relative_to(profile.root):
+        shown = profile.draft_file.relative_to(profile.root).as_posix()
+    click.echo(f"  {'missing' if missing else 'present'}  {shown}  (quality: draft; optional)")
+    if missing:
+        click.echo(f"draft quality unavailable: draft jobs fail setup_failed until {missing} is there; "
+                   + _fix(profile.name, profile.root))
 
 
 def _sdxl_dir(settings: Settings) -> Path:

@@ -3,10 +3,12 @@
 **Key.** sha256 over canonical JSON (sorted keys, floats as floats, ``KEY_VERSION`` first) of everything that
 determines the images: the client (a key never crosses clients), the model profile, the prompt actually used (after
 ``api.prompts``), the negative prompt, every param (seed, size, steps, guidance, number and format of images,
-adapter and LoRA scales), the A/B variant and experiment (the key is computed after ``apply_variant``), each subject
-reference's image sha256 in order with the face crop the identity adapter sees of it (``shared.faces.crop_tag``: the
-crop rule, the detector and the box) and the regions the people are masked to (``shared.regions``: the columns when
-none are given), the style reference's sha256, and the LoRA as ``name@version`` with its file's sha256 (a bare name
+adapter and LoRA scales; the quality when it is ``draft``, so draft and final are cached apart and final keys are
+those made before qualities), the A/B variant and experiment (the key is computed after ``apply_variant``), each
+subject reference's image sha256 in order with the face crop the identity adapter sees of it
+(``shared.faces.crop_tag``: the crop rule, the detector and the box) and the regions the people are masked to
+(``shared.regions``: the columns when none are given),
+the style reference's sha256, and the LoRA as ``name@version`` with its file's sha256 (a bare name
 is resolved to its active version at submit, and the job is pinned to that version). Not in it, because they do not
 change the pixels: ``user_id`` (images of one client are shared between its users), ``metadata``, ``webhook_url``,
 ``cancel_after``, ``priority`` (and so the queue), ``on_subject_error`` (stored subjects never fail at submit),
@@ -89,7 +91,9 @@ def key_document(client_id: str, profile: str, request: StoredRequest, prompt_us
         raise ValueError("a request with a reference given by URL has no key")
     # The style is replaced by the resolved version and its file's sha256 below. Floats are floats (the model's
     # types): 7 and 7.0 are one guidance scale.
-    params = request.params.model_dump(mode="json", exclude={"style_lora"})
+    # ``quality`` is in a draft's params only, so final keys stay those made before qualities existed.
+    final = request.params.quality == "final"
+    params = request.params.model_dump(mode="json", exclude={"style_lora", "quality"} if final else {"style_lora"})
     return {
         "v": KEY_VERSION,
         "client": client_id,

@@ -23,6 +23,8 @@ from shared import limits
 CONTROL: Final = "a"
 TREATMENT: Final = "b"
 OVERRIDABLE: Final = ("steps", "guidance_scale", "style_lora", "lora_scale")
+# Not applied to a draft (``quality: draft``), which runs its few-step variant's own steps without guidance.
+FINAL_ONLY: Final = ("steps", "guidance_scale")
 
 
 class Experiment(BaseModel):

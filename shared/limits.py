@@ -55,6 +55,12 @@ DEFAULT_IDENTITY_SCALE: Final = 0.6
 DEFAULT_STYLE_SCALE: Final = 0.8
 DEFAULT_CONTENT_SCALE: Final = 0.0  # InstantStyle's "style only": a reference's layout is opt-in
 DEFAULT_LORA_SCALE: Final = 0.8
+# ``quality: draft`` (the profiles' few-step variant, ``worker.pipeline.profiles.DRAFT``: SDXL-Lightning's 4-step
+# LoRA, no classifier-free guidance): the steps and guidance a draft runs with when the request gives none.
+QUALITIES: Final = ("final", "draft")
+DEFAULT_QUALITY: Final = "final"
+DEFAULT_DRAFT_STEPS: Final = 4
+DEFAULT_DRAFT_GUIDANCE: Final = 0.0
 
 # Fetching references by URL (the safe fetcher, shared.fetch).
 FETCH_MAX_REDIRECTS: Final = 3

@@ -430,6 +430,7 @@ class GenerationMetric(Base):
     variant: Mapped[str | None] = mapped_column(String(16))  # the A/B variant the job ran with (request "variant")
     regions: Mapped[int | None] = mapped_column(Integer)  # people tied to a region by a mask (0: none masked)
     faces_found: Mapped[int | None] = mapped_column(Integer)  # identity references whose face was found and cropped
+    quality: Mapped[str | None] = mapped_column(String(16))  # final or draft (request params.quality); null: final
 
 
 class Feedback(Base):
@@ -452,6 +453,7 @@ class Feedback(Base):
     comment: Mapped[str | None] = mapped_column(Text)
     profile: Mapped[str | None] = mapped_column(String(32))
     variant: Mapped[str | None] = mapped_column(String(16))
+    quality: Mapped[str | None] = mapped_column(String(16))  # final or draft; null: final
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=utcnow())
 
 

@@ -108,8 +108,11 @@ class Params(Strict):
     height: int = Field(
         limits.DEFAULT_HEIGHT, ge=limits.HEIGHT_MIN, le=limits.HEIGHT_MAX, multiple_of=limits.SIZE_MULTIPLE
     )
-    steps: int = Field(limits.DEFAULT_STEPS, ge=limits.STEPS_MIN, le=limits.STEPS_MAX)
-    guidance_scale: float = Field(limits.DEFAULT_GUIDANCE, ge=limits.GUIDANCE_MIN, le=limits.GUIDANCE_MAX)
+    steps: int = Field(limits.DEFAULT_STEPS, ge=limits.STEPS_MIN, le=limits.STEPS_MAX,
+                       description=f"Default {limits.DEFAULT_STEPS}; {limits.DEFAULT_DRAFT_STEPS} for a draft.")
+    guidance_scale: float = Field(limits.DEFAULT_GUIDANCE, ge=limits.GUIDANCE_MIN, le=limits.GUIDANCE_MAX,
+                                  description=f"Default {limits.DEFAULT_GUIDANCE}; {limits.DEFAULT_DRAFT_GUIDANCE} "
+                                              "(no classifier-free guidance) for a draft.")
     seed: int | None = Field(None, ge=0, le=limits.SEED_MAX, description="Image i uses seed + i; drawn if absent.")
     num_images: int = Field(1, ge=limits.NUM_IMAGES_MIN, le=limits.NUM_IMAGES_MAX)
     identity_scale: float = Field(limits.DEFAULT_IDENTITY_SCALE, ge=0, le=limits.ADAPTER_SCALE_MAX)
@@ -118,6 +121,18 @@ class Params(Strict):
     style_lora: Annotated[str, StringConstraints(max_length=limits.NAME_MAX_CHARS + 12)] | None = None
     lora_scale: float = Field(limits.DEFAULT_LORA_SCALE, ge=0, le=limits.LORA_SCALE_MAX)
     output_format: Literal["png", "jpeg", "webp"] = "png"
+    quality: Literal["final", "draft"] = Field(
+        "final", description="draft: the model's few-step variant (a distilled LoRA and its scheduler, no "
+                             "classifier-free guidance) for a quick preview with the same seed, people and style; "
+                             "steps and guidance_scale default to its own. Draft and final are cached apart.")
+
+    def for_quality(self) -> Params:
+        """The params with the draft variant's steps and guidance where the request gave none (final: as they are)."""
+        if self.quality != "draft":
+            return self
+        given = self.model_fields_set
+        defaults = {"steps": limits.DEFAULT_DRAFT_STEPS, "guidance_scale": limits.DEFAULT_DRAFT_GUIDANCE}
+        return self.model_copy(update={name: value for name, value in defaults.items() if name not in given})
 
 
 class IllustrationRequest(Strict):
@@ -530,6 +545,7 @@ class FeedbackSummary(Out):
 class QualityGroup(Out):
     profile: str = Field(description="Model profile (`none`: jobs that ended before reaching a worker).")
     variant: str
+    quality: str = Field(description="final or draft (`quality` of the request).")
     jobs: int = Field(description="Jobs finished in the range.")
     succeeded: int
     failed: int

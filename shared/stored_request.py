@@ -9,7 +9,8 @@ and use attributes.
 **Compatibility.** The JSON shape is the one the API has written since the first release (``tests/shared/
 test_stored_request.py`` keeps a literal row of it), so every row already stored reads, without a migration. Keys
 added since default when a row lacks them (``variant``, ``resolved.style_lora``, a person's ``face``/``face_count``/
-``detector`` and ``region``: a row without a detector goes through the preparation step, which looks); the optional
+``detector`` and ``region``: a row without a detector goes through the preparation step, which looks;
+``params.quality``: final); the optional
 labels
 (``experiment``, ``batch_index``, ``retry_of``) and a stored reference's subject fields are left out when empty,
 as the API always did. Keys this version does not know are kept (``extra="allow"``): nothing reads them, but a row
@@ -39,6 +40,10 @@ from shared.styles import StyleRef
 
 def _absent(value: object) -> bool:
     return value is None
+
+
+def _final(value: object) -> bool:
+    return value == limits.DEFAULT_QUALITY
 
 
 class Stored(BaseModel):
@@ -133,6 +138,8 @@ class StoredParams(Stored):
     style_lora: str | None = None  # as asked; ``Resolved.style_lora`` is what runs
     lora_scale: float = limits.DEFAULT_LORA_SCALE
     output_format: Literal["png", "jpeg", "webp"] = "png"
+    # Written for a draft only: a final row reads and writes back as rows did before qualities (SQL coalesces).
+    quality: Literal["final", "draft"] = Field(limits.DEFAULT_QUALITY, exclude_if=_final)
 
 
 # --- the two views ----------------------------------------------------------------------------------------------

@@ -170,6 +170,7 @@ class Attempt:
             "variant": job.variant,
             "regions": self.regions,
             "faces_found": self.faces_found if self.regions is not None else None,
+            "quality": stored.params.quality if stored is not None else None,
         }
 
     def _record(self, session: Session, outcome: str, error_code: str | None = None) -> None:

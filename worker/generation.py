@@ -170,6 +170,7 @@ def _request(runtime: Runtime, job: JobInput, attempt: Attempt) -> GenerationReq
         style_scale=params.style_scale,
         content_scale=params.content_scale,
         lora=_lora_request(runtime, job),
+        quality=params.quality,
     )
 
 
@@ -180,6 +181,8 @@ def _generate(runtime: Runtime, attempt: Attempt) -> GenerationResult:
     if job.style_error is not None:
         raise JobFailure(ErrorCode.STYLE_NOT_FOUND, job.style_error)
     engine = runtime.engine()
+    if job.request.params.quality == "draft" and engine.draft_error is not None:
+        raise SetupFailed(engine.draft_error)  # before any reference is read: this worker cannot make drafts
     started = time.monotonic()
     request = _request(runtime, job, attempt)
     references_s = time.monotonic() - started
@@ -248,6 +251,9 @@ def _model_info(runtime: Runtime, job: JobInput) -> dict[str, Any]:
         "dtype": str(engine.dtype).removeprefix("torch."),
         "style_lora": job.style.label if job.style else None,
         "variant": job.variant,
+        "quality": job.request.params.quality,
+        **({"draft_lora": engine.profile.draft.weight.removesuffix(".safetensors")}
+           if job.request.params.quality == "draft" else {}),
     }
 
 
@@ -264,7 +270,7 @@ def _not_busy_after(runtime: Runtime) -> Iterator[None]:
 
 def run_generation(job_id: str, runtime: Runtime) -> str:
     """Run one job to its end (or give it back); returns what happened, for the worker log."""
-    from worker.pipeline.engine import Interrupted
+    from worker.pipeline.engine import Interrupted, VariantUnavailable
 
     # 1. Claim and read the row in one transaction: only a queued job runs; a re-delivery is dropped here.
     with runtime.db.begin() as session:
@@ -285,7 +291,7 @@ def run_generation(job_id: str, runtime: Runtime) -> str:
             return attempt.succeed(stored, _model_info(runtime, job), store_started=store_started)
         except Interrupted:  # canceled, lost, or the worker is shutting down
             return attempt.stopped()
-        except SetupFailed as exc:
+        except (SetupFailed, VariantUnavailable) as exc:
             return attempt.fail(ErrorCode.SETUP_FAILED, str(exc))
         except SoftTimeLimitExceeded:
             limit = runtime.settings.task_soft_time_limit_s

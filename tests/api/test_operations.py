@@ -148,7 +148,8 @@ def test_quality_needs_ops_and_a_valid_range(client: FlaskClient, auth: dict[str
     body: Any = response.json
     assert body["range"] == "24h"
     assert body["since"] < body["until"]
-    tiny = next(group for group in body["groups"] if (group["profile"], group["variant"]) == ("tiny", "a"))
+    tiny = next(group for group in body["groups"]
+                if (group["profile"], group["variant"], group["quality"]) == ("tiny", "a", "final"))
     assert tiny["succeeded"] >= 1
     assert tiny["failed"] >= 1
     assert tiny["failures"].get("out_of_memory", 0) >= 1

@@ -16,7 +16,8 @@ import pytest
 from tests.helpers import ROOT
 
 ROWS = ("load / build", "plain", "+ identity adapter", "+ identity x2, masks", "+ style adapter", "+ LoRA",
-        "LoRA switch (resident)", "LoRA hot-swap (new file)", "images/hour", "peak memory", "total wall")
+        "LoRA switch (resident)", "LoRA hot-swap (new file)", "draft", "draft + identity + style",
+        "images/hour", "peak memory", "total wall")
 COMPILE_ROWS = ("torch.compile (first call)", "+ torch.compile", "recompiles")
 UNITS = {"images/hour": "images/h", "peak memory": "GiB", "recompiles": "graphs"}
 

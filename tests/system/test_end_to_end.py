@@ -89,6 +89,15 @@ def test_http_to_worker_to_s3_on_postgresql(fresh_pg_url: str, system_broker_url
             "user_id": "u-42", "prompt": "the same street in winter", "params": {"width": 64, "height": 64,
                                                                                  "steps": 2}})
         assert wait_terminal(base, headers, second.json()["id"])["status"] == "succeeded"
+        # A draft of the first request, on the same warm pipeline: its 4 steps, answered inside the POST.
+        draft = requests.post(f"{base}/v1/illustrations", headers={**headers, "Prefer": "wait=30"}, timeout=40, json={
+            "user_id": "u-42", "prompt": "grandma teaching me to ride a bike",
+            "subjects": [{"subject_id": subject.json()["id"]}],
+            "params": {"width": 64, "height": 96, "num_images": 2, "seed": 11, "quality": "draft"}})
+        assert draft.status_code == 200, draft.text
+        assert draft.json()["status"] == "succeeded", draft.json()
+        assert (draft.json()["model"]["quality"], draft.json()["progress"]) == ("draft", {"step": 4, "total": 4})
+        assert draft.json()["images"][0]["sha256"] not in {image["sha256"] for image in job["images"]}
         loads = [line for line in worker.log().splitlines() if "pipeline tiny loaded" in line]
         assert len(loads) == 1, loads
         assert "ForkPoolWorker" in loads[0]

@@ -124,28 +124,37 @@ def expected_inside(engine: Engine, region: Region, grid: tuple[int, int], width
 
 
 # --- at the attention level ----------------------------------------------------------------------------------------
+# A draft (``quality: draft``): its few-step LoRA and scheduler, 4 steps, no classifier-free guidance.
+DRAFT: dict[str, Any] = {"quality": "draft", "steps": 4, "guidance_scale": 0.0}
+
+
 @pytest.mark.parametrize("regions", [
     pytest.param(tuple(columns(2)), id="two-columns"),
     pytest.param(((0.0, 0.0, 0.5, 1.0), (0.5, 0.0, 1.0, 0.5), (0.25, 0.5, 1.0, 1.0)), id="three-overlapping"),
 ])
+@pytest.mark.parametrize("quality", ["final", "draft"])
 def test_each_person_adds_nothing_outside_their_region_and_something_inside(
-    engine: Engine, regions: tuple[Region, ...]
+    engine: Engine, regions: tuple[Region, ...], quality: str
 ) -> None:
     people = len(regions)
+    changes = DRAFT if quality == "draft" else {}
     probes, restore = probing(engine, people)
     try:
-        engine.generate(request(identity_images=tuple(PHOTOS[:people]), identity_regions=regions, num_images=2))
+        engine.generate(request(identity_images=tuple(PHOTOS[:people]), identity_regions=regions, num_images=2,
+                                **changes))
     finally:
         restore()
     calls = [per_person for probe in probes for per_person in probe.measured]
-    # Every identity layer, every step, both halves of classifier-free guidance, two images: batch 4.
-    assert len(calls) == len(probes) * BASE["steps"] and calls
+    # Every identity layer, every step, both halves of classifier-free guidance, two images: batch 4. A draft has
+    # no guidance: batch 2 (the images alone), and its own steps.
+    steps, batch = (DRAFT["steps"], 2) if quality == "draft" else (BASE["steps"], 4)
+    assert len(calls) == len(probes) * steps and calls
     assert {measured.grid for per_person in calls for measured in per_person} == {(8, 8), (4, 4)}
     outside_max, inside_min = 0.0, float("inf")
     for per_person in calls:
         for person, measured in enumerate(per_person):
             inside = expected_inside(engine, regions[person], measured.grid, SIZE, SIZE)
-            assert measured.contribution.shape[0] == 4
+            assert measured.contribution.shape[0] == batch
             outside_max = max(outside_max, float(measured.contribution[:, ~inside].max()))
             inside_min = min(inside_min, float(measured.contribution[:, inside].mean()))
     assert outside_max == 0.0  # exactly: not one position outside a person's region gets anything of them

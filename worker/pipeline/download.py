@@ -2,8 +2,9 @@
 
 Each repository of ``profiles.REPOSITORIES`` is resolved to a commit first (``HfApi.model_info``), then exactly its
 listed files are fetched at that commit with ``huggingface_hub.snapshot_download(allow_patterns=...)``: about 18 GB
-(the fp32 SDXL UNet and text encoders, the ViT-H image encoder and two adapters). Downloads resume where they
-stopped. Two destinations:
+(the fp32 SDXL UNet and text encoders, the ViT-H image encoder and two adapters), then the draft variant's LoRA
+(``profiles.DRAFT_REPOSITORY``, SDXL-Lightning's 4-step LoRA, about 0.4 GB) the same way. Downloads resume where
+they stopped. Two destinations:
 
 - a folder (default: the configured model folder): ``<dir>/base`` and ``<dir>/ip-adapter`` with ``local_dir=``,
   then ``MODEL_REVISION`` written last, so a folder with that file is complete;
@@ -20,10 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from worker.pipeline.profiles import (
+    DRAFT_REPOSITORY,
     REPOSITORIES,
     REVISION_FILE,
     ModelProfile,
     ModelsMissing,
+    draft_missing,
     missing_files,
     resolve_profile,
     sdxl_from_hf_cache,
@@ -44,7 +47,7 @@ def plan(profile: ModelProfile) -> list[PlannedFile]:
     """What a download fetches, and where each file lands."""
     return [
         PlannedFile(repo.repo_id, rel, f"{repo.folder}/{rel}")
-        for repo in REPOSITORIES
+        for repo in (*REPOSITORIES, DRAFT_REPOSITORY)
         for rel in repo.files
     ]
 
@@ -67,7 +70,7 @@ def download_sdxl(target: Path | None, *, revisions: dict[str, str] | None = Non
         raise ValueError("workers look up the Hugging Face cache at `main`: pin revisions with a folder instead")
     api = HfApi()
     commits: dict[str, str] = {}
-    for repo in REPOSITORIES:
+    for repo in (*REPOSITORIES, DRAFT_REPOSITORY):  # the draft LoRA last: the others are what final jobs need
         wanted = (revisions or {}).get(repo.repo_id, "main")
         try:
             if target is None:
@@ -89,13 +92,15 @@ def download_sdxl(target: Path | None, *, revisions: dict[str, str] | None = Non
             raise DownloadFailed(f"{repo.repo_id}@{wanted} could not be fetched ({type(exc).__name__})") from exc
     if target is None:
         found = sdxl_from_hf_cache(Path("."), cache_dir)
-        if found is None or missing_files(found):
+        if found is None or missing_files(found) or draft_missing(found):
             raise DownloadFailed("the Hugging Face cache does not hold a complete snapshot after downloading it")
         return found
     profile = resolve_profile("sdxl", target)
-    missing = missing_files(profile)
+    missing = missing_files(profile) + [path for path in [draft_missing(profile)] if path]
     if missing:
         raise ModelsMissing(profile, missing)
     sources = " ".join(f"{repo_id}@{sha}" for repo_id, sha in commits.items())
+    # The revision names the base and adapter commits only (what final images depend on); the draft LoRA's commit
+    # is listed with the sources.
     (target / REVISION_FILE).write_text(f"{sdxl_revision(commits)}\n{sources}\n", encoding="utf-8")
     return resolve_profile("sdxl", target)

@@ -15,6 +15,14 @@ with ``identity_regions`` each person's tokens are tied to their region by an at
 never blend; ``identity_inputs`` builds both, and can pad to a fixed number of people with zero masks. Without
 regions (one person, the whole picture) the call is exactly the one made before masks existed.
 
+Quality: a ``draft`` job runs the profile's few-step variant (``profiles.DraftVariant``): its distillation LoRA,
+loaded once at warm-up as the adapter ``draft`` and kept resident beside the style slots (a style LoRA and the draft
+LoRA are active together, each at its own weight), its scheduler (built once from the base scheduler's config) and
+its step count, without classifier-free guidance (guidance <= 1: one UNet batch per step, and the adapters' image
+embeddings without a negative half). A ``final`` job deactivates the draft adapter and takes the base scheduler back:
+switching costs a ``set_adapters`` and an attribute, never a load. A profile without the draft file loads and runs
+final jobs; its draft jobs raise ``VariantUnavailable`` naming the file.
+
 ``run`` does one job and says where its time went; ``generate`` returns only the images.
 
 Compiled (``EngineOptions.torch_compile``): the UNet is compiled once per size bucket and every job keeps the graph
@@ -30,10 +38,12 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+import diffusers
 import PIL.Image
 import torch
 from diffusers import StableDiffusionXLPipeline
@@ -41,9 +51,9 @@ from diffusers.models.embeddings import ImageProjection
 from transformers import CLIPVisionModelWithProjection
 
 from shared.regions import Region
-from worker.pipeline.lora import HotswapSlot, LoraRequest, LoraSlots, LoraUse
+from worker.pipeline.lora import LOAD_ERRORS, HotswapSlot, LoraRequest, LoraSlots, LoraUse
 from worker.pipeline.masks import MaskGrid, identity_masks
-from worker.pipeline.profiles import ModelProfile, ModelsMissing, missing_files, read_revision
+from worker.pipeline.profiles import ModelProfile, ModelsMissing, draft_missing, missing_files, read_revision
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +68,9 @@ MAX_SEED = 2**63 - 1
 
 ScaleConfig = float | dict[str, Any]
 StepCallback = Callable[[int, int], bool]
+Quality = Literal["final", "draft"]
+QUALITIES: tuple[Quality, ...] = ("final", "draft")
+DRAFT_ADAPTER = "draft"  # the draft LoRA's adapter name (the style slots are ``slot0``...)
 
 
 @dataclass(frozen=True)
@@ -96,6 +109,7 @@ class GenerationRequest:
     # One region per identity photo (fractions, ``shared.regions``): each person's tokens reach only their region.
     # Empty: no masks (one person has the whole picture; several would share it, their tokens concatenated).
     identity_regions: tuple[Region, ...] = ()
+    quality: Quality = "final"  # draft: the profile's few-step variant (its LoRA and scheduler; see the docstring)
 
     @property
     def identity_count(self) -> int:
@@ -138,6 +152,11 @@ class Fixed:
     masks: list[torch.Tensor]  # identity (1, 4, h, w) and style (1, 1, h, w), each job's scale in their values
     scales: list[ScaleConfig]  # constants, except a content_scale above 0 (a graph per content/style ratio)
     guidance_scale: float  # at least 1
+
+
+class VariantUnavailable(Exception):
+    """The job's quality cannot run on this engine (the draft LoRA is missing or did not load); the message names
+    the file and the fix. Other qualities run."""
 
 
 def style_scale_dict(style_scale: float, content_scale: float) -> dict[str, Any]:
@@ -188,6 +207,8 @@ def _check_request(req: GenerationRequest) -> None:
             raise ValueError(f"`{name}` must be between {MIN_SIDE} and {MAX_SIDE}, got {side}")
         if side % 8:
             raise ValueError(f"`{name}` must be a multiple of 8, got {side}")
+    if req.quality not in QUALITIES:
+        raise ValueError(f"`quality` must be one of {', '.join(QUALITIES)}, got {req.quality!r}")
     if not 1 <= req.steps <= MAX_STEPS:
         raise ValueError(f"`steps` must be between 1 and {MAX_STEPS}, got {req.steps}")
     if not 1 <= req.num_images <= MAX_IMAGES:
@@ -239,6 +260,32 @@ def _resolve_device(device: str) -> tuple[str, torch.dtype]:
     return device, torch.float32
 
 
+def load_draft_lora(pipe: Any, profile: ModelProfile) -> str | None:
+    """Load the profile's draft LoRA as the adapter ``draft``, inactive; return why not when it cannot be (the
+    engine still loads: final jobs do not need it)."""
+    missing = draft_missing(profile)
+    if missing is not None:
+        return (f"draft quality needs {missing} (model profile {profile.name!r} at {profile.root}); run "
+                f"`illustrations models {'make-tiny' if profile.name == 'tiny' else 'download'}`")
+    path = profile.draft_file
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute", category=UserWarning)
+            pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=DRAFT_ADAPTER,
+                                   use_safetensors=True, local_files_only=True)
+    except LOAD_ERRORS as exc:
+        logger.error("the draft LoRA %s could not be loaded (%s)", path.name, type(exc).__name__)
+        return f"the draft LoRA {path.name} could not be loaded ({type(exc).__name__}); see the worker log"
+    pipe.disable_lora()  # loading activated it; each job says which adapters it uses
+    return None
+
+
+def draft_scheduler(scheduler: Any, profile: ModelProfile) -> Any:
+    """The draft variant's scheduler, built from the base scheduler's config as the model card says (no disk)."""
+    variant = profile.draft
+    return getattr(diffusers, variant.scheduler).from_config(scheduler.config, **dict(variant.scheduler_config))
+
+
 class Engine:
     """A loaded pipeline; build it with ``Engine.load`` and call ``generate`` per job."""
 
@@ -251,6 +298,7 @@ class Engine:
         revision: str,
         load_seconds: float,
         options: EngineOptions | None = None,
+        draft_error: str | None = "the draft LoRA was not loaded (Engine.load loads it)",
     ) -> None:
         self.pipe = pipe  # diffusers registers components dynamically: typed as Any
         self.profile = profile
@@ -270,6 +318,10 @@ class Engine:
         self._hidden_states = [not isinstance(layer, ImageProjection) for layer in layers]
         self._negatives = [self._negative(hidden) for hidden in self._hidden_states]
         self.mask_grid = MaskGrid.of(pipe.unet, pipe.vae_scale_factor)
+        # Draft: None when its LoRA is resident, else why not (what a draft job fails with).
+        self.draft_error = draft_error
+        self.schedulers: dict[Quality, Any] = {"final": pipe.scheduler,
+                                               "draft": draft_scheduler(pipe.scheduler, profile)}
 
     @classmethod
     def load(
@@ -301,11 +353,20 @@ class Engine:
         pipe.to(device)
         pipe.set_progress_bar_config(disable=True)  # progress goes through on_step, not tqdm on stderr
         validate_scale_dict(pipe.unet, style_scale_dict(1.0, 1.0))  # a UNet without SDXL's blocks fails at setup
+        if options.torch_compile:
+            # A compiled UNet holds one LoRA slot prepared for hot-swapping (its graph never changes); a second,
+            # resident adapter would change the graph at every draft/final switch. Drafts run on uncompiled workers.
+            draft_error: str | None = (
+                "draft quality is not run by a compiled worker (ILLUSTRATIONS_TORCH_COMPILE is on); "
+                "serve drafts from a worker without it"
+            )
+        else:
+            draft_error = load_draft_lora(pipe, profile)  # a LoRA load adds layers: before anything else
         if options.vae_tiling:
             pipe.vae.enable_tiling()
         if options.vae_slicing:
             pipe.vae.enable_slicing()
-        engine = cls(pipe, profile, device, dtype, read_revision(profile), 0.0, options)  # the LoRA slot first
+        engine = cls(pipe, profile, device, dtype, read_revision(profile), 0.0, options, draft_error)  # LoRA slot first
         if options.torch_compile:
             # In place (nn.Module.compile), so LoRA and IP-Adapter loaders still see the UNet's own modules; one
             # static graph per size (dynamic=False), never a dynamic one that would serve all sizes more slowly.
@@ -459,11 +520,22 @@ class Engine:
 
         # 2. The LoRA style: its slot active at the job's scale, or every LoRA layer bypassed. Outside inference
         #    mode: weights loaded under it would be inference tensors that a later in-place hot-swap cannot update.
-        lora_use = self.loras.activate(req.lora) if req.lora is not None else None
+        #    The quality's resident adapters (the draft LoRA) are active beside it; its scheduler is set.
+        resident = self.use_quality(req.quality)
+        lora_use = self.loras.activate(req.lora, also=resident) if req.lora is not None else None
         if req.lora is None:
-            self.loras.disable()
+            self.loras.only(resident)
         with torch.inference_mode():
             return self._denoise(req, style, started, lora_use, on_step)
+
+    def use_quality(self, quality: Quality) -> Mapping[str, float]:
+        """Set ``quality``'s scheduler and return the resident adapters it runs with (name -> weight); raise
+        ``VariantUnavailable`` when it cannot run here."""
+        if quality == "draft" and self.draft_error is not None:
+            raise VariantUnavailable(self.draft_error)
+        if self.pipe.scheduler is not self.schedulers[quality]:
+            self.pipe.scheduler = self.schedulers[quality]  # a registered component: diffusers updates its config
+        return {DRAFT_ADAPTER: 1.0} if quality == "draft" else {}
 
     def _denoise(
         self,

@@ -2,11 +2,13 @@
 for a compiled UNet, one hot-swap slot instead (``HotswapSlot``, at the end).
 
 A job with a style activates its LoRA's slot with ``set_adapters([slot], [scale])`` (~10 ms); a job without one
-disables every LoRA layer, so no style reaches another job's image. A LoRA that is not resident replaces the least
-recently used slot: in place (``hotswap=True``, ~60 ms instead of a ~0.4 s fresh load, and no recompilation of a
-compiled UNet) when it has the same rank, alpha and target layers as the slot's current one, because PEFT keeps the
-slot's original rank and alpha for scaling after a swap; otherwise the slot's adapter is deleted and the new one
-loaded fresh. Slots are keyed by the file's sha256, so the same weights under two names share one slot.
+disables every LoRA layer, so no style reaches another job's image. Adapters outside the slots that stay resident
+(the draft LoRA of ``quality: draft``) are named per job (``also``, ``only``), active beside the style at their own
+weights. A LoRA that is not resident replaces the least recently used slot: in place (``hotswap=True``, ~60 ms
+instead of a ~0.4 s fresh load, and no recompilation of a compiled UNet) when it has the same rank, alpha and
+target layers as the slot's current one, because PEFT keeps the slot's original rank and alpha for scaling after a
+swap; otherwise the slot's adapter is deleted and the new one loaded fresh. Slots are keyed by the file's sha256,
+so the same weights under two names share one slot.
 
 Files are loaded with ``use_safetensors=True``: diffusers would otherwise fall back to ``torch.load`` (pickle) for a
 file that is not valid safetensors. The adapter metadata diffusers reads from the header becomes PEFT's
@@ -25,7 +27,7 @@ import re
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,13 +83,15 @@ class LoraSlots:
         self.slots = [Slot(adapter=f"slot{i}") for i in range(capacity)]
         self._clock = 0
         self._enabled = False
+        self._active: dict[str, float] | None = None  # what ``only`` set last (None: a slot was activated since)
 
     def resident(self) -> dict[str, str]:
         """sha256 -> adapter name of every loaded LoRA."""
         return {slot.key: slot.adapter for slot in self.slots if slot.key is not None}
 
-    def activate(self, request: LoraRequest) -> LoraUse:
-        """Make ``request``'s LoRA the only active adapter, at its scale; load it into a slot if needed."""
+    def activate(self, request: LoraRequest, also: Mapping[str, float] | None = None) -> LoraUse:
+        """Make ``request``'s LoRA the only active slot, at its scale, with the resident adapters ``also`` (name ->
+        weight) beside it; load it into a slot if needed."""
         started = time.perf_counter()
         self._clock += 1
         slot = next((s for s in self.slots if s.key == request.key), None)
@@ -100,7 +104,9 @@ class LoraSlots:
         if not self._enabled or not resident:  # a fresh load may have added layers in the disabled state
             self.pipe.enable_lora()
             self._enabled = True
-        self.pipe.set_adapters([slot.adapter], adapter_weights=[request.scale])
+        also = dict(also or {})
+        self.pipe.set_adapters([slot.adapter, *also], adapter_weights=[request.scale, *also.values()])
+        self._active = None
         return LoraUse(slot.adapter, resident, hotswapped, time.perf_counter() - started)
 
     def disable(self) -> None:
@@ -108,6 +114,21 @@ class LoraSlots:
         if self._enabled:
             self.pipe.disable_lora()
             self._enabled = False
+
+    def only(self, adapters: Mapping[str, float]) -> None:
+        """No style for this job: only the resident adapters ``adapters`` (name -> weight) active, every other LoRA
+        layer bypassed; none: ``disable``. Unchanged since the last job: nothing is set."""
+        if not adapters:
+            self.disable()
+            return
+        wanted = dict(adapters)
+        if self._enabled and self._active == wanted:
+            return
+        if not self._enabled:
+            self.pipe.enable_lora()
+            self._enabled = True
+        self.pipe.set_adapters(list(wanted), adapter_weights=list(wanted.values()))
+        self._active = wanted
 
     def _load(self, slot: Slot, request: LoraRequest) -> bool:
         """Put the LoRA into ``slot``; True when it was hot-swapped in place.
@@ -156,6 +177,9 @@ class LoraSlots:
         with warnings.catch_warnings():
             # PEFT warns when a model gets a second adapter: several resident adapters are the point of the slots.
             warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute", category=UserWarning)
+            # A failed load deletes its half-made adapter, and PEFT makes a resident one active (see ``_empty``).
+            warnings.filterwarnings("ignore", message="Adapter .* was active which is now deleted",
+                                    category=UserWarning)
             self.pipe.load_lora_weights(
                 folder,
                 weight_name=WEIGHT_NAME,
@@ -171,8 +195,13 @@ class LoraSlots:
 
     def _empty(self, slot: Slot) -> None:
         if slot.adapter in self._loaded_adapters():
-            self.pipe.delete_adapters(slot.adapter)
-        slot.key, slot.info = None, None
+            with warnings.catch_warnings():
+                # PEFT then makes a resident adapter (the draft LoRA) active in the slot's layers; every job sets
+                # its adapters before it runs (``activate``, ``only``).
+                warnings.filterwarnings("ignore", message="Adapter .* was active which is now deleted",
+                                        category=UserWarning)
+                self.pipe.delete_adapters(slot.adapter)
+        slot.key, slot.info, self._active = None, None, None
         if not self._loaded_adapters():
             self._enabled = False
 
@@ -223,6 +252,11 @@ HOTSWAP_ADAPTER = "style"
 PREPARED_LAYERS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out")
 
 
+def _no_resident_adapters(adapters: Mapping[str, float] | None) -> None:
+    if adapters:  # Engine.load never loads the draft LoRA into a compiled engine; a draft job fails before this
+        raise ValueError(f"a compiled worker holds no resident adapters ({', '.join(adapters)})")
+
+
 class HotswapSlot:
     """The LoRA of a compiled UNet: one adapter, prepared once (``enable_lora_hotswap(target_rank)`` and a zero LoRA
     of that rank on every prepared layer, before the UNet is compiled), into which each style is hot-swapped. Its
@@ -246,7 +280,8 @@ class HotswapSlot:
     def resident(self) -> dict[str, str]:
         return {self.key: HOTSWAP_ADAPTER} if self.key is not None else {}
 
-    def activate(self, request: LoraRequest) -> LoraUse:
+    def activate(self, request: LoraRequest, also: Mapping[str, float] | None = None) -> LoraUse:
+        _no_resident_adapters(also)
         started = time.perf_counter()
         resident = request.key == self.key
         if not resident:
@@ -257,6 +292,12 @@ class HotswapSlot:
     def disable(self) -> None:
         """No LoRA: the slot's scale is 0 (its weights stay; nothing of them reaches the image)."""
         self._scale(0.0)
+
+    def only(self, adapters: Mapping[str, float]) -> None:
+        """No style for this job (``LoraSlots.only``): the slot at scale 0; a compiled worker has no resident
+        adapters."""
+        _no_resident_adapters(adapters)
+        self.disable()
 
     def _swap(self, request: LoraRequest) -> None:
         def write(path: Path) -> None:

@@ -4,6 +4,7 @@ Both profiles share one folder layout, so one loading path serves them::
 
     ROOT/base/                 a diffusers StableDiffusionXLPipeline folder (stabilityai/stable-diffusion-xl-base-1.0)
     ROOT/ip-adapter/           an h94/IP-Adapter folder: models/image_encoder and sdxl_models/*.safetensors
+    ROOT/draft/                optional: the few-step distillation LoRA of ``quality: draft`` (``DRAFT``)
     ROOT/MODEL_REVISION        optional: one line naming the weights (written by `make_tiny` and the downloader)
 
 ``sdxl`` may instead be found in the Hugging Face cache (``HF_HUB_CACHE``), as ``huggingface-cli download`` or
@@ -75,6 +76,37 @@ REPOSITORIES = (
     Repository("stabilityai/stable-diffusion-xl-base-1.0", "base", BASE_FILES),
     Repository("h94/IP-Adapter", "ip-adapter", IP_ADAPTER_FILES),
 )
+
+
+@dataclass(frozen=True)
+class DraftVariant:
+    """The few-step variant of a profile (``quality: draft``): a distillation LoRA kept resident beside the style
+    slots, the scheduler its model card asks for, no classifier-free guidance and its own step count.
+
+    SDXL-Lightning's 4-step LoRA (ByteDance/SDXL-Lightning, CreativeML Open RAIL++-M like SDXL itself): Euler with
+    ``timestep_spacing="trailing"``, 4 steps, guidance 0 (the card's example). Chosen over DMD2 (non-commercial
+    weights) and LCM-LoRA (8 steps for a comparable picture). The file is optional: a worker without it runs final
+    jobs and answers draft jobs ``setup_failed`` naming it. ``tiny`` has a random LoRA in the same (kohya) layout.
+    """
+
+    repo_id: str
+    weight: str  # the file, in ``<root>/draft/`` (a folder) or the repository (the Hugging Face cache)
+    steps: int
+    guidance_scale: float
+    scheduler: str  # a diffusers scheduler class, built from the base scheduler's config with ``scheduler_config``
+    scheduler_config: tuple[tuple[str, object], ...]
+
+
+DRAFT_FOLDER = "draft"
+DRAFT = DraftVariant(
+    repo_id="ByteDance/SDXL-Lightning",
+    weight="sdxl_lightning_4step_lora.safetensors",
+    steps=4,
+    guidance_scale=0.0,
+    scheduler="EulerDiscreteScheduler",
+    scheduler_config=(("timestep_spacing", "trailing"),),
+)
+DRAFT_REPOSITORY = Repository(DRAFT.repo_id, DRAFT_FOLDER, (DRAFT.weight,))
 # Files whose names and sizes stand for the weights when no MODEL_REVISION was written (no hashing of GBs).
 _REVISION_WEIGHTS = (
     "unet/diffusion_pytorch_model.safetensors",
@@ -97,6 +129,13 @@ class ModelProfile:
     identity_weight: str = IDENTITY_WEIGHT
     style_weight: str = STYLE_WEIGHT
     revision: str | None = None  # known from where the weights were found (the Hugging Face cache's commits)
+    draft_dir: Path | None = None  # where the draft LoRA lies (default: ``<root>/draft``)
+    draft: DraftVariant = DRAFT
+
+    @property
+    def draft_file(self) -> Path:
+        """The draft variant's LoRA file (it may be absent: ``draft_missing``)."""
+        return (self.draft_dir if self.draft_dir is not None else self.root / DRAFT_FOLDER) / self.draft.weight
 
     @property
     def image_encoder_dir(self) -> Path:
@@ -147,6 +186,12 @@ def required_files(profile: ModelProfile) -> list[str]:
 def _shown(profile: ModelProfile, path: Path) -> str:
     """``path`` relative to the root when it lies under it (it does for resolved profiles), else in full."""
     return path.relative_to(profile.root).as_posix() if path.is_relative_to(profile.root) else str(path)
+
+
+def draft_missing(profile: ModelProfile) -> str | None:
+    """The draft LoRA as ``missing_files`` shows paths when it is absent, else None (it is optional)."""
+    path = profile.draft_file
+    return None if path.is_file() else _shown(profile, path)
 
 
 def missing_files(profile: ModelProfile) -> list[str]:
@@ -213,8 +258,14 @@ def sdxl_from_hf_cache(root: Path, cache_dir: Path | None = None,
         folders[repo.folder] = Path(folder)
         commit = Path(folder).name
         commits[repo.repo_id] = commit if _COMMIT.fullmatch(commit) else hashlib.sha256(commit.encode()).hexdigest()
+    draft_dir = None
+    try:  # optional: without it, draft jobs fail setup_failed naming the file
+        draft_dir = Path(snapshot_download(DRAFT_REPOSITORY.repo_id, allow_patterns=list(DRAFT_REPOSITORY.files),
+                                           cache_dir=cache_dir, local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        pass
     return ModelProfile(name="sdxl", root=Path(root), base_dir=folders["base"], ip_adapter_dir=folders["ip-adapter"],
-                        revision=sdxl_revision(commits))
+                        revision=sdxl_revision(commits), draft_dir=draft_dir)
 
 
 def locate_profile(name: str, model_dir: Path, *, explicit: bool, cache_dir: Path | None = None) -> ModelProfile:

@@ -9,7 +9,10 @@ the merges vendored in ``data/``, as OpenAI's and open_clip's ``SimpleTokenizer`
 ``vocab.json`` + ``merges.txt`` like the published folder, so a prompt counts as many tokens as with SDXL and prompt
 building keeps what it would keep there (only the text encoders' weights are random); the identity adapter is a
 "plus" (Resampler) adapter written in the original IP-Adapter key format, which diffusers converts on load, like the
-published ``ip-adapter-plus-face_sdxl_vit-h.safetensors``.
+published ``ip-adapter-plus-face_sdxl_vit-h.safetensors``; the draft LoRA
+(``draft/sdxl_lightning_4step_lora.safetensors``) is a random LoRA in the kohya layout of the published SDXL-Lightning
+LoRA (``lora_unet_<sgm module>.lora_down/lora_up/alpha`` over every linear and convolution of the UNet's blocks),
+which ``load_lora_weights`` converts on load.
 
 The model is built in a hidden folder next to the target and renamed into place, so a reader never sees half a
 model. An existing complete model with the same revision is left as it is; any other folder at the target (an
@@ -64,8 +67,9 @@ BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 CLIP_BPE = Path(__file__).parent / "data" / "bpe_simple_vocab_16e6.txt.gz"
 CLIP_MERGES = 49152 - 256 - 2
 CLIP_VOCAB_SIZE = 49408
-# What the generator writes (in the TINY_FORMAT file): 2 = CLIP's real vocabulary (1 had a toy one, unmarked).
-TINY_FORMAT = "2"
+# What the generator writes (in the TINY_FORMAT file): 2 = CLIP's real vocabulary (1 had a toy one, unmarked);
+# 3 = and the draft LoRA.
+TINY_FORMAT = "3"
 FORMAT_FILE = "TINY_FORMAT"
 # SDXL base's scheduler settings, so step counts and timesteps behave as with the real model.
 SCHEDULER = {
@@ -90,6 +94,7 @@ def make_tiny(target: Path, seed: int = 0) -> Path:
             torch.manual_seed(seed)
             unet = _write_base(staging / "base", staging / "tokenizers")
             _write_ip_adapter(resolve_profile("tiny", staging), unet)
+            write_draft_lora(resolve_profile("tiny", staging).draft_file, unet, seed)
         revision = "tiny-" + _weights_digest(staging)[:12]
         (staging / REVISION_FILE).write_text(revision + "\n", encoding="utf-8")
         (staging / FORMAT_FILE).write_text(TINY_FORMAT + "\n", encoding="utf-8")
@@ -396,3 +401,68 @@ def make_tiny_lora(model_dir: Path, target: Path, *, rank: int = 4, alpha: int |
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+# --- The draft LoRA (kohya layout, as SDXL-Lightning's) -----------------------------------------------------------
+
+DRAFT_RANK = 8
+DRAFT_ALPHA = 4  # not the rank: the file's alphas are read (the published one has rank 64, alpha 8)
+DRAFT_STRENGTH = 0.3
+
+
+def sgm_module_name(name: str, layers_per_block: int, up_with_attention: frozenset[int]) -> str | None:
+    """The original (SGM) UNet's name of diffusers module ``name`` in a down, mid or up block (None elsewhere):
+    what kohya LoRAs for SDXL, SDXL-Lightning's among them, name their layers after. ``up_with_attention``: the up
+    blocks that have attentions (their upsampler comes third in the SGM block, else second)."""
+    parts = name.split(".")
+    per_block = layers_per_block + 1
+    renames = {"conv1": "in_layers.2", "conv2": "out_layers.3", "time_emb_proj": "emb_layers.1",
+               "conv_shortcut": "skip_connection"}
+    if parts[0] == "mid_block":
+        index = {"resnets.0": 0, "attentions.0": 1, "resnets.1": 2}[".".join(parts[1:3])]
+        head, rest = f"middle_block.{index}", parts[3:]
+    elif parts[0] in ("down_blocks", "up_blocks"):
+        block, kind = int(parts[1]), parts[2]
+        down = parts[0] == "down_blocks"
+        if kind in ("downsamplers", "upsamplers"):
+            if down:
+                head, rest = f"input_blocks.{(block + 1) * per_block}.0.op", []
+            else:
+                position = 2 if block in up_with_attention else 1
+                head, rest = f"output_blocks.{block * per_block + layers_per_block}.{position}.conv", []
+        else:
+            layer = int(parts[3])
+            index = 1 + block * per_block + layer if down else block * per_block + layer
+            head, rest = f"{'input' if down else 'output'}_blocks.{index}.{0 if kind == 'resnets' else 1}", parts[4:]
+    else:
+        return None
+    if rest and ".".join(parts[2:3]) == "resnets":
+        rest = renames.get(rest[0], rest[0]).split(".") + rest[1:]
+    return ".".join([head, *rest])
+
+
+def write_draft_lora(target: Path, unet: Any, seed: int, rank: int = DRAFT_RANK, alpha: int = DRAFT_ALPHA) -> None:
+    """A random LoRA over every linear and convolution of the UNet's blocks, saved with kohya keys and alphas (the
+    tiny model's draft LoRA; ``bench/gpu.py`` writes a full-size one, rank 64 and alpha 8 as published)."""
+    generator = torch.Generator().manual_seed(seed + 1)
+    up_with_attention = frozenset(i for i, block in enumerate(unet.up_blocks) if hasattr(block, "attentions"))
+    tensors: dict[str, torch.Tensor] = {}
+    for name, module in unet.named_modules():
+        if not isinstance(module, torch.nn.Linear | torch.nn.Conv2d):
+            continue
+        sgm = sgm_module_name(name, int(unet.config.layers_per_block), up_with_attention)
+        if sgm is None:
+            continue
+        key = "lora_unet_" + sgm.replace(".", "_")
+        if isinstance(module, torch.nn.Linear):
+            down_shape: tuple[int, ...] = (rank, module.in_features)
+            up_shape: tuple[int, ...] = (module.out_features, rank)
+        else:
+            down_shape = (rank, module.in_channels, *module.kernel_size)
+            up_shape = (module.out_channels, rank, 1, 1)
+        fan_in = int(torch.tensor(down_shape[1:]).prod())
+        tensors[f"{key}.lora_down.weight"] = torch.randn(down_shape, generator=generator) / fan_in**0.5
+        tensors[f"{key}.lora_up.weight"] = DRAFT_STRENGTH * torch.randn(up_shape, generator=generator) / rank**0.5
+        tensors[f"{key}.alpha"] = torch.tensor(float(alpha))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, target)
