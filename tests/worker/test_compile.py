@@ -18,7 +18,7 @@ from PIL import Image
 
 from tests.lora_layouts import make_layout_lora
 from worker.pipeline import Engine, GenerationRequest, make_tiny_lora, resolve_profile
-from worker.pipeline.engine import IDENTITY, STYLE, EngineOptions
+from worker.pipeline.engine import IDENTITY, STYLE, EngineOptions, VariantUnavailable
 from worker.pipeline.lora import LoraLoadFailed, LoraRequest
 
 pytestmark = [
@@ -129,6 +129,21 @@ def test_a_size_outside_the_buckets_runs_uncompiled(engines: tuple[Engine, Engin
     assert (result.compiles, graphs.count) == (0, before)
     expected = eager.generate(request)[0]
     assert np.abs(np.asarray(result.images[0], dtype=np.int16) - np.asarray(expected, dtype=np.int16)).max() <= NOISE
+
+
+def test_a_compiled_worker_refuses_drafts_by_name_and_its_final_jobs_still_run(
+    engines: tuple[Engine, Engine, Graphs],
+) -> None:
+    """One hot-swap slot and a fixed graph: the draft LoRA is not loaded, a draft job fails saying why (the worker
+    turns it into setup_failed), and the next final job runs on the same graph."""
+    compiled, eager, graphs = engines
+    assert eager.draft_error is None  # the tiny profile has the draft file: only compiling keeps it out
+    with pytest.raises(VariantUnavailable, match="ILLUSTRATIONS_TORCH_COMPILE"):
+        compiled.run(GenerationRequest(**{**BASE, "steps": 4, "guidance_scale": 0.0, "quality": "draft"}))
+    compiled.run(GenerationRequest(**BASE))
+    before = graphs.count
+    result = compiled.run(GenerationRequest(**BASE))
+    assert (result.compiles, graphs.count) == (0, before)
 
 
 def test_a_content_scale_above_0_compiles_a_graph_per_ratio_as_documented(
