@@ -14,7 +14,7 @@ from sqlalchemy import select
 from api import submit
 from api.auth import current_principal, require
 from api.body import json_body
-from api.errors import not_found, validation_error
+from api.errors import FieldError, not_found, validation_error
 from api.idempotency import idempotent
 from api.openapi import IDEMPOTENCY_KEY, Returns, operation
 from api.services import services
@@ -42,7 +42,7 @@ def create_batch() -> tuple[Response, int, dict[str, str]]:
     body = json_body(BatchRequest)
     principal = current_principal()
     svc = services()
-    errors: list[tuple[str, str]] = []
+    errors: list[FieldError] = []
     submit.check_webhook_url(body.webhook_url, "webhook_url", svc, errors)
     if errors:
         raise validation_error(errors)

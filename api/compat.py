@@ -71,7 +71,7 @@ def _answer(job: Job) -> tuple[Response, int, dict[str, str]]:
     if job.status == JobStatus.CANCELED.value:
         raise ApiError(409, "Conflict", detail)
     if code in INPUT_ERRORS:
-        raise ApiError(422, "Unprocessable Content", detail, [("subjectReferences", code)])
+        raise ApiError(422, "Unprocessable Content", detail, [("subjectReferences", code, code)])
     raise ApiError(503, "Service Unavailable", detail,
                    headers={"Retry-After": str(services().settings.retry_after_s)})
 
@@ -80,7 +80,7 @@ def _translate(body: GenerateRequest) -> IllustrationRequest:
     try:
         return IllustrationRequest.model_validate_json(json.dumps(to_v1(body)))
     except ValidationError as exc:
-        raise validation_error([(v1_field(f), m) for f, m in fields_of(exc)]) from None
+        raise validation_error([(v1_field(f), m, c) for f, m, c in fields_of(exc)]) from None
 
 
 def _wait_s(svc: Services) -> float:
@@ -117,7 +117,7 @@ def generate() -> tuple[Response, int, dict[str, str]]:
     try:
         created = submit.create(svc, current_principal(), [body], _accepted)
     except ApiError as exc:
-        exc.errors = [type(error)(field=v1_field(error.field), message=error.message) for error in exc.errors]
+        exc.errors = [error.model_copy(update={"field": v1_field(error.field)}) for error in exc.errors]
         raise
     submit.mark(svc, created.published)
     job_id = created.jobs[0].id

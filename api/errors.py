@@ -6,16 +6,20 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from flask import Flask, Response, current_app, json
+from flask import Flask, Response, current_app, g, has_request_context, json
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 
+from shared.error_codes import ProblemCode, for_status
 from shared.schemas import Problem, ProblemField
 
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+
+# A field error: (field, message) or (field, message, code); without a code, ``invalid``.
+FieldError = tuple[str, str] | tuple[str, str, str]
 
 
 class ApiError(Exception):
@@ -26,35 +30,41 @@ class ApiError(Exception):
         status: int,
         title: str,
         detail: str | None = None,
-        errors: Iterable[tuple[str, str]] = (),
+        errors: Iterable[FieldError] = (),
         headers: dict[str, str] | None = None,
+        code: ProblemCode | None = None,
     ) -> None:
         super().__init__(detail or title)
         self.status = status
         self.title = title
         self.detail = detail
-        self.errors = [ProblemField(field=field, message=message) for field, message in errors]
+        self.errors = [ProblemField(field=error[0], message=error[1], code=error[2] if len(error) > 2 else "invalid")
+                       for error in errors]
         self.headers = headers or {}
+        self.code = code
 
 
 def not_found(what: str = "resource") -> ApiError:
     return ApiError(404, "Not Found", f"no such {what}")
 
 
-def validation_error(errors: Iterable[tuple[str, str]], detail: str = "the request is not valid") -> ApiError:
+def validation_error(errors: Iterable[FieldError], detail: str = "the request is not valid") -> ApiError:
     return ApiError(422, "Unprocessable Content", detail, errors)
 
 
-def fields_of(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
-    """Field paths and messages of a pydantic error, without the input values (they may be personal)."""
+def fields_of(exc: ValidationError, prefix: str = "") -> list[tuple[str, str, str]]:
+    """Field paths, messages and codes (pydantic's error types) of a pydantic error, without the input values (they
+    may be personal)."""
     out = []
     for item in exc.errors(include_input=False, include_url=False):
         loc = ".".join(str(part) for part in item["loc"] if not str(part).startswith("function-"))
-        out.append((prefix + loc if loc else prefix.rstrip(".") or "body", item["msg"]))
+        out.append((prefix + loc if loc else prefix.rstrip(".") or "body", item["msg"], item["type"]))
     return out
 
 
 def problem_response(problem: Problem, headers: dict[str, str] | None = None) -> Response:
+    if problem.instance is None and has_request_context() and g.get("request_id"):
+        problem = problem.model_copy(update={"instance": g.request_id})
     body = problem.model_dump(mode="json", exclude_none=True)
     response = Response(json.dumps(body), status=problem.status, mimetype=PROBLEM_JSON)
     for name, value in (headers or {}).items():
@@ -63,7 +73,8 @@ def problem_response(problem: Problem, headers: dict[str, str] | None = None) ->
 
 
 def _from_api_error(exc: ApiError) -> Response:
-    problem = Problem(title=exc.title, status=exc.status, detail=exc.detail, errors=exc.errors)
+    problem = Problem(title=exc.title, status=exc.status, detail=exc.detail, errors=exc.errors,
+                      code=exc.code or for_status(exc.status))
     return problem_response(problem, exc.headers)
 
 
@@ -74,20 +85,22 @@ def _from_http_exception(exc: HTTPException) -> Response:
     headers: dict[str, Any] = {}
     if status == 405 and exc.get_response().headers.get("Allow"):
         headers["Allow"] = exc.get_response().headers["Allow"]
-    problem = Problem(title=exc.name, status=status, detail=exc.description)
+    problem = Problem(title=exc.name, status=status, detail=exc.description, code=for_status(status))
     return problem_response(problem, headers)
 
 
 def _from_database_down(exc: Exception) -> Response:
     log.warning("database unavailable: %s", type(exc).__name__)
-    problem = Problem(title="Service Unavailable", status=503, detail="the database is unavailable; retry later")
+    problem = Problem(title="Service Unavailable", status=503, detail="the database is unavailable; retry later",
+                      code=ProblemCode.SERVICE_UNAVAILABLE)
     retry_after = current_app.extensions["illustrations"].settings.retry_after_s
     return problem_response(problem, {"Retry-After": str(retry_after)})
 
 
 def _from_unexpected(exc: Exception) -> Response:
     log.exception("unhandled error")
-    problem = Problem(title="Internal Server Error", status=500, detail="an unexpected error occurred")
+    problem = Problem(title="Internal Server Error", status=500, detail="an unexpected error occurred",
+                      code=ProblemCode.INTERNAL)
     return problem_response(problem)
 
 

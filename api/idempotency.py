@@ -22,6 +22,7 @@ from api.auth import current_principal
 from api.errors import ApiError
 from api.services import services
 from shared import idempotency
+from shared.error_codes import ProblemCode
 
 P = ParamSpec("P")
 HEADER = "Idempotency-Key"
@@ -96,10 +97,10 @@ def idempotent(view: Callable[P, Any]) -> Callable[P, Response]:
             return _replay(outcome)
         if isinstance(outcome, idempotency.Busy):
             raise ApiError(409, "Conflict", "a request with this Idempotency-Key is still being processed",
-                           headers={"Retry-After": "1"})
+                           headers={"Retry-After": "1"}, code=ProblemCode.IDEMPOTENCY_IN_FLIGHT)
         if isinstance(outcome, idempotency.Mismatch):
             raise ApiError(422, "Unprocessable Content", "this Idempotency-Key was used with another request",
-                           [(HEADER, "already used with a different request body")])
+                           [(HEADER, "already used with a different request body", "idempotency_key_reused")])
         pending = _Pending(outcome)
         g.idempotency = pending
         try:

@@ -21,6 +21,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api.auth import authenticated
 from api.errors import problem_response
+from shared.error_codes import ProblemCode
 from shared.schemas import Problem
 from shared.settings import Settings
 
@@ -46,7 +47,7 @@ def _exempt() -> bool:
 
 def _breached(limit: RequestLimit) -> Response:
     retry_after = max(1, math.ceil(limit.reset_at - time.time()))
-    problem = Problem(title="Too Many Requests", status=429,
+    problem = Problem(title="Too Many Requests", status=429, code=ProblemCode.RATE_LIMITED,
                       detail=f"over the request rate ({limit.limit}) of this key, or of this address for "
                              f"requests without a valid key; retry after {retry_after} s")
     return problem_response(problem, {"Retry-After": str(retry_after)})

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, joinedload
 from api import training_sets
 from api.auth import current_principal, require
 from api.body import json_body, query_args
-from api.errors import ApiError, fields_of, not_found, validation_error
+from api.errors import ApiError, FieldError, fields_of, not_found, validation_error
 from api.openapi import Returns, operation
 from api.pagination import newest_page
 from api.services import Services, services
@@ -65,7 +65,7 @@ class StyleForm(BaseModel):
     user_id: UserId | None = None
 
 
-def _single(form: dict[str, list[str]], errors: list[tuple[str, str]]) -> dict[str, Any]:
+def _single(form: dict[str, list[str]], errors: list[FieldError]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for key, items in form.items():
         if key == "caption":
@@ -78,7 +78,7 @@ def _single(form: dict[str, list[str]], errors: list[tuple[str, str]]) -> dict[s
 
 
 def _from_form(svc: Services) -> tuple[StyleForm, TrainingParams, list[training_sets.Picture]]:
-    errors: list[tuple[str, str]] = []
+    errors: list[FieldError] = []
     fields = _single(request.form.to_dict(flat=False), errors)
     if errors:
         raise validation_error(errors)
@@ -149,7 +149,7 @@ def create_style() -> tuple[Response, int, dict[str, str]]:
     if request.mimetype == "application/json":
         body = json_body(StyleTrainingRequest)
         name, params, user_id = body.name, body.params, body.user_id
-        errors: list[tuple[str, str]] = []
+        errors: list[FieldError] = []
         check_webhook_url(body.webhook_url, "webhook_url", svc, errors)
         with svc.db.begin() as session:
             pictures = training_sets.references(session, current_principal().client_id, body.images, body.captions,

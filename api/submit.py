@@ -22,12 +22,13 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api.errors import ApiError, validation_error
+from api.errors import ApiError, FieldError, validation_error
 from api.idempotency import record
 from api.keys import Principal
 from api.prompts import build_prompt, people_in_layout
 from api.services import Services
 from shared import cache, deletion, experiments, jobs, limits, styles, tasks
+from shared.error_codes import ProblemCode
 from shared.fetch import FetchBlocked, check_url
 from shared.models import Batch, Client, Job, Subject
 from shared.schemas import IllustrationRequest, ImageRef, SubjectRef
@@ -50,13 +51,13 @@ def _stored(session: Session, client_id: str, user_id: str, *, subject_id: str |
     return reference(subject, version, region)
 
 
-def check_webhook_url(url: str | None, field: str, svc: Services, errors: list[tuple[str, str]]) -> None:
+def check_webhook_url(url: str | None, field: str, svc: Services, errors: list[FieldError]) -> None:
     """A webhook URL must pass the safe fetcher's checks that need no DNS (scheme, syntax, a literal address)."""
     if url is not None:
         _url(url, field, svc, errors)
 
 
-def _url(url: str, field: str, svc: Services, errors: list[tuple[str, str]]) -> bool:
+def _url(url: str, field: str, svc: Services, errors: list[FieldError]) -> bool:
     try:
         check_url(url, svc.settings.fetch_allowlist)
     except FetchBlocked as exc:
@@ -66,7 +67,7 @@ def _url(url: str, field: str, svc: Services, errors: list[tuple[str, str]]) -> 
 
 
 def _resolve_one(session: Session, svc: Services, client_id: str, user_id: str, ref: SubjectRef | ImageRef,
-                 field: str, index: int, errors: list[tuple[str, str]]) -> Reference | None:
+                 field: str, index: int, errors: list[FieldError]) -> Reference | None:
     name = ref.name if isinstance(ref, SubjectRef) else None
     region = ref.region if isinstance(ref, SubjectRef) else None
     if ref.image_url is not None:
@@ -82,7 +83,7 @@ def _resolve_one(session: Session, svc: Services, client_id: str, user_id: str, 
 
 
 def resolve_references(session: Session, svc: Services, client_id: str, body: IllustrationRequest,
-                       prefix: str, errors: list[tuple[str, str]]) -> Resolved:
+                       prefix: str, errors: list[FieldError]) -> Resolved:
     """Subjects and the style reference, resolved to stored versions (or URLs for the preparation step)."""
     identity = []
     if any(ref.region is not None for ref in body.subjects):  # every subject a region, or none
@@ -104,7 +105,7 @@ def resolve_references(session: Session, svc: Services, client_id: str, body: Il
 
 
 def _resolve_style(session: Session, client_id: str, text: str, field: str,
-                   errors: list[tuple[str, str]]) -> styles.StyleRef | None:
+                   errors: list[FieldError]) -> styles.StyleRef | None:
     """A style by name (its active version when the job runs) or name@version; it must be ready now."""
     try:
         ref = styles.parse_ref(text)
@@ -123,7 +124,7 @@ def refuse_if_deleting(session: Session, client_id: str, user_ids: set[str]) -> 
         deletion.lock_user(session, client_id, user_id, exclusive=False)
         if deletion.in_progress(session, client_id, user_id) is not None:
             raise ApiError(409, "Conflict", "this user's data is being deleted; submit again once the deletion "
-                                            "has finished")
+                                            "has finished", code=ProblemCode.USER_BEING_DELETED)
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ def check_quota(session: Session, svc: Services, client_id: str, adding: int) ->
     if queued + adding > cap:
         raise ApiError(429, "Too Many Requests",
                        f"this client has {queued} queued jobs; at most {cap} may wait at once",
-                       headers={"Retry-After": str(svc.settings.quota_retry_after_s)})
+                       headers={"Retry-After": str(svc.settings.quota_retry_after_s)}, code=ProblemCode.QUOTA_EXCEEDED)
     return Quota(client, {queue: published for queue, _, published in by_queue})
 
 
@@ -205,7 +206,7 @@ def accept(session: Session, svc: Services, principal: Principal, bodies: Sequen
            batch_id: str | None = None, priorities: Sequence[str] | None = None,
            prefixes: Sequence[str] | None = None) -> Accepted:
     """Validate and write every request, or none (422 naming each bad field, 409, 429)."""
-    errors: list[tuple[str, str]] = []
+    errors: list[FieldError] = []
     counter = svc.token_counter()
     rows: list[Job] = []
     cached = cache.Submission(session, svc.settings, principal.client_id)  # hits, followers (shared.cache)

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.datastructures import FileStorage
 
+from api.errors import FieldError
 from shared import limits
 from shared.fetch import FetchBlocked, check_url
 from shared.images import ImageRejected, inspect
@@ -42,7 +43,7 @@ class Picture:
 
 
 def uploads(files: list[FileStorage], captions: list[str], user_id: str | None,
-            errors: list[tuple[str, str]]) -> list[Picture]:
+            errors: list[FieldError]) -> list[Picture]:
     """Multipart ``image`` files, each checked from its header (format, bytes, pixels: nothing is decoded) and kept
     as sent; errors name ``image.<i>``, or ``image`` for the set's pixels in all."""
     pictures, pixels = [], 0
@@ -62,7 +63,7 @@ def uploads(files: list[FileStorage], captions: list[str], user_id: str | None,
 
 
 def references(session: Session, client_id: str, refs: list[TrainingImageRef], captions: list[str],
-               user_id: str | None, allowlist: list[str], errors: list[tuple[str, str]]) -> list[Picture]:
+               user_id: str | None, allowlist: list[str], errors: list[FieldError]) -> list[Picture]:
     """JSON ``images``: URLs checked (fetched later), subjects and illustrations of this client looked up now."""
     pictures = []
     for index, (ref, caption) in enumerate(zip(refs, captions, strict=True)):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
     AfterValidator,
@@ -17,11 +17,13 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
 
-from shared import limits, regions
+from shared import error_codes, limits, regions
+from shared.errors import CancelReason, ErrorCode
 
 Text200 = Annotated[str, StringConstraints(max_length=limits.SHORT_TEXT_MAX_CHARS)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=limits.NAME_MAX_CHARS, strip_whitespace=True)]
@@ -159,7 +161,9 @@ class IllustrationRequest(Strict):
 
 # --- Responses ------------------------------------------------------------------------------------------------------
 class Out(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    """An answer: every member is always sent, so every one is required in the (serialization) schema."""
+
+    model_config = ConfigDict(frozen=True, json_schema_serialization_defaults_required=True)
 
 
 class Progress(Out):
@@ -175,8 +179,16 @@ class ImageOut(Out):
     sha256: str
 
 
+JOB_ERROR_CODES: Final = [code.value for code in (*ErrorCode, *CancelReason)]
+
+
 class JobErrorOut(Out):
-    code: str
+    """Why a job (or a style version) failed or was canceled."""
+
+    code: Annotated[str, WithJsonSchema({"type": "string", "enum": JOB_ERROR_CODES})] = Field(
+        description="A closed list (`shared.errors`): a failure's `reference_unreachable`, `reference_blocked`, "
+                    "`reference_invalid`, `style_not_found`, `out_of_memory`, `time_limit`, `worker_lost`, "
+                    "`setup_failed`, `internal`; a cancel's `canceled_by_client`, `deadline`, `user_deleted`.")
     message: str
 
 
@@ -238,16 +250,43 @@ class SubjectOut(Out):
     created_at: dt.datetime
 
 
+def _known_field_code(value: str) -> str:
+    if value not in error_codes.FIELD_CODES:
+        raise ValueError(f"not a field code of shared.error_codes: {value}")
+    return value
+
+
+FieldCode = Annotated[str, AfterValidator(_known_field_code),
+                      WithJsonSchema({"type": "string", "enum": list(error_codes.FIELD_CODES)})]
+
+
 class ProblemField(Out):
-    field: str
+    field: str = Field(description="The field's path in the request, dotted (`params.width`, `subjects.0.name`).")
+    code: FieldCode = Field(description="What is wrong with it: a stable name (branch on it, not on `message`).")
     message: str
 
 
+def _as_sent(schema: dict[str, Any]) -> None:
+    """A problem is sent without its null members (``exclude_none``): those are optional, every other one is
+    always there (required, so generated clients need not check)."""
+    properties: dict[str, Any] = schema.get("properties", {})
+    absent_when_none = [name for name, prop in properties.items() if "default" in prop and prop["default"] is None]
+    for name in absent_when_none:
+        del properties[name]["default"]
+    schema["required"] = [name for name in properties if name not in absent_when_none]
+
+
 class Problem(Out):
+    """An error answer (RFC 9457 problem+json)."""
+
+    model_config = ConfigDict(json_schema_extra=_as_sent)
+
     type: str = "about:blank"
     title: str
     status: int
+    code: error_codes.ProblemCode = Field(description="The problem's stable name (branch on it, not on `detail`).")
     detail: str | None = None
+    instance: str | None = Field(None, description="The request id (also in the `X-Request-ID` header).")
     errors: list[ProblemField] = Field(default_factory=list)
 
 
@@ -590,3 +629,63 @@ class WebhookDeliveryOut(Out):
 class WebhookDeliveryList(Out):
     items: list[WebhookDeliveryOut]
     next_cursor: str | None
+
+
+# --- Webhook event bodies (what a receiver gets; the OpenAPI document's `webhooks`) -----------------------------
+class StyleVersionEventData(StyleVersionOut):
+    """A style version as ``GET /v1/styles/{name}`` lists it, with the style's ``name``."""
+
+    name: str = Field(description="The style's name.")
+
+
+class _Event(Out):
+    timestamp: dt.datetime = Field(description="When the event happened (RFC 3339, UTC).")
+
+
+class IllustrationSucceededEvent(_Event):
+    """A job succeeded: ``data`` is the job as ``GET /v1/illustrations/{id}`` answers it."""
+
+    type: Literal["illustration.succeeded"]
+    data: JobOut
+
+
+class IllustrationFailedEvent(_Event):
+    """A job failed: ``data.error.code`` says why."""
+
+    type: Literal["illustration.failed"]
+    data: JobOut
+
+
+class IllustrationCanceledEvent(_Event):
+    """A job was canceled (by the client, its deadline, or its user's deletion: ``data.error.code``)."""
+
+    type: Literal["illustration.canceled"]
+    data: JobOut
+
+
+class StyleReadyEvent(_Event):
+    """A style version finished training and is now the style's active version."""
+
+    type: Literal["style.ready"]
+    data: StyleVersionEventData
+
+
+class StyleFailedEvent(_Event):
+    """A style version's training failed (the previous version stays active)."""
+
+    type: Literal["style.failed"]
+    data: StyleVersionEventData
+
+
+WEBHOOK_EVENTS: Final[dict[str, type[_Event]]] = {
+    "illustration.succeeded": IllustrationSucceededEvent,
+    "illustration.failed": IllustrationFailedEvent,
+    "illustration.canceled": IllustrationCanceledEvent,
+    "style.ready": StyleReadyEvent,
+    "style.failed": StyleFailedEvent,
+}
+WebhookEventBody = Annotated[
+    IllustrationSucceededEvent | IllustrationFailedEvent | IllustrationCanceledEvent | StyleReadyEvent
+    | StyleFailedEvent,
+    Field(discriminator="type"),
+]
