@@ -20,13 +20,14 @@ from api import submit
 from api.auth import current_principal, require
 from api.autobio import GeneratePending, GenerateRequest, GenerateResult, ResultMetadata, to_v1, v1_field
 from api.body import json_body
-from api.errors import ApiError, fields_of, validation_error
+from api.errors import ApiError, fields_of, problem_field, validation_error
 from api.idempotency import idempotent
 from api.illustrations import owned_job, wait_for
 from api.openapi import IDEMPOTENCY_KEY, PREFER, Returns, operation
 from api.services import Services, services
 from api.views import base_url, job_path
 from api.waiting import prefer_wait
+from shared.errors import ProblemCode
 from shared.models import Job
 from shared.schemas import IllustrationRequest
 from shared.states import JobStatus
@@ -69,9 +70,9 @@ def _answer(job: Job) -> tuple[Response, int, dict[str, str]]:
     code = job.error_code or "internal"
     detail = f"generation {job.id} ended {job.status} ({code}): {job.error_message or ''}".strip()
     if job.status == JobStatus.CANCELED.value:
-        raise ApiError(409, "Conflict", detail)
+        raise ApiError(409, "Conflict", detail, code=ProblemCode.GENERATION_CANCELED)
     if code in INPUT_ERRORS:
-        raise ApiError(422, "Unprocessable Content", detail, [("subjectReferences", code, code)])
+        raise ApiError(422, "Unprocessable Content", detail, [("subjectReferences", code)])
     raise ApiError(503, "Service Unavailable", detail,
                    headers={"Retry-After": str(services().settings.retry_after_s)})
 
@@ -80,7 +81,8 @@ def _translate(body: GenerateRequest) -> IllustrationRequest:
     try:
         return IllustrationRequest.model_validate_json(json.dumps(to_v1(body)))
     except ValidationError as exc:
-        raise validation_error([(v1_field(f), m, c) for f, m, c in fields_of(exc)]) from None
+        raise validation_error([problem_field(error).model_copy(update={"field": v1_field(problem_field(error).field)})
+                                for error in fields_of(exc)]) from None
 
 
 def _wait_s(svc: Services) -> float:

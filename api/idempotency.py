@@ -22,7 +22,7 @@ from api.auth import current_principal
 from api.errors import ApiError
 from api.services import services
 from shared import idempotency
-from shared.error_codes import ProblemCode
+from shared.errors import ProblemCode
 
 P = ParamSpec("P")
 HEADER = "Idempotency-Key"
@@ -100,7 +100,8 @@ def idempotent(view: Callable[P, Any]) -> Callable[P, Response]:
                            headers={"Retry-After": "1"}, code=ProblemCode.IDEMPOTENCY_IN_FLIGHT)
         if isinstance(outcome, idempotency.Mismatch):
             raise ApiError(422, "Unprocessable Content", "this Idempotency-Key was used with another request",
-                           [(HEADER, "already used with a different request body", "idempotency_key_reused")])
+                           [(HEADER, "already used with a different request body")],
+                           code=ProblemCode.IDEMPOTENCY_KEY_REUSED)
         pending = _Pending(outcome)
         g.idempotency = pending
         try:

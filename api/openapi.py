@@ -334,6 +334,17 @@ def _document_request_fields(schema: dict[str, Any]) -> None:
             prop["description"] = " ".join([prop["description"], *words] if prop.get("description") else words)
 
 
+def _as_sent_without_nulls(schema: dict[str, Any]) -> None:
+    """A problem is sent without its null members (``api.errors.problem_response`` dumps ``exclude_none``): those
+    are optional (no ``default: null``, which generated clients would take as always present), every other member
+    is always there (required)."""
+    properties: dict[str, Any] = schema.get("properties", {})
+    absent_when_none = [name for name, prop in properties.items() if "default" in prop and prop["default"] is None]
+    for name in absent_when_none:
+        del properties[name]["default"]
+    schema["required"] = [name for name in properties if name not in absent_when_none]
+
+
 def build_document(app: Flask) -> dict[str, Any]:
     schemas = _Schemas()
     definitions: dict[str, Any] = {}
@@ -357,6 +368,7 @@ def build_document(app: Flask) -> dict[str, Any]:
               if "requestBody" in operation]
     for name in _reachable(_refs_in(bodies), definitions):
         _document_request_fields(definitions[name])
+    _as_sent_without_nulls(definitions[Problem.__name__])
     return {
         "openapi": "3.1.0",
         "info": {

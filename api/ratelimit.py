@@ -21,7 +21,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api.auth import authenticated
 from api.errors import problem_response
-from shared.error_codes import ProblemCode
+from shared.errors import ProblemCode
 from shared.schemas import Problem
 from shared.settings import Settings
 

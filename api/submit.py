@@ -28,7 +28,7 @@ from api.keys import Principal
 from api.prompts import build_prompt, people_in_layout
 from api.services import Services
 from shared import cache, deletion, experiments, jobs, limits, styles, tasks
-from shared.error_codes import ProblemCode
+from shared.errors import ProblemCode
 from shared.fetch import FetchBlocked, check_url
 from shared.models import Batch, Client, Job, Subject
 from shared.schemas import IllustrationRequest, ImageRef, SubjectRef

@@ -22,8 +22,8 @@ from pydantic import (
     model_validator,
 )
 
-from shared import error_codes, limits, regions
-from shared.errors import CancelReason, ErrorCode
+from shared import limits, regions
+from shared.errors import CancelReason, ErrorCode, FieldCode, ProblemCode
 
 Text200 = Annotated[str, StringConstraints(max_length=limits.SHORT_TEXT_MAX_CHARS)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=limits.NAME_MAX_CHARS, strip_whitespace=True)]
@@ -250,43 +250,23 @@ class SubjectOut(Out):
     created_at: dt.datetime
 
 
-def _known_field_code(value: str) -> str:
-    if value not in error_codes.FIELD_CODES:
-        raise ValueError(f"not a field code of shared.error_codes: {value}")
-    return value
-
-
-FieldCode = Annotated[str, AfterValidator(_known_field_code),
-                      WithJsonSchema({"type": "string", "enum": list(error_codes.FIELD_CODES)})]
-
-
 class ProblemField(Out):
-    field: str = Field(description="The field's path in the request, dotted (`params.width`, `subjects.0.name`).")
-    code: FieldCode = Field(description="What is wrong with it: a stable name (branch on it, not on `message`).")
+    field: str = Field(description="The field, parameter or header at fault (a dotted path: `subjects.0.name`).")
+    code: FieldCode = Field(description="What is wrong with it: a stable name to branch on (the message is for "
+                                        "people and may change).")
     message: str
 
 
-def _as_sent(schema: dict[str, Any]) -> None:
-    """A problem is sent without its null members (``exclude_none``): those are optional, every other one is
-    always there (required, so generated clients need not check)."""
-    properties: dict[str, Any] = schema.get("properties", {})
-    absent_when_none = [name for name, prop in properties.items() if "default" in prop and prop["default"] is None]
-    for name in absent_when_none:
-        del properties[name]["default"]
-    schema["required"] = [name for name in properties if name not in absent_when_none]
-
-
 class Problem(Out):
-    """An error answer (RFC 9457 problem+json)."""
-
-    model_config = ConfigDict(json_schema_extra=_as_sent)
+    """An error answer, `application/problem+json` (RFC 9457)."""
 
     type: str = "about:blank"
     title: str
     status: int
-    code: error_codes.ProblemCode = Field(description="The problem's stable name (branch on it, not on `detail`).")
     detail: str | None = None
-    instance: str | None = Field(None, description="The request id (also in the `X-Request-ID` header).")
+    code: ProblemCode = Field(description="What went wrong: a stable name to branch on (never the message text).")
+    instance: str | None = Field(None, description="The request's id, as in its `X-Request-ID` header (quote it "
+                                                   "when reporting a problem).")
     errors: list[ProblemField] = Field(default_factory=list)
 
 

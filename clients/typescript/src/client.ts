@@ -315,6 +315,13 @@ export interface RequestOptions {
   signal?: AbortSignal;
 }
 
+/** The code of an answer that is not problem+json (a proxy's page), by its status, as the service would say it. */
+const BY_STATUS: Partial<Record<number, ProblemCode>> = {
+  400: "malformed_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+  409: "conflict", 413: "body_too_large", 415: "unsupported_media_type", 422: "validation_failed",
+  429: "rate_limited", 503: "service_unavailable",
+};
+
 async function readProblem(response: Response): Promise<Problem> {
   const text = await response.text();
   try {
@@ -325,7 +332,8 @@ async function readProblem(response: Response): Promise<Problem> {
   }
   return {
     type: "about:blank", title: response.statusText || "Error", status: response.status,
-    code: response.status >= 500 ? "service_unavailable" : "http_error", detail: text.slice(0, 500),
+    code: BY_STATUS[response.status] ?? (response.status >= 500 ? "service_unavailable" : "malformed_request"),
+    detail: text.slice(0, 500),
     errors: [],
   };
 }

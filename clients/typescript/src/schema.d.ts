@@ -726,6 +726,12 @@ export interface components {
             mean_rating: number | null;
         };
         /**
+         * FieldCode
+         * @description ``code`` of one field error: a small closed set (pydantic's error types are mapped onto it).
+         * @enum {string}
+         */
+        FieldCode: "missing" | "extra_forbidden" | "invalid_type" | "invalid_format" | "invalid_choice" | "too_short" | "too_long" | "out_of_range" | "multiple_of" | "pattern_mismatch" | "nul_character" | "invalid_url" | "blocked_url" | "not_found" | "invalid_image" | "reference_unreachable" | "reference_blocked" | "reference_invalid" | "style_not_found" | "invalid_value";
+        /**
          * GeneratePending
          * @description 202: not ready within the wait; poll ``statusUrl``.
          */
@@ -1119,7 +1125,7 @@ export interface components {
         };
         /**
          * Problem
-         * @description An error answer (RFC 9457 problem+json).
+         * @description An error answer, `application/problem+json` (RFC 9457).
          */
         Problem: {
             /**
@@ -1131,13 +1137,13 @@ export interface components {
             title: string;
             /** Status */
             status: number;
-            /** @description The problem's stable name (branch on it, not on `detail`). */
-            code: components["schemas"]["ProblemCode"];
             /** Detail */
             detail?: string | null;
+            /** @description What went wrong: a stable name to branch on (never the message text). */
+            code: components["schemas"]["ProblemCode"];
             /**
              * Instance
-             * @description The request id (also in the `X-Request-ID` header).
+             * @description The request's id, as in its `X-Request-ID` header (quote it when reporting a problem).
              */
             instance?: string | null;
             /** Errors */
@@ -1145,22 +1151,19 @@ export interface components {
         };
         /**
          * ProblemCode
+         * @description ``code`` of a problem+json answer: one per distinct situation a client may handle differently.
          * @enum {string}
          */
-        ProblemCode: "malformed_request" | "unauthorized" | "forbidden" | "not_found" | "method_not_allowed" | "conflict" | "idempotency_in_flight" | "user_being_deleted" | "payload_too_large" | "unsupported_media_type" | "validation_failed" | "rate_limited" | "quota_exceeded" | "service_unavailable" | "internal" | "http_error";
+        ProblemCode: "malformed_request" | "unauthorized" | "forbidden" | "not_found" | "method_not_allowed" | "conflict" | "idempotency_in_flight" | "idempotency_key_reused" | "user_being_deleted" | "subject_exists" | "body_too_large" | "unsupported_media_type" | "validation_failed" | "rate_limited" | "quota_exceeded" | "service_unavailable" | "generation_failed" | "generation_canceled" | "internal";
         /** ProblemField */
         ProblemField: {
             /**
              * Field
-             * @description The field's path in the request, dotted (`params.width`, `subjects.0.name`).
+             * @description The field, parameter or header at fault (a dotted path: `subjects.0.name`).
              */
             field: string;
-            /**
-             * Code
-             * @description What is wrong with it: a stable name (branch on it, not on `message`).
-             * @enum {string}
-             */
-            code: "no_such_attribute" | "json_invalid" | "json_type" | "needs_python_object" | "recursion_loop" | "recursion_depth_exceeded" | "missing" | "frozen_field" | "frozen_instance" | "extra_forbidden" | "invalid_key" | "get_attribute_error" | "model_type" | "model_attributes_type" | "dataclass_type" | "dataclass_exact_type" | "named_tuple_type" | "default_factory_not_called" | "none_required" | "greater_than" | "greater_than_equal" | "less_than" | "less_than_equal" | "multiple_of" | "finite_number" | "too_short" | "too_long" | "iterable_type" | "iteration_error" | "string_type" | "string_unicode" | "string_too_short" | "string_too_long" | "string_pattern_mismatch" | "string_not_ascii" | "enum" | "dict_type" | "frozen_dict_type" | "ordered_dict_type" | "counter_type" | "mapping_type" | "list_type" | "deque_type" | "tuple_type" | "set_type" | "set_item_not_hashable" | "bool_type" | "bool_parsing" | "int_type" | "int_parsing" | "int_parsing_size" | "int_from_float" | "float_type" | "float_parsing" | "bytes_type" | "bytes_too_short" | "bytes_too_long" | "bytes_invalid_encoding" | "value_error" | "assertion_error" | "literal_error" | "missing_sentinel_error" | "ellipsis_error" | "date_type" | "date_parsing" | "date_from_datetime_parsing" | "date_from_datetime_inexact" | "date_past" | "date_future" | "time_type" | "time_parsing" | "datetime_type" | "datetime_parsing" | "datetime_object_invalid" | "datetime_from_date_parsing" | "datetime_past" | "datetime_future" | "timezone_naive" | "timezone_aware" | "timezone_offset" | "time_delta_type" | "time_delta_parsing" | "frozen_set_type" | "is_instance_of" | "is_subclass_of" | "callable_type" | "union_tag_invalid" | "union_tag_not_found" | "arguments_type" | "missing_argument" | "unexpected_keyword_argument" | "missing_keyword_only_argument" | "unexpected_positional_argument" | "missing_positional_only_argument" | "multiple_argument_values" | "url_type" | "url_parsing" | "url_syntax_violation" | "url_too_long" | "url_scheme" | "uuid_type" | "uuid_parsing" | "uuid_version" | "decimal_type" | "decimal_parsing" | "decimal_max_digits" | "decimal_max_places" | "decimal_whole_digits" | "fraction_type" | "fraction_parsing" | "complex_type" | "complex_str_parsing" | "invalid" | "unknown_subject" | "unknown_style" | "blocked_address" | "unreachable" | "invalid_image" | "nul_character" | "invalid_cursor" | "idempotency_key_reused" | "reference_unreachable" | "reference_blocked" | "reference_invalid" | "style_not_found";
+            /** @description What is wrong with it: a stable name to branch on (the message is for people and may change). */
+            code: components["schemas"]["FieldCode"];
             /** Message */
             message: string;
         };

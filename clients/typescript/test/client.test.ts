@@ -129,7 +129,7 @@ describe("the TypeScript client against the running service", { skip }, () => {
       (exc: unknown) => exc);
     assert.ok(problem instanceof ProblemError);
     assert.equal(problem.status, 409);
-    assert.equal(problem.problem.code, "conflict");
+    assert.equal(problem.problem.code, "generation_canceled");
   });
 
   test("a batch, its counts, and a cancel", async () => {
@@ -154,7 +154,7 @@ describe("the TypeScript client against the running service", { skip }, () => {
     assert.ok(error instanceof ProblemError);
     assert.equal(error.status, 422);
     assert.equal(error.problem.code, "validation_failed");
-    assert.deepEqual(error.fieldCodes(), { "params.width": "multiple_of", "params.steps": "greater_than_equal" });
+    assert.deepEqual(error.fieldCodes(), { "params.width": "multiple_of", "params.steps": "out_of_range" });
     assert.ok(error.problem.instance, "the problem names the request");
     const unknown = await refused({ user_id: user, prompt: "x", colour: "red" });
     assert.ok(unknown instanceof ProblemError);

@@ -47,7 +47,7 @@ export const problem: Problem = {
   type: "about:blank", title: "Unprocessable Content", status: 422, code: "validation_failed",
   detail: "the request is not valid", instance: "0f3c9a",
   errors: [{ field: "params.width", code: "multiple_of", message: "Input should be a multiple of 8" },
-           { field: "subjects.0", code: "unknown_subject", message: "no such subject for this user" }],
+           { field: "subjects.0", code: "not_found", message: "no such subject for this user" }],
 };
 // @ts-expect-error not a problem code
 export const badCode: Problem = { type: "about:blank", title: "x", status: 400, code: "oops", errors: [] };
