@@ -27,11 +27,13 @@ CPU_QUEUES = "illustrations.maintenance,illustrations.prepare,illustrations.webh
 def test_the_typescript_client_against_the_stack(pg_url: str, system_redis_url: str, tiny_model_dir: Path,
                                                  tmp_path: Path) -> None:
     package = typescript_client()
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
     env = clean_env(
         VAR_DIR=str(tmp_path / "var"), DATABASE_URL=pg_url, BROKER_URL=system_redis_url,
         STORAGE_URL=str(tmp_path / "storage"), MODEL_DIR=str(tiny_model_dir), TORCH_THREADS="1", API_WORKERS="2",
-        FETCH_ALLOWLIST='["127.0.0.1/32"]', RELAY_INTERVAL_S="1", WEBHOOK_DISPATCH_INTERVAL_S="0.2",
-        WEBHOOK_SECRET_KEYS=json.dumps([Fernet.generate_key().decode()]),
+        PUBLIC_BASE_URL=base, FETCH_ALLOWLIST='["127.0.0.1/32"]', RELAY_INTERVAL_S="1",
+        WEBHOOK_DISPATCH_INTERVAL_S="0.2", WEBHOOK_SECRET_KEYS=json.dumps([Fernet.generate_key().decode()]),
     )
     name = f"ts-{uuid.uuid4().hex[:6]}"
     key = run_cli(["keys", "create", "--name", name], env, tmp_path).stdout.strip().splitlines()[-1]
@@ -39,8 +41,6 @@ def test_the_typescript_client_against_the_stack(pg_url: str, system_redis_url: 
     assert secret.startswith("whsec_")
     photo = tmp_path / "grandma.png"
     photo.write_bytes(png((96, 96), (180, 140, 110)))
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     with processes(env, tmp_path, tmp_path / "logs") as procs:
         procs.start("gpu", "worker", "--hostname", "gpu0@ts")
         procs.start("cpu", "worker", "--queues", CPU_QUEUES, "--pool", "threads", "--hostname", "cpu@ts")

@@ -101,6 +101,7 @@ describe("the TypeScript client against the running service", { skip }, () => {
     if (event.type !== "illustration.succeeded") return;
     assert.equal(event.data.id, job.id);
     assert.equal(event.data.images[0]!.sha256, job.images[0]!.sha256);
+    assert.equal(event.data.images[0]!.url, `${baseUrl}/v1/illustrations/${job.id}/images/0`); // absolute
     assert.equal(delivery.headers["webhook-id"], `msg_${job.id.replaceAll("-", "")}`);
     // A body changed on the way, or another secret, does not verify.
     assert.throws(() => verifier.verify(delivery.body.replace(job.id, "x"), delivery.headers), WebhookVerificationError);
