@@ -297,10 +297,9 @@ export class IllustrationsClient {
       const wait = retryAfterS(response);
       const retriable = RETRIED.has(response.status)
         || (response.status === 409 && problem.code === "idempotency_in_flight");
-      if (!retriable || attempt >= this.retries || method === "POST" && !headers["Idempotency-Key"]
-        && !path.endsWith("/cancel")) {
-        throw new ProblemError(problem, wait);
-      }
+      // A 429 or 503 was refused before anything was done, so sending it again is safe (creates carry an
+      // Idempotency-Key as well, for a retry after a timeout, which the caller decides).
+      if (!retriable || attempt >= this.retries) throw new ProblemError(problem, wait);
       await sleep(Math.min(this.maxRetryDelayMs, 1000 * (wait ?? 2 ** attempt)), options.signal);
     }
   }
