@@ -182,6 +182,9 @@ def _query_parameters(model: type[BaseModel], definitions: dict[str, Any]) -> li
         prop = _not_null(dict(prop))
         description = prop.pop("description", None)
         prop.pop("title", None)
+        limits_text = _limits_of(prop)
+        if limits_text:  # generated clients show descriptions, not bounds
+            description = " ".join(filter(None, [description, f"Limits: {', '.join(limits_text)}."]))
         param: dict[str, Any] = {"name": name, "in": "query", "required": name in required, "schema": prop}
         if description:
             param["description"] = description

@@ -101,6 +101,9 @@ def test_request_fields_with_defaults_stay_optional_and_say_their_default_and_li
     assert params["width"]["multipleOf"] == limits.SIZE_MULTIPLE
     assert 'Default: `"interactive"`.' in schemas["IllustrationRequest"]["properties"]["priority"]["description"]
     assert "pattern" in schemas["IllustrationRequest"]["properties"]["user_id"]["description"]
+    listing = {p["name"]: p for p in doc["paths"]["/v1/illustrations"]["get"]["parameters"]}
+    assert f"maximum `{limits.LIST_LIMIT_MAX}`" in listing["limit"]["description"]
+    assert listing["limit"]["schema"]["maximum"] == limits.LIST_LIMIT_MAX
     # Every member of an answer is always sent: required (a generated client need not check for it).
     assert set(schemas["JobOut"]["required"]) == set(schemas["JobOut"]["properties"])
     assert "layout" in schemas["JobOut"]["required"]

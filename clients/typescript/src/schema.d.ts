@@ -2131,12 +2131,13 @@ export interface operations {
         parameters: {
             query?: {
                 status?: "queued" | "running" | "succeeded" | "failed" | "canceled";
-                /** @description A client's name. */
+                /** @description A client's name. Limits: maxLength `100`. */
                 client?: string;
-                /** @description An error code. */
+                /** @description An error code. Limits: maxLength `32`, pattern `"^[a-z_]+$"`. */
                 code?: string;
+                /** @description Limits: maxLength `16`, pattern `"^[A-Za-z0-9._-]+$"`. */
                 variant?: string;
-                /** @description The next page's cursor. */
+                /** @description The next page's cursor. Limits: minLength `1`, maxLength `200`. */
                 cursor?: string;
             };
             header?: never;
@@ -2454,11 +2455,12 @@ export interface operations {
     illustrations_list_illustrations_get: {
         parameters: {
             query?: {
-                /** @description Only this user's jobs (default: the whole client). */
+                /** @description Only this user's jobs (default: the whole client). Limits: minLength `1`, maxLength `255`, pattern `"^[A-Za-z0-9._:@-]+$"`. */
                 user_id?: string;
                 status?: "queued" | "running" | "succeeded" | "failed" | "canceled";
+                /** @description Limits: minimum `1`, maximum `100`. */
                 limit?: number;
-                /** @description next_cursor of the previous page. */
+                /** @description next_cursor of the previous page. Limits: minLength `1`, maxLength `200`. */
                 cursor?: string;
             };
             header?: never;
@@ -2659,7 +2661,7 @@ export interface operations {
     illustrations_get_illustration_get: {
         parameters: {
             query?: {
-                /** @description Answer 404 unless the resource belongs to this user. */
+                /** @description Answer 404 unless the resource belongs to this user. Limits: minLength `1`, maxLength `255`, pattern `"^[A-Za-z0-9._:@-]+$"`. */
                 user_id?: string;
             };
             header?: {
@@ -2994,7 +2996,7 @@ export interface operations {
     illustrations_get_image_get: {
         parameters: {
             query?: {
-                /** @description Answer 404 unless the resource belongs to this user. */
+                /** @description Answer 404 unless the resource belongs to this user. Limits: minLength `1`, maxLength `255`, pattern `"^[A-Za-z0-9._:@-]+$"`. */
                 user_id?: string;
             };
             header?: never;
@@ -3089,7 +3091,7 @@ export interface operations {
     quality_get_quality_get: {
         parameters: {
             query?: {
-                /** @description How far back: N hours (`24h`) or N days (`7d`), at most 366 days. */
+                /** @description How far back: N hours (`24h`) or N days (`7d`), at most 366 days. Limits: pattern `"^[1-9][0-9]{0,3}[hd]$"`. */
                 range?: string;
             };
             header?: never;
@@ -3161,8 +3163,9 @@ export interface operations {
     styles_list_styles_get: {
         parameters: {
             query?: {
+                /** @description Limits: minimum `1`, maximum `100`. */
                 limit?: number;
-                /** @description next_cursor of the previous page. */
+                /** @description next_cursor of the previous page. Limits: minLength `1`, maxLength `200`. */
                 cursor?: string;
             };
             header?: never;
@@ -3498,10 +3501,11 @@ export interface operations {
     subjects_list_subjects_get: {
         parameters: {
             query?: {
-                /** @description Only this user's subjects (default: the whole client). */
+                /** @description Only this user's subjects (default: the whole client). Limits: minLength `1`, maxLength `255`, pattern `"^[A-Za-z0-9._:@-]+$"`. */
                 user_id?: string;
+                /** @description Limits: minimum `1`, maximum `100`. */
                 limit?: number;
-                /** @description next_cursor of the previous page. */
+                /** @description next_cursor of the previous page. Limits: minLength `1`, maxLength `200`. */
                 cursor?: string;
             };
             header?: never;
@@ -3696,7 +3700,7 @@ export interface operations {
     subjects_get_subject_get: {
         parameters: {
             query?: {
-                /** @description Answer 404 unless the resource belongs to this user. */
+                /** @description Answer 404 unless the resource belongs to this user. Limits: minLength `1`, maxLength `255`, pattern `"^[A-Za-z0-9._:@-]+$"`. */
                 user_id?: string;
             };
             header?: never;
@@ -3779,7 +3783,7 @@ export interface operations {
     subjects_remove_subject_delete: {
         parameters: {
             query?: {
-                /** @description Answer 404 unless the resource belongs to this user. */
+                /** @description Answer 404 unless the resource belongs to this user. Limits: minLength `1`, maxLength `255`, pattern `"^[A-Za-z0-9._:@-]+$"`. */
                 user_id?: string;
             };
             header?: never;
@@ -4005,12 +4009,13 @@ export interface operations {
     webhooks_list_deliveries_get: {
         parameters: {
             query?: {
-                /** @description Only the deliveries of this illustration job. */
+                /** @description Only the deliveries of this illustration job. Limits: minLength `1`, maxLength `64`, pattern `"^[A-Za-z0-9-]+$"`. */
                 job_id?: string;
-                /** @description Only the deliveries of this style's versions (needs the `styles` scope too). */
+                /** @description Only the deliveries of this style's versions (needs the `styles` scope too). Limits: minLength `1`, maxLength `100`, pattern `"^[A-Za-z0-9][A-Za-z0-9._-]*$"`. */
                 style?: string;
+                /** @description Limits: minimum `1`, maximum `100`. */
                 limit?: number;
-                /** @description next_cursor of the previous page. */
+                /** @description next_cursor of the previous page. Limits: minLength `1`, maxLength `200`. */
                 cursor?: string;
             };
             header?: never;
