@@ -14,8 +14,10 @@ import {
   isLegacyResult,
   ProblemError,
   TERMINAL,
-} from "../src/client.js";
-import { type WebhookEvent, WebhookVerificationError, WebhookVerifier } from "../src/webhooks.js";
+  type WebhookEvent,
+  WebhookVerificationError,
+  WebhookVerifier,
+} from "../src/index.js"; // the package's entry point
 
 const { AUTOBIO_API_URL: baseUrl, AUTOBIO_API_KEY: apiKey, AUTOBIO_WEBHOOK_SECRET: secret } = process.env;
 const photoPath = process.env.AUTOBIO_TEST_PHOTO;
