@@ -21,7 +21,7 @@ LOCK_ARGS ?=
 UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --quiet --generate-hashes --python-version 3.11 \
 	--custom-compile-command "make lock" $(LOCK_ARGS)
 
-.PHONY: venv lock demo up down status test lint typecheck pytest clean chromium docs
+.PHONY: venv lock demo up down status test lint typecheck pytest clean chromium node client docs
 
 # (Re)create the virtualenv when it is missing or pyproject.toml or a lock changed: torch's pinned CPU wheel, then
 # exactly the locked versions (hash-checked), then the project itself without resolving anything.
@@ -80,7 +80,19 @@ chromium:
 		echo "installing Debian's chromium (apt-get)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 
-pytest: venv chromium
+## Debian's Node.js and npm for the TypeScript client's tests (clients/typescript). Installed once, as root.
+node:
+	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { \
+		echo "installing Debian's nodejs and npm (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm; }
+
+## The TypeScript client's types, regenerated from the API's OpenAPI document (a test fails when they are stale).
+client: venv node
+	$(BIN)/illustrations openapi --output clients/typescript/openapi.json
+	cd clients/typescript && npm ci --no-audit --no-fund --prefer-offline && \
+		npx openapi-typescript openapi.json --output src/schema.d.ts
+
+pytest: venv chromium node
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## Lint, type-check, then the whole suite against PostgreSQL and Redis on their standard loopback ports.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from flask import Flask
 
@@ -65,16 +66,21 @@ def create_app(settings: Settings | None = None) -> Flask:
     errors.init_app(app)
     body.init_app(app)
     ratelimit.init_app(app, settings)
-    health.init_app(app)
-    illustrations.init_app(app)
-    subjects.init_app(app)
-    styles.init_app(app)
-    batches.init_app(app)
-    users.init_app(app)
-    compat.init_app(app)
-    feedback.init_app(app)
-    quality.init_app(app)
-    ops_page.init_app(app)
-    webhooks.init_app(app)
-    openapi.init_app(app)
+    _add_routes(app)
     return app
+
+
+def _add_routes(app: Flask) -> None:
+    for module in (health, illustrations, subjects, styles, batches, users, compat, feedback, quality, ops_page,
+                   webhooks, openapi):
+        module.init_app(app)
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI document of the app, built without a database, broker or store (the routes are the same as
+    ``create_app``'s): what ``illustrations openapi`` writes and the TypeScript client is generated from."""
+    app = Flask(__name__)
+    paths.init_app(app)
+    metrics.init_app(app)
+    _add_routes(app)
+    return openapi.build_document(app)

@@ -32,7 +32,8 @@ class Camel(BaseModel):
 class CamelOut(BaseModel):
     """An answer part: built by our names, written in AutoBio's (``model_dump(by_alias=True)``)."""
 
-    model_config = ConfigDict(alias_generator=to_camel, validate_by_name=True, validate_by_alias=True, frozen=True)
+    model_config = ConfigDict(alias_generator=to_camel, validate_by_name=True, validate_by_alias=True, frozen=True,
+                              json_schema_serialization_defaults_required=True)
 
 
 class SubjectReference(Camel):
@@ -47,7 +48,7 @@ class StylePreferences(Camel):
     mood: Text200 | None = None
 
 
-class MemoryContext(Camel):
+class LegacyMemoryContext(Camel):
     title: Text200 | None = None
     content: Annotated[str, StringConstraints(max_length=limits.MEMORY_CONTENT_MAX_CHARS)] | None = None
     date: Text200 | None = Field(None, description="ISO date preferred; otherwise a year in it is used, if any.")
@@ -60,7 +61,7 @@ class GenerateRequest(Camel):
     user_id: Annotated[UserId, BeforeValidator(_number_as_text, json_schema_input_type=UserId | int)]
     subject_references: list[SubjectReference] = Field(default_factory=list, max_length=limits.SUBJECTS_MAX)
     style_preferences: StylePreferences | None = None
-    memory_context: MemoryContext | None = None
+    memory_context: LegacyMemoryContext | None = None
 
 
 class ResultMetadata(CamelOut):

@@ -16,8 +16,9 @@ no CDN: the page's scripts are served from the package by this blueprint).
 from __future__ import annotations
 
 import functools
+import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, ParamSpec, TypeVar
 
@@ -26,7 +27,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from shared import limits
-from shared.schemas import Problem
+from shared.schemas import WEBHOOK_EVENTS, Problem
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -181,6 +182,9 @@ def _query_parameters(model: type[BaseModel], definitions: dict[str, Any]) -> li
         prop = _not_null(dict(prop))
         description = prop.pop("description", None)
         prop.pop("title", None)
+        limits_text = _limits_of(prop)
+        if limits_text:  # generated clients show descriptions, not bounds
+            description = " ".join(filter(None, [description, f"Limits: {', '.join(limits_text)}."]))
         param: dict[str, Any] = {"name": name, "in": "query", "required": name in required, "schema": prop}
         if description:
             param["description"] = description
@@ -240,6 +244,110 @@ def _operation(op: Operation, path_params: list[dict[str, Any]], scopes: tuple[s
     return doc
 
 
+WEBHOOK_HEADERS: Final = (
+    ("webhook-id", "The event's id (`msg_...`): the same on every attempt and re-send; deduplicate on it."),
+    ("webhook-timestamp", "Seconds since the Unix epoch when this attempt was signed; refuse old ones (replays)."),
+    ("webhook-signature", "`v1,<base64 HMAC-SHA256 of \"{webhook-id}.{webhook-timestamp}.{body}\">` keyed with the "
+                          "base64-decoded part of the client's `whsec_...` secret; during a rotation two "
+                          "signatures, space-separated (Standard Webhooks: verify with its `standardwebhooks` "
+                          "library)."),
+)
+
+
+def _webhooks(schemas: _Schemas) -> dict[str, Any]:
+    """OpenAPI 3.1 ``webhooks``: one entry per event type, its body the event's model (Standard Webhooks)."""
+    out: dict[str, Any] = {}
+    for name, model in WEBHOOK_EVENTS.items():
+        out[name] = {"post": {
+            "operationId": f"webhook_{name.replace('.', '_')}",
+            "summary": (model.__doc__ or name).strip().splitlines()[0],
+            "description": "Sent to the job's, its batch's or the style version's `webhook_url`, else the client's "
+                           "default (`illustrations webhooks url`). 2xx = delivered; anything else is retried on a "
+                           "growing schedule (about a day in all), honouring `Retry-After`; 3xx is a failure; "
+                           "410 stops retrying this event.",
+            "tags": ["webhooks"],
+            "parameters": [{"name": header, "in": "header", "required": True, "description": text,
+                            "schema": {"type": "string"}} for header, text in WEBHOOK_HEADERS],
+            "requestBody": {"required": True, "content": {JSON: {"schema": schemas.ref(model, "serialization")}}},
+            "responses": {
+                "200": {"description": "Delivered (any 2xx)."},
+                "410": {"description": "Stop retrying this event."},
+            },
+        }}
+    return out
+
+
+def _refs_in(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith(REF.format(model="")):
+            yield ref.rsplit("/", 1)[-1]
+        for value in node.values():
+            yield from _refs_in(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _refs_in(item)
+
+
+def _reachable(roots: Iterable[str], definitions: dict[str, Any]) -> set[str]:
+    seen: set[str] = set()
+    todo = list(roots)
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in definitions:
+            continue
+        seen.add(name)
+        todo += _refs_in(definitions[name])
+    return seen
+
+
+LIMIT_KEYWORDS: Final = ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum", "multipleOf", "minLength",
+                         "maxLength", "pattern", "minItems", "maxItems")
+
+
+def _limits_of(prop: dict[str, Any]) -> list[str]:
+    """The JSON Schema bounds of a property (or of the non-null branch of an optional one), as words."""
+    branches = [prop, *(option for option in prop.get("anyOf", []) if option.get("type") != "null")]
+    return [f"{keyword} `{json.dumps(branch[keyword])}`" for branch in branches for keyword in LIMIT_KEYWORDS
+            if keyword in branch]
+
+
+def _document_request_fields(schema: dict[str, Any]) -> None:
+    """A request field's default and limits, in its description too (what generated clients show).
+
+    openapi-typescript (7.x, default options: ``defaultNonNullable``) makes every property of a component schema
+    that has a ``default`` a required property, so a generated client would have to send every defaulted field: an
+    optional request field keeps its default in its description instead of ``default`` (``width?: number``), which
+    still says what the server uses when it is absent. Generated types carry descriptions as comments but not the
+    bounds (``maximum``, ``multipleOf``, ``pattern``...), so they are said in words as well (and stay in the schema).
+    """
+    required = set(schema.get("required", []))
+    for name, prop in schema.get("properties", {}).items():
+        if not isinstance(prop, dict):
+            continue
+        words = []
+        limits_text = _limits_of(prop)
+        if limits_text:
+            words.append(f"Limits: {', '.join(limits_text)}.")
+        if name not in required and "default" in prop:
+            default = prop.pop("default")
+            if default not in (None, [], {}):  # absent means none: nothing worth saying
+                words.append(f"Default: `{json.dumps(default)}`.")
+        if words:
+            prop["description"] = " ".join([prop["description"], *words] if prop.get("description") else words)
+
+
+def _as_sent_without_nulls(schema: dict[str, Any]) -> None:
+    """A problem is sent without its null members (``api.errors.problem_response`` dumps ``exclude_none``): those
+    are optional (no ``default: null``, which generated clients would take as always present), every other member
+    is always there (required)."""
+    properties: dict[str, Any] = schema.get("properties", {})
+    absent_when_none = [name for name, prop in properties.items() if "default" in prop and prop["default"] is None]
+    for name in absent_when_none:
+        del properties[name]["default"]
+    schema["required"] = [name for name in properties if name not in absent_when_none]
+
+
 def build_document(app: Flask) -> dict[str, Any]:
     schemas = _Schemas()
     definitions: dict[str, Any] = {}
@@ -255,8 +363,15 @@ def build_document(app: Flask) -> dict[str, Any]:
                 op, params, getattr(view, "__scope__", None), schemas, definitions,
                 f"{rule.endpoint.replace('.', '_')}_{method.lower()}",
             )
+    webhooks = _webhooks(schemas)
     refs, model_definitions = schemas.resolve()
     definitions.update(model_definitions)
+    paths = _replace_refs(paths, refs)
+    bodies = [operation["requestBody"] for item in paths.values() for operation in item.values()
+              if "requestBody" in operation]
+    for name in _reachable(_refs_in(bodies), definitions):
+        _document_request_fields(definitions[name])
+    _as_sent_without_nulls(definitions[Problem.__name__])
     return {
         "openapi": "3.1.0",
         "info": {
@@ -265,7 +380,8 @@ def build_document(app: Flask) -> dict[str, Any]:
             "description": "Memoir memories to illustrations with consistent people. Errors are "
                            "application/problem+json (RFC 9457). Limits are the schemas' bounds.",
         },
-        "paths": _replace_refs(paths, refs),
+        "paths": paths,
+        "webhooks": _replace_refs(webhooks, refs),
         "components": {
             "schemas": definitions,
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from cli import admin, client, models, ops, serve, stack, styles, webhooks
+from cli import admin, client, models, openapi, ops, serve, stack, styles, webhooks
 from shared.settings import SettingsError, get_settings
 
 
@@ -27,5 +27,5 @@ def main(ctx: click.Context) -> None:
     ctx.obj = settings
 
 
-for module in (serve, admin, models, styles, client, ops, stack, webhooks):
+for module in (serve, admin, models, styles, client, ops, stack, webhooks, openapi):
     module.register(main)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
     AfterValidator,
@@ -17,12 +17,13 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
 
 from shared import limits, regions
-from shared.errors import FieldCode, ProblemCode
+from shared.errors import CancelReason, ErrorCode, FieldCode, ProblemCode
 
 Text200 = Annotated[str, StringConstraints(max_length=limits.SHORT_TEXT_MAX_CHARS)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=limits.NAME_MAX_CHARS, strip_whitespace=True)]
@@ -175,7 +176,9 @@ class IllustrationRequest(Strict):
 
 # --- Responses ------------------------------------------------------------------------------------------------------
 class Out(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    """An answer: every member is always sent, so every one is required in the (serialization) schema."""
+
+    model_config = ConfigDict(frozen=True, json_schema_serialization_defaults_required=True)
 
 
 class Progress(Out):
@@ -191,8 +194,16 @@ class ImageOut(Out):
     sha256: str
 
 
+JOB_ERROR_CODES: Final = [code.value for code in (*ErrorCode, *CancelReason)]
+
+
 class JobErrorOut(Out):
-    code: str
+    """Why a job (or a style version) failed or was canceled."""
+
+    code: Annotated[str, WithJsonSchema({"type": "string", "enum": JOB_ERROR_CODES})] = Field(
+        description="A closed list (`shared.errors`): a failure's `reference_unreachable`, `reference_blocked`, "
+                    "`reference_invalid`, `style_not_found`, `out_of_memory`, `time_limit`, `worker_lost`, "
+                    "`setup_failed`, `internal`; a cancel's `canceled_by_client`, `deadline`, `user_deleted`.")
     message: str
 
 
@@ -614,3 +625,63 @@ class WebhookDeliveryOut(Out):
 class WebhookDeliveryList(Out):
     items: list[WebhookDeliveryOut]
     next_cursor: str | None
+
+
+# --- Webhook event bodies (what a receiver gets; the OpenAPI document's `webhooks`) -----------------------------
+class StyleVersionEventData(StyleVersionOut):
+    """A style version as ``GET /v1/styles/{name}`` lists it, with the style's ``name``."""
+
+    name: str = Field(description="The style's name.")
+
+
+class _Event(Out):
+    timestamp: dt.datetime = Field(description="When the event happened (RFC 3339, UTC).")
+
+
+class IllustrationSucceededEvent(_Event):
+    """A job succeeded: ``data`` is the job as ``GET /v1/illustrations/{id}`` answers it."""
+
+    type: Literal["illustration.succeeded"]
+    data: JobOut
+
+
+class IllustrationFailedEvent(_Event):
+    """A job failed: ``data.error.code`` says why."""
+
+    type: Literal["illustration.failed"]
+    data: JobOut
+
+
+class IllustrationCanceledEvent(_Event):
+    """A job was canceled (by the client, its deadline, or its user's deletion: ``data.error.code``)."""
+
+    type: Literal["illustration.canceled"]
+    data: JobOut
+
+
+class StyleReadyEvent(_Event):
+    """A style version finished training and is now the style's active version."""
+
+    type: Literal["style.ready"]
+    data: StyleVersionEventData
+
+
+class StyleFailedEvent(_Event):
+    """A style version's training failed (the previous version stays active)."""
+
+    type: Literal["style.failed"]
+    data: StyleVersionEventData
+
+
+WEBHOOK_EVENTS: Final[dict[str, type[_Event]]] = {
+    "illustration.succeeded": IllustrationSucceededEvent,
+    "illustration.failed": IllustrationFailedEvent,
+    "illustration.canceled": IllustrationCanceledEvent,
+    "style.ready": StyleReadyEvent,
+    "style.failed": StyleFailedEvent,
+}
+WebhookEventBody = Annotated[
+    IllustrationSucceededEvent | IllustrationFailedEvent | IllustrationCanceledEvent | StyleReadyEvent
+    | StyleFailedEvent,
+    Field(discriminator="type"),
+]

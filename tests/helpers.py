@@ -13,6 +13,8 @@ import ast
 import io
 import os
 import re
+import shutil
+import subprocess
 import time
 import tomllib
 import uuid
@@ -410,3 +412,31 @@ def installed_requirement_files(dockerfile: str) -> list[str]:
     for args in pip_installs(dockerfile):
         files += [args[i + 1] for i, arg in enumerate(args[:-1]) if arg in ("-r", "--requirement")]
     return files
+
+
+# --- The TypeScript client (clients/typescript) -------------------------------------------------------------------
+TS_CLIENT = ROOT / "clients" / "typescript"
+
+
+def typescript_client() -> Path:
+    """``clients/typescript`` with its locked dependencies installed (``npm ci``, again only when the lock file is
+    newer than the install). Node.js and npm come from Debian's packages (``make node``)."""
+    npm = shutil.which("npm")
+    assert npm is not None and shutil.which("node") is not None, "Node.js and npm are needed: make node"
+    installed = TS_CLIENT / "node_modules" / ".package-lock.json"
+    lock = TS_CLIENT / "package-lock.json"
+    if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
+        result = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--prefer-offline"], cwd=TS_CLIENT,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, f"npm ci failed:\n{result.stdout}\n{result.stderr}"
+    return TS_CLIENT
+
+
+def node_tool(name: str, *args: str | Path, cwd: Path | None = None, timeout: float = 300) -> str:
+    """Run a tool of the TypeScript client's ``node_modules/.bin`` (``tsc``, ``openapi-typescript``); its output,
+    or a failure showing it."""
+    tool = typescript_client() / "node_modules" / ".bin" / name
+    result = subprocess.run([str(tool), *map(str, args)], cwd=cwd or TS_CLIENT, capture_output=True, text=True,
+                            timeout=timeout)
+    assert result.returncode == 0, f"{name} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout

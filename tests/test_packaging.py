@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from tests.helpers import ROOT
 
 COMMANDS = {"api", "worker", "beat", "flower", "db", "keys", "models", "ops", "styles", "submit", "up", "down",
-            "status", "demo", "webhooks"}
+            "status", "demo", "webhooks", "openapi"}
 
 
 def test_help_lists_every_subcommand() -> None:

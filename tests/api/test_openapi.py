@@ -4,19 +4,26 @@ run against the document on the app with a real PostgreSQL, Redis and store: no 
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, get_args
 
 import hypothesis
 import pytest
 import schemathesis
+from click.testing import CliRunner
 from flask import Flask
 from flask.testing import FlaskClient
 
+from cli import main
 from shared import limits
 from shared.db import Database
+from shared.errors import CancelReason, ErrorCode, FieldCode, ProblemCode
+from shared.schemas import WEBHOOK_EVENTS, WebhookDeliveryOut
 from shared.settings import Settings
+from shared.webhooks import events
 from tests.helpers import make_key
 
 CONTRACT = {
@@ -75,6 +82,77 @@ def test_the_document_covers_every_route_with_its_limits(client: FlaskClient, ap
         "multipart/form-data", "application/json"}
     assert schemas["StyleTrainingRequest"]["properties"]["images"]["minItems"] == limits.TRAINING_IMAGES_MIN
     assert schemas["TrainingParams"]["properties"]["rank"]["maximum"] == limits.TRAINING_RANK_MAX
+
+
+def test_request_fields_with_defaults_stay_optional_and_say_their_default_and_limits(client: FlaskClient) -> None:
+    """openapi-typescript (default options) makes a component property with a ``default`` required: request
+    schemas carry their defaults and bounds in words instead (the bounds stay as keywords too)."""
+    doc: Any = client.get("/openapi.json").json
+    schemas = doc["components"]["schemas"]
+    request_side = ["IllustrationRequest", "Params", "SubjectRef", "Style", "BatchRequest", "GenerateRequest",
+                    "SubjectUrlRequest", "StyleTrainingRequest", "TrainingParams", "FeedbackRequest"]
+    for name in request_side:
+        for field, prop in schemas[name]["properties"].items():
+            assert "default" not in prop, (name, field)
+    params = schemas["Params"]["properties"]
+    assert f"Default: `{limits.DEFAULT_WIDTH}`." in params["width"]["description"]
+    assert f"maximum `{limits.WIDTH_MAX}`" in params["width"]["description"]
+    assert f"multipleOf `{limits.SIZE_MULTIPLE}`" in params["width"]["description"]
+    assert params["width"]["multipleOf"] == limits.SIZE_MULTIPLE
+    assert 'Default: `"interactive"`.' in schemas["IllustrationRequest"]["properties"]["priority"]["description"]
+    assert "pattern" in schemas["IllustrationRequest"]["properties"]["user_id"]["description"]
+    listing = {p["name"]: p for p in doc["paths"]["/v1/illustrations"]["get"]["parameters"]}
+    assert f"maximum `{limits.LIST_LIMIT_MAX}`" in listing["limit"]["description"]
+    assert listing["limit"]["schema"]["maximum"] == limits.LIST_LIMIT_MAX
+    # Every member of an answer is always sent: required (a generated client need not check for it).
+    assert set(schemas["JobOut"]["required"]) == set(schemas["JobOut"]["properties"])
+    assert "layout" in schemas["JobOut"]["required"]
+
+
+def test_error_codes_are_enums_from_one_place(client: FlaskClient) -> None:
+    doc: Any = client.get("/openapi.json").json
+    schemas = doc["components"]["schemas"]
+
+    def enum_of(schema: dict[str, Any]) -> list[str]:
+        ref = schema.get("$ref")
+        resolved = schemas[ref.rsplit("/", 1)[-1]] if ref else schema
+        return list(resolved["enum"])
+
+    assert enum_of(schemas["Problem"]["properties"]["code"]) == [code.value for code in ProblemCode]
+    assert set(schemas["Problem"]["required"]) == {"type", "title", "status", "code", "errors"}  # as sent
+    assert "default" not in schemas["Problem"]["properties"]["detail"]  # absent when null (exclude_none)
+    assert enum_of(schemas["ProblemField"]["properties"]["code"]) == [code.value for code in FieldCode]
+    assert enum_of(schemas["JobErrorOut"]["properties"]["code"]) == [
+        code.value for code in (*ErrorCode, *CancelReason)]
+    create = doc["paths"]["/v1/illustrations"]["post"]
+    assert create["responses"]["422"]["content"]["application/problem+json"]["schema"] == {
+        "$ref": "#/components/schemas/Problem"}
+
+
+def test_the_webhooks_section_has_every_event(client: FlaskClient) -> None:
+    doc: Any = client.get("/openapi.json").json
+    schemas = doc["components"]["schemas"]
+    sent = {f"illustration.{state}" for state in events.JOB_STATES} | {f"style.{s}" for s in events.STYLE_STATES}
+    assert set(doc["webhooks"]) == sent == set(WEBHOOK_EVENTS)
+    assert set(get_args(WebhookDeliveryOut.model_fields["type"].annotation)) == sent
+    for name, item in doc["webhooks"].items():
+        post = item["post"]
+        assert {p["name"] for p in post["parameters"] if p["in"] == "header"} == {
+            "webhook-id", "webhook-timestamp", "webhook-signature"}
+        ref = post["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        body = schemas[ref.rsplit("/", 1)[-1]]
+        assert body["properties"]["type"]["const"] == name
+        assert set(body["required"]) >= {"type", "timestamp", "data"}
+        data = body["properties"]["data"]["$ref"].rsplit("/", 1)[-1]
+        assert data == ("JobOut" if name.startswith("illustration.") else "StyleVersionEventData")
+        assert "410" in post["responses"]
+
+
+def test_the_cli_writes_the_document_the_api_serves(client: FlaskClient, tmp_path: Path) -> None:
+    out = tmp_path / "openapi.json"
+    result = CliRunner().invoke(main, ["openapi", "--output", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text()) == client.get("/openapi.json").json
 
 
 def test_docs_render_the_document_from_the_package(client: FlaskClient) -> None:

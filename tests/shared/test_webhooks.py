@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
+from pydantic import TypeAdapter
 from sqlalchemy import select, update
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
@@ -20,6 +21,13 @@ from shared import jobs, training
 from shared.db import Database
 from shared.errors import CancelReason, ErrorCode
 from shared.models import Batch, StyleVersion, WebhookEvent, WebhookSecret
+from shared.schemas import (
+    IllustrationSucceededEvent,
+    JobOut,
+    StyleReadyEvent,
+    StyleVersionEventData,
+    WebhookEventBody,
+)
 from shared.settings import Settings
 from shared.webhooks import events, secrets
 from tests.helpers import add_job, claim, new_client
@@ -177,6 +185,9 @@ def test_style_versions_record_ready_and_failed_but_not_canceled(any_db: Databas
     assert body["data"]["name"] == "ink"
     assert body["data"]["status"] == "ready"
     assert body["data"]["version"] == 1
+    # The body is what the OpenAPI document's `webhooks` says (every member documented).
+    assert isinstance(TypeAdapter(WebhookEventBody).validate_python(body), StyleReadyEvent)
+    assert set(body["data"]) == set(StyleVersionEventData.model_fields)
 
 
 def test_the_body_is_the_job_as_the_api_returns_it(any_db: Database) -> None:
@@ -190,7 +201,9 @@ def test_the_body_is_the_job_as_the_api_returns_it(any_db: Database) -> None:
         event = session.get_one(WebhookEvent, "msg_" + job_id.replace("-", ""))
         body = json.loads(events.render(session, event, "https://api.example") or "{}")
     assert set(body) == {"type", "timestamp", "data"}
+    assert isinstance(TypeAdapter(WebhookEventBody).validate_python(body), IllustrationSucceededEvent)
     data = body["data"]
+    assert set(data) == set(JobOut.model_fields)
     assert data["id"] == job_id
     assert data["status"] == "succeeded"
     assert data["metadata"] == {"memory_id": "m-9"}
