@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Seconds per SDXL image on this machine's GPU (bench/gpu.py; its docstring says what is measured).
 #   bench/gpu.sh                      # 1024x1024, 30 steps, batch 1, bf16: plain, identity (x1, x2 with masks),
-#                                     # style, LoRA, LoRA switch and hot-swap, draft (4 steps, no CFG), torch.compile
-#                                     # and its recompiles over varied jobs, images/hour, peak memory
+#                                     # style, LoRA, LoRA switch and hot-swap, draft (4 steps, no CFG); a compiled
+#                                     # worker's engine: compile time, plain, LoRA, LoRA hot-swap, recompiles over
+#                                     # varied jobs; images/hour, peak memory
 #   bench/gpu.sh --no-compile --repeats 5
 #   bench/gpu.sh --dry-run --no-compile   # the tiny architecture on the CPU (what the test suite runs)
 #   bench/gpu.sh --dry-run --compile-backend eager   # + the compile rows, dynamo tracing only (the suite too)
