@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,9 +15,8 @@ from flask.testing import FlaskClient
 
 from shared import cache, jobs, limits, tasks
 from shared.db import Database
-from shared.experiments import Experiment, assign
+from shared.experiments import assign
 from shared.models import Client, GenerationMetric, Job
-from shared.settings import Settings
 from shared.stored_request import StoredRequest
 from tests.helpers import load, make_key, png, submit
 
@@ -167,17 +165,6 @@ def test_quality_numbers_and_the_ops_page_split_by_quality(client: FlaskClient, 
 
 
 # --- A/B variants ----------------------------------------------------------------------------------------------
-@pytest.fixture
-def experiment_app(settings: Settings) -> Iterator[Flask]:
-    from api import create_app
-
-    experiment = Experiment(name="steps-5", share=0.5, steps=5, guidance_scale=3.0)
-    app = create_app(settings.model_copy(update={"experiment": experiment}))
-    yield app
-    app.extensions["illustrations"].waiter.close()
-    app.extensions["illustrations"].db.engine.dispose()
-
-
 def test_a_variants_steps_and_guidance_do_not_reach_a_draft(experiment_app: Flask, db: Database) -> None:
     client = experiment_app.test_client()
     name = f"ab-{uuid.uuid4().hex[:8]}"

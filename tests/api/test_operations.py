@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +17,8 @@ from sqlalchemy import select
 
 from shared import jobs
 from shared.db import Database
-from shared.experiments import Experiment, assign
+from shared.experiments import assign
 from shared.models import Client, Feedback, Job
-from shared.settings import Settings
 from tests.helpers import make_key, submit
 
 PICNIC = {"user_id": "u-ops", "prompt": "a picnic by the lake", "params": {"width": 64, "height": 64, "steps": 2}}
@@ -81,17 +79,6 @@ def test_feedback_input_is_checked_and_scoped(client: FlaskClient, auth: dict[st
 
 
 # --- Variants -------------------------------------------------------------------------------------------------------
-@pytest.fixture
-def experiment_app(settings: Settings) -> Iterator[Flask]:
-    from api import create_app
-
-    experiment = Experiment(name="steps-5", share=0.5, steps=5, guidance_scale=3.0)
-    app = create_app(settings.model_copy(update={"experiment": experiment}))
-    yield app
-    app.extensions["illustrations"].waiter.close()
-    app.extensions["illustrations"].db.engine.dispose()
-
-
 def test_the_variant_is_assigned_at_submit_and_its_overrides_applied(experiment_app: Flask, db: Database) -> None:
     client = experiment_app.test_client()
     name = f"ab-{uuid.uuid4().hex[:8]}"
