@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.lora_files import InvalidLoraFile, LoraInfo
-from worker.pipeline.lora_layouts import read_lora
+from worker.pipeline.lora_layouts import LoraFile, read_lora
 
 logger = logging.getLogger(__name__)
 
@@ -138,13 +138,7 @@ class LoraSlots:
         """
         with tempfile.TemporaryDirectory(prefix="lora-") as folder:
             path = Path(folder) / WEIGHT_NAME
-            path.write_bytes(request.fetch())
-            try:
-                lora = read_lora(path, self.pipe.unet.config.layers_per_block)
-                normalise_metadata(path, lora.modules)
-            except (InvalidLoraFile, ValueError, OSError) as exc:
-                raise LoraLoadFailed(f"the LoRA file is not usable ({type(exc).__name__})") from exc
-            info = lora.info
+            info = _write_and_read(request, path, self.pipe.unet.config.layers_per_block).info
             swap = slot.info is not None and slot.info.swap_signature == info.swap_signature and not info.text_encoder
             if swap:
                 try:
@@ -252,6 +246,18 @@ HOTSWAP_ADAPTER = "style"
 PREPARED_LAYERS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out")
 
 
+def _write_and_read(request: LoraRequest, path: Path, layers_per_block: int) -> LoraFile:
+    """Fetch ``request``'s file to ``path`` and read it as ``load_lora_weights`` will (its adapter metadata
+    normalised in place); a file that cannot be used is ``LoraLoadFailed``."""
+    path.write_bytes(request.fetch())
+    try:
+        lora = read_lora(path, layers_per_block)
+        normalise_metadata(path, lora.modules)
+    except (InvalidLoraFile, ValueError, OSError) as exc:
+        raise LoraLoadFailed(f"the LoRA file is not usable ({type(exc).__name__})") from exc
+    return lora
+
+
 def _no_resident_adapters(adapters: Mapping[str, float] | None) -> None:
     if adapters:  # Engine.load never loads the draft LoRA into a compiled engine; a draft job fails before this
         raise ValueError(f"a compiled worker holds no resident adapters ({', '.join(adapters)})")
@@ -301,12 +307,7 @@ class HotswapSlot:
 
     def _swap(self, request: LoraRequest) -> None:
         def write(path: Path) -> None:
-            path.write_bytes(request.fetch())
-            try:
-                lora = read_lora(path, self.pipe.unet.config.layers_per_block)
-                normalise_metadata(path, lora.modules)
-            except (InvalidLoraFile, ValueError, OSError) as exc:
-                raise LoraLoadFailed(f"the LoRA file is not usable ({type(exc).__name__})") from exc
+            lora = _write_and_read(request, path, self.pipe.unet.config.layers_per_block)
             if lora.info.text_encoder:
                 raise LoraLoadFailed("a compiled worker hot-swaps UNet LoRAs only; this one adapts a text encoder")
             if lora.info.rank > self.target_rank:
