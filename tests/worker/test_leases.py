@@ -192,16 +192,22 @@ def test_recorded_progress_is_written_by_the_watch_thread_at_most_once_per_inter
         runtime: Runtime, db: Database, claimed_training: ClaimTraining) -> None:
     claim = claim_job(db, claimed_training)
     runtime.settings = runtime.settings.model_copy(update={"progress_interval_s": 1.5, "heartbeat_s": 60.0})
+    seen: list[int | None] = []
+
+    def written(step: int) -> bool:
+        seen.append(job_progress(db, claim.job_id))
+        return seen[-1] == step
+
+    started = time.monotonic()  # the watch counts its first interval from its start (the claim wrote progress)
     with LeaseWatch(runtime, claim, jobs.heartbeat, "job") as watch:
         watch.record(step=2)
-        time.sleep(0.3)
-        assert job_progress(db, claim.job_id) in (None, 0)  # the claim recorded progress less than an interval ago
-        wait_for(lambda: job_progress(db, claim.job_id) == 2, 10, "step 2 written", interval_s=0.02)
+        wait_for(lambda: written(2), 10, "step 2 written", interval_s=0.02)
+        assert time.monotonic() - started >= 1.5  # not before one interval: a slow machine only adds to this
         watch.record(step=3)
         watch.record(step=4)  # the latest one noted wins, one interval after the last write
-        time.sleep(0.1)
-        assert job_progress(db, claim.job_id) == 2
-        wait_for(lambda: job_progress(db, claim.job_id) == 4, 10, "step 4 written", interval_s=0.02)
+        wait_for(lambda: written(4), 10, "step 4 written", interval_s=0.02)
+        assert time.monotonic() - started >= 3.0  # the second write waited an interval after the first
+    assert 3 not in seen and set(seen) <= {None, 0, 2, 4}
 
 
 def test_a_heartbeat_carries_the_latest_recorded_progress(runtime: Runtime, db: Database,
