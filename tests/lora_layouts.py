@@ -28,21 +28,16 @@ OLD_NAMES = {"to_q": "to_q_lora", "to_k": "to_k_lora", "to_v": "to_v_lora", "to_
 def _adapted(model: Any, targets: list[str], rank: int, seed: int) -> Any:
     """``model`` with random LoRA layers on ``targets``. Diffusers models through their ``add_adapter``; text
     encoders through PEFT's ``get_peft_model`` (transformers' ``add_adapter`` asks for a newer PEFT than diffusers')."""
-    import torch
     from peft import LoraConfig, get_peft_model
+
+    from worker.pipeline.tiny import randomise_lora
 
     config = LoraConfig(r=rank, lora_alpha=rank, target_modules=targets)
     if hasattr(model, "set_adapters"):  # a diffusers model
         model.add_adapter(config)
     else:
         model = get_peft_model(model, config)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_A" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) / parameter.shape[1] ** 0.5)
-            elif "lora_B" in name:
-                parameter.copy_(0.5 * torch.randn(parameter.shape, generator=generator) / rank**0.5)
+    randomise_lora(model, rank, seed)
     return model
 
 

@@ -361,6 +361,18 @@ def _install(staging: Path, target: Path, revision: str) -> None:
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
+def randomise_lora(model: Any, rank: int, seed: int, strength: float = 0.5) -> None:
+    """Give ``model``'s PEFT LoRA layers random weights (deterministic for ``seed``): ``lora_A`` scaled to keep
+    activations' size, ``lora_B`` random at ``strength`` (PEFT initialises it to zero, which changes nothing)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_A" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) / parameter.shape[1] ** 0.5)
+            elif "lora_B" in name:
+                parameter.copy_(strength * torch.randn(parameter.shape, generator=generator) / rank**0.5)
+
+
 def make_tiny_lora(model_dir: Path, target: Path, *, rank: int = 4, alpha: int | None = None, seed: int = 0,
                    strength: float = 0.5) -> Path:
     """Write a random LoRA for the tiny model's UNet to the file ``target`` (deterministic for ``seed``).
@@ -377,13 +389,7 @@ def make_tiny_lora(model_dir: Path, target: Path, *, rank: int = 4, alpha: int |
     unet: Any = UNet2DConditionModel.from_pretrained(resolve_profile("tiny", model_dir).base_dir / "unet")
     config = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, target_modules=list(LORA_TARGETS))
     unet.add_adapter(config)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in unet.named_parameters():
-            if "lora_A" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) / parameter.shape[1] ** 0.5)
-            elif "lora_B" in name:
-                parameter.copy_(strength * torch.randn(parameter.shape, generator=generator) / rank**0.5)
+    randomise_lora(unet, rank, seed, strength)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     metadata = _collate_lora_metadata({"unet": unet})
